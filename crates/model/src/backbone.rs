@@ -1,0 +1,702 @@
+//! Loading a DINOv2 ONNX file into a tract plan at a fixed resolution, and running it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView4, Axis, s};
+use tract_core::internal::*;
+use tract_core::prelude::multithread::Executor;
+use tract_onnx::prelude::{Framework, InferenceModelExt};
+
+use crate::cache::{self, CacheMode, Entry, EntryMeta};
+use crate::config::ModelConfigs;
+use crate::error::{ModelError, Result};
+use crate::features::{BlockFeatures, Features, TokenLayout, layer_norm};
+use crate::graph::{GraphInfo, Precision};
+use crate::preprocess::{Normalization, Preprocessor, ResizeMode};
+use crate::resolution::Resolution;
+
+/// What to compile, chosen at load time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneOptions {
+    /// Input size; `None` takes the crop size of `preprocessor_config.json`, else 224x224.
+    pub resolution: Option<Resolution>,
+    /// Images per run (1 for live video).
+    pub batch: usize,
+    /// Intermediate blocks to return (0-based). Empty: only the final output.
+    pub blocks: Vec<usize>,
+    /// Apply the final LayerNorm to the intermediate blocks.
+    pub normalize_blocks: bool,
+    /// Return the last block's CLS attention.
+    pub attention: bool,
+    /// Backbone threads; `None` uses every core.
+    pub threads: Option<usize>,
+    /// Compile cache.
+    pub cache: CacheMode,
+}
+
+impl Default for BackboneOptions {
+    fn default() -> Self {
+        BackboneOptions {
+            resolution: None,
+            batch: 1,
+            blocks: vec![],
+            normalize_blocks: false,
+            attention: false,
+            threads: None,
+            cache: CacheMode::Auto,
+        }
+    }
+}
+
+/// A model file read and analysed, not yet compiled: what `dinoedge info` shows.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// What the graph says.
+    pub graph: GraphInfo,
+    /// `config.json` / `preprocessor_config.json` found beside it.
+    pub configs: ModelConfigs,
+    /// Register tokens, from the config or the graph's register initializer.
+    pub registers: Option<usize>,
+    /// Attention heads, from the config.
+    pub heads: Option<usize>,
+    proto: Arc<tract_onnx::pb::ModelProto>,
+}
+
+impl ModelInfo {
+    /// Read an ONNX file and the configs beside it.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let (proto, graph) = GraphInfo::read(path)?;
+        let configs = ModelConfigs::find(path)?;
+        let cfg = configs.model.as_ref().map(|(_, c)| c);
+        if let Some((cfg_path, c)) = &configs.model
+            && (c.hidden_size != graph.embed_dim || c.num_hidden_layers != graph.num_blocks)
+        {
+            tracing::warn!(
+                "{} says hidden_size {} / {} layers, the graph has {} / {}: using the graph",
+                cfg_path.display(),
+                c.hidden_size,
+                c.num_hidden_layers,
+                graph.embed_dim,
+                graph.num_blocks
+            );
+        }
+        let registers = cfg
+            .map(|c| c.num_register_tokens)
+            .or_else(|| registers_from_graph(&proto, graph.embed_dim));
+        Ok(ModelInfo {
+            path: path.to_owned(),
+            registers,
+            heads: cfg.map(|c| c.num_attention_heads),
+            graph,
+            configs,
+            proto: Arc::new(proto),
+        })
+    }
+
+    /// A human name: `ViT-S/14`, `ViT-B/14 + 4 registers`, or the raw sizes for others.
+    pub fn variant(&self) -> String {
+        let g = &self.graph;
+        let size = match (g.embed_dim, g.num_blocks) {
+            (384, 12) => "ViT-S".to_string(),
+            (768, 12) => "ViT-B".to_string(),
+            (1024, 24) => "ViT-L".to_string(),
+            (1536, 40) => "ViT-g".to_string(),
+            (d, b) => format!("ViT (dim {d}, {b} blocks)"),
+        };
+        let mut s = format!("DINOv2 {size}/{}", g.patch_size);
+        if let Some(r) = self.registers.filter(|r| *r > 0) {
+            s.push_str(&format!(" + {r} registers"));
+        }
+        s
+    }
+
+    /// The resolution used when none is asked for.
+    pub fn default_resolution(&self) -> Resolution {
+        self.configs
+            .preprocessor
+            .as_ref()
+            .and_then(|(_, p)| p.crop_hw())
+            .map(|(h, w)| Resolution::new(h, w))
+            .filter(|r| r.validate(self.graph.patch_size as u32).is_ok())
+            .unwrap_or(Resolution::square(224))
+    }
+
+    /// The position-embedding grid the checkpoint was trained with (37 for 518-pixel DINOv2),
+    /// if the config says.
+    pub fn native_grid(&self) -> Option<usize> {
+        let (_, c) = self.configs.model.as_ref()?;
+        c.image_size.map(|s| s / self.graph.patch_size)
+    }
+
+    /// Normalisation the model expects.
+    pub fn normalization(&self) -> Normalization {
+        Preprocessor::normalization_from(self.configs.preprocessor.as_ref().map(|(_, p)| p))
+    }
+}
+
+fn registers_from_graph(proto: &tract_onnx::pb::ModelProto, dim: usize) -> Option<usize> {
+    let graph = proto.graph.as_ref()?;
+    let found = graph
+        .initializer
+        .iter()
+        .find(|t| t.name.contains("register") && t.dims.len() == 3 && t.dims[2] as usize == dim);
+    match found {
+        Some(t) => Some(t.dims[1] as usize),
+        None if graph
+            .initializer
+            .iter()
+            .any(|t| t.name.contains("cls_token")) =>
+        {
+            Some(0)
+        }
+        None => None,
+    }
+}
+
+/// How the model was brought up, for reporting start-up cost.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Where the decluttered graph came from.
+    pub source: LoadSource,
+    /// Reading and analysing the ONNX protobuf.
+    pub read: Duration,
+    /// Parsing, type analysis and decluttering (zero on a cache hit).
+    pub compile: Duration,
+    /// Loading the NNEF cache entry (zero on a miss).
+    pub cache_load: Duration,
+    /// tract's kernel selection and plan building.
+    pub optimize: Duration,
+    /// Everything.
+    pub total: Duration,
+    /// The cache entry used or written.
+    pub cache_entry: Option<PathBuf>,
+    /// Why the cache was not used or not written, when that happened.
+    pub cache_note: Option<String>,
+}
+
+/// Where the decluttered graph came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Parsed and decluttered from the ONNX file.
+    Compiled,
+    /// Loaded from the NNEF compile cache.
+    Cache,
+}
+
+/// A DINOv2 backbone compiled for one resolution and batch size.
+#[derive(Debug)]
+pub struct Backbone {
+    info: ModelInfo,
+    resolution: Resolution,
+    batch: usize,
+    layout: TokenLayout,
+    heads: Option<usize>,
+    blocks: Vec<usize>,
+    normalize_blocks: bool,
+    attention: bool,
+    threads: usize,
+    plan: Arc<TypedSimplePlan>,
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    input_allocations: usize,
+    report: LoadReport,
+}
+
+impl Backbone {
+    /// Load `path` with `options`.
+    pub fn load(path: impl AsRef<Path>, options: &BackboneOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let info = ModelInfo::read(path)?;
+        let read = t0.elapsed();
+        Self::from_info(info, options, t0, read)
+    }
+
+    /// Compile an already analysed model.
+    pub fn from_model_info(info: ModelInfo, options: &BackboneOptions) -> Result<Self> {
+        Self::from_info(info, options, Instant::now(), Duration::ZERO)
+    }
+
+    fn from_info(
+        info: ModelInfo,
+        options: &BackboneOptions,
+        t0: Instant,
+        read: Duration,
+    ) -> Result<Self> {
+        let g = &info.graph;
+        let resolution = options
+            .resolution
+            .unwrap_or_else(|| info.default_resolution())
+            .validate(g.patch_size as u32)?;
+        if options.batch == 0 {
+            return Err(ModelError::InvalidOption(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        if let Some(b) = options.blocks.iter().find(|b| **b >= g.num_blocks) {
+            return Err(ModelError::InvalidOption(format!(
+                "block {b} does not exist: the model has blocks 0..={}",
+                g.num_blocks - 1
+            )));
+        }
+        let threads = match options.threads {
+            Some(0) => {
+                return Err(ModelError::InvalidOption(
+                    "threads must be at least 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        let mut blocks = options.blocks.clone();
+        blocks.dedup();
+
+        // The tensors the compiled graph exposes, in this order.
+        let mut taps = vec![g.tokens_output.clone()];
+        taps.extend(blocks.iter().map(|b| g.block_outputs[*b].clone()));
+        if options.attention {
+            taps.push(g.attention_probs[g.num_blocks - 1].clone());
+        }
+        let options_key = format!(
+            "{resolution} batch {} taps [{}]",
+            options.batch,
+            taps.join(", ")
+        );
+
+        let mut report = LoadReport {
+            source: LoadSource::Compiled,
+            read,
+            compile: Duration::ZERO,
+            cache_load: Duration::ZERO,
+            optimize: Duration::ZERO,
+            total: Duration::ZERO,
+            cache_entry: None,
+            cache_note: None,
+        };
+        let nnef = || {
+            use tract_onnx_opl::WithOnnx;
+            use tract_transformers::WithTractTransformers;
+            tract_nnef::nnef().with_onnx().with_tract_transformers()
+        };
+
+        // Try the cache.
+        let entry = match options.cache.dir() {
+            Some(dir) => match cache::sha256_file(&info.path) {
+                Ok(sha) => {
+                    let meta = EntryMeta::new(&sha, options_key.clone());
+                    Some((Entry::new(&dir, &meta), meta))
+                }
+                Err(e) => {
+                    report.cache_note = Some(format!("cache skipped: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut decluttered: Option<TypedModel> = None;
+        if let Some((entry, meta)) = &entry {
+            let t = Instant::now();
+            match entry.check(meta) {
+                Ok(()) => match nnef().model_for_path(&entry.model) {
+                    Ok(m) if m.outputs.len() == taps.len() => {
+                        report.source = LoadSource::Cache;
+                        report.cache_load = t.elapsed();
+                        report.cache_entry = Some(entry.model.clone());
+                        decluttered = Some(m);
+                    }
+                    Ok(m) => {
+                        report.cache_note = Some(format!(
+                            "cache entry {} has {} outputs, expected {}: rebuilt",
+                            entry.model.display(),
+                            m.outputs.len(),
+                            taps.len()
+                        ));
+                        entry.remove();
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "cache entry {} is corrupt ({e:#}); rebuilding it",
+                            entry.model.display()
+                        );
+                        report.cache_note = Some(format!(
+                            "cache entry {} was corrupt: rebuilt",
+                            entry.model.display()
+                        ));
+                        entry.remove();
+                    }
+                },
+                Err(why) if why == "no entry" => {}
+                Err(why) => {
+                    tracing::info!(
+                        "cache entry {}: {why}; rebuilding it",
+                        entry.model.display()
+                    );
+                    report.cache_note = Some(format!("cache entry {why}: rebuilt"));
+                    entry.remove();
+                }
+            }
+        }
+
+        let model = match decluttered {
+            Some(m) => m,
+            None => {
+                let t = Instant::now();
+                let m = compile(&info, &taps, options.batch, resolution)?;
+                report.compile = t.elapsed();
+                if let Some((entry, meta)) = &entry {
+                    let stored = entry.store(meta, |f| {
+                        nnef()
+                            .write_to_tar(&m, f)
+                            .map(|_| ())
+                            .map_err(|e| format!("{e:#}"))
+                    });
+                    match stored {
+                        Ok(()) => report.cache_entry = Some(entry.model.clone()),
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            report.cache_note = Some(format!("not cached: {e}"));
+                        }
+                    }
+                }
+                m
+            }
+        };
+
+        // Shapes are concrete now: check them against the layout dinoedge expects.
+        let token_shape = concrete_shape(&model, 0)?;
+        let (gh, gw) = resolution.grid(g.patch_size as u32);
+        let [b, t, d] = token_shape[..] else {
+            return Err(ModelError::NotDinov2 {
+                path: info.path.clone(),
+                reason: format!(
+                    "the final LayerNorm output has shape {token_shape:?}, expected [batch, tokens, dim]"
+                ),
+            });
+        };
+        if b != options.batch || d != g.embed_dim || t < 1 + gh * gw {
+            return Err(ModelError::NotDinov2 {
+                path: info.path.clone(),
+                reason: format!(
+                    "tokens of shape {token_shape:?} do not fit a {gh}x{gw} patch grid of width {} (batch {})",
+                    g.embed_dim, options.batch
+                ),
+            });
+        }
+        let layout = TokenLayout {
+            registers: t - 1 - gh * gw,
+            grid: (gh, gw),
+            dim: d,
+        };
+        let heads = if options.attention {
+            let shape = concrete_shape(&model, taps.len() - 1)?;
+            Some(shape[1])
+        } else {
+            info.heads
+        };
+
+        let t = Instant::now();
+        let optimized = model
+            .into_optimized()
+            .map_err(|e| ModelError::tract("optimise the model", e))?;
+        let executor = if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        };
+        let run_options = RunOptions {
+            executor: Some(executor),
+            ..RunOptions::default()
+        };
+        let plan = TypedSimplePlan::new_with_options(optimized, &run_options)
+            .map_err(|e| ModelError::tract("build the execution plan", e))?;
+        let state = plan
+            .spawn()
+            .map_err(|e| ModelError::tract("start the model", e))?;
+        report.optimize = t.elapsed();
+        report.total = t0.elapsed();
+        let input = Arc::new(
+            Tensor::zero::<f32>(&[
+                options.batch,
+                3,
+                resolution.height as usize,
+                resolution.width as usize,
+            ])
+            .map_err(|e| ModelError::tract("allocate the input", e))?,
+        );
+        Ok(Backbone {
+            info,
+            resolution,
+            batch: options.batch,
+            layout,
+            heads,
+            blocks,
+            normalize_blocks: options.normalize_blocks,
+            attention: options.attention,
+            threads,
+            plan,
+            state,
+            input,
+            input_allocations: 1,
+            report,
+        })
+    }
+
+    /// The analysed model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The compiled resolution.
+    pub fn resolution(&self) -> Resolution {
+        self.resolution
+    }
+
+    /// The compiled batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Token layout (registers, grid, width).
+    pub fn layout(&self) -> TokenLayout {
+        self.layout
+    }
+
+    /// Attention heads, when known.
+    pub fn heads(&self) -> Option<usize> {
+        self.heads
+    }
+
+    /// Weight precision.
+    pub fn precision(&self) -> Precision {
+        self.info.graph.precision
+    }
+
+    /// Threads the backbone runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// How loading went.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// Number of floats one batch of input holds: `batch * 3 * H * W`.
+    pub fn input_len(&self) -> usize {
+        self.batch * 3 * self.resolution.pixels()
+    }
+
+    /// How many times the input buffer had to be (re)allocated; stays 1 in a steady stream.
+    pub fn input_allocations(&self) -> usize {
+        self.input_allocations
+    }
+
+    /// A preprocessor for this backbone's resolution and the model's normalisation.
+    pub fn preprocessor(&self, mode: ResizeMode) -> Result<Preprocessor> {
+        Preprocessor::new(self.resolution, mode, self.info.normalization())
+    }
+
+    /// Fill the reusable input buffer with `fill` (which receives `batch*3*H*W` floats in
+    /// NCHW order), then run. This is the allocation-free path of a live stream.
+    pub fn run_with(
+        &mut self,
+        fill: impl FnOnce(&mut [f32]) -> Result<()>,
+    ) -> Result<Vec<Features>> {
+        if Arc::get_mut(&mut self.input).is_none() {
+            // Still shared (tract kept a reference): start a fresh buffer.
+            self.input = Arc::new(
+                Tensor::zero::<f32>(self.input.shape())
+                    .map_err(|e| ModelError::tract("allocate the input", e))?,
+            );
+            self.input_allocations += 1;
+        }
+        let buf = Arc::get_mut(&mut self.input).expect("just made exclusive");
+        let mut view = buf
+            .to_plain_array_view_mut::<f32>()
+            .map_err(|e| ModelError::tract("write the input", e))?;
+        let slice = view
+            .as_slice_mut()
+            .ok_or_else(|| ModelError::Input("input buffer is not contiguous".into()))?;
+        fill(slice)?;
+        let outputs = self
+            .state
+            .run(tvec![TValue::from_const(self.input.clone())])
+            .map_err(|e| ModelError::tract("run the model", e))?;
+        self.collect(outputs)
+    }
+
+    /// Run on a normalised `[batch, 3, H, W]` tensor.
+    pub fn run(&mut self, pixel_values: ArrayView4<f32>) -> Result<Vec<Features>> {
+        let expected = [
+            self.batch,
+            3,
+            self.resolution.height as usize,
+            self.resolution.width as usize,
+        ];
+        if pixel_values.shape() != expected {
+            return Err(ModelError::Input(format!(
+                "input has shape {:?}, the model was loaded for {:?}: load it with --size {}x{} (and batch {}) or resize the input",
+                pixel_values.shape(),
+                expected,
+                pixel_values.shape()[2],
+                pixel_values.shape().get(3).copied().unwrap_or(0),
+                pixel_values.shape()[0],
+            )));
+        }
+        self.run_with(|buf| {
+            for (o, v) in buf.iter_mut().zip(pixel_values.iter()) {
+                *o = *v;
+            }
+            Ok(())
+        })
+    }
+
+    /// Preprocess one RGB image with `pre` and run (batch-1 models).
+    pub fn run_image(
+        &mut self,
+        pre: &mut Preprocessor,
+        image: &image::RgbImage,
+    ) -> Result<Features> {
+        if self.batch != 1 {
+            return Err(ModelError::Input(format!(
+                "run_image takes one image; this model was loaded for batch {}",
+                self.batch
+            )));
+        }
+        if pre.resolution() != self.resolution {
+            return Err(ModelError::Input(format!(
+                "preprocessor resizes to {}, the model was loaded for {}",
+                pre.resolution(),
+                self.resolution
+            )));
+        }
+        let mut out = self.run_with(|buf| pre.run(image, buf).map(|_| ()))?;
+        Ok(out.remove(0))
+    }
+
+    fn collect(&self, outputs: TVec<TValue>) -> Result<Vec<Features>> {
+        let view = |ix: usize| -> Result<ndarray::ArrayViewD<'_, f32>> {
+            outputs[ix]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| ModelError::tract("read an output", e))
+        };
+        let tokens = view(0)?;
+        let t = self.layout.tokens();
+        let mut all = Vec::with_capacity(self.batch);
+        for b in 0..self.batch {
+            let seq = tokens.index_axis(Axis(0), b);
+            let seq = seq
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+            let mut blocks = Vec::with_capacity(self.blocks.len());
+            for (i, block) in self.blocks.iter().enumerate() {
+                let out = view(1 + i)?;
+                let mut seq: Array2<f32> = out
+                    .index_axis(Axis(0), b)
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .map_err(|e| ModelError::Input(e.to_string()))?
+                    .to_owned();
+                if self.normalize_blocks {
+                    layer_norm(&mut seq, &self.info.graph.final_norm);
+                }
+                blocks.push(BlockFeatures {
+                    block: *block,
+                    normalized: self.normalize_blocks,
+                    tokens: self.layout.split(seq.view()),
+                });
+            }
+            let attention = if self.attention {
+                let attn = view(1 + self.blocks.len())?;
+                let heads = attn.shape()[1];
+                let (gh, gw) = self.layout.grid;
+                let row = attn.slice(s![b, .., 0, 1 + self.layout.registers..t]);
+                Some(
+                    row.to_owned()
+                        .into_shape_with_order((heads, gh, gw))
+                        .map_err(|e| ModelError::Input(e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            all.push(Features {
+                tokens: self.layout.split(seq),
+                blocks,
+                attention,
+            });
+        }
+        Ok(all)
+    }
+
+    /// Number of nodes in the optimised plan (for reports).
+    pub fn plan_nodes(&self) -> usize {
+        self.plan.model().nodes().len()
+    }
+}
+
+/// Parse, tap the requested tensors, fix the input fact and declutter.
+fn compile(info: &ModelInfo, taps: &[String], batch: usize, res: Resolution) -> Result<TypedModel> {
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let dir = info.path.parent().and_then(|p| p.to_str());
+    let parsed = onnx
+        .parse(&info.proto, dir)
+        .map_err(|e| ModelError::tract("parse the ONNX graph", e))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(ModelError::InvalidOnnx {
+            path: info.path.clone(),
+            reason: format!("unresolved inputs {:?}", parsed.unresolved_inputs),
+        });
+    }
+    let mut model = parsed.model;
+    let outlets = taps
+        .iter()
+        .map(|name| {
+            parsed
+                .outlets_by_name
+                .get(name)
+                .copied()
+                .ok_or_else(|| ModelError::NotDinov2 {
+                    path: info.path.clone(),
+                    reason: format!("tensor {name} not found in the graph"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    model
+        .select_output_outlets(&outlets)
+        .map_err(|e| ModelError::tract("select the outputs", e))?;
+    for (ix, name) in taps.iter().enumerate() {
+        let _ = model.set_outlet_label(outlets[ix], name.clone());
+    }
+    let fact = f32::fact([batch, 3, res.height as usize, res.width as usize]);
+    model
+        .set_input_fact(0, fact.into())
+        .map_err(|e| ModelError::tract("set the input size", e))?;
+    let typed = model
+        .into_typed()
+        .map_err(|e| ModelError::tract(analysis_stage(res), e))?;
+    typed
+        .into_decluttered()
+        .map_err(|e| ModelError::tract("simplify the graph", e))
+}
+
+fn analysis_stage(_res: Resolution) -> &'static str {
+    "analyse the graph at this input size"
+}
+
+fn concrete_shape(model: &TypedModel, output: usize) -> Result<Vec<usize>> {
+    let fact = model
+        .output_fact(output)
+        .map_err(|e| ModelError::tract("read the output shapes", e))?;
+    fact.shape
+        .as_concrete()
+        .map(|s| s.to_vec())
+        .ok_or_else(|| ModelError::Tract {
+            stage: "resolve output shapes",
+            message: format!("output {output} has a symbolic shape {:?}", fact.shape),
+        })
+}

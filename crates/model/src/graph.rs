@@ -1,0 +1,429 @@
+//! Reading a DINOv2 ONNX graph: which variant it is, where its blocks and attention are.
+//!
+//! Everything here works on the ONNX protobuf, before tract sees the model, so `dinoedge
+//! info` is instant and the tensors dinoedge taps (block outputs, attention probabilities)
+//! are found by the graph's structure rather than by exporter-specific node names: the
+//! TorchScript exporter, the dynamo exporter and onnxruntime's quantizer all name nodes
+//! differently, but every DINOv2 block is `LayerNorm → attention (one Softmax) → residual →
+//! LayerNorm → MLP → residual`, and the encoder ends with one more LayerNorm.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use tract_onnx::pb;
+
+use crate::error::{ModelError, Result};
+
+/// Numeric precision of the weights, as the file stores them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Precision {
+    /// Plain float32.
+    Fp32,
+    /// float16 weights.
+    Fp16,
+    /// onnxruntime `quantize_dynamic`: `MatMulInteger`/`ConvInteger` + `DynamicQuantizeLinear`.
+    DynamicInt8 {
+        /// Whether the weights are signed (`QInt8`) or unsigned (`QUInt8`).
+        signed_weights: bool,
+    },
+    /// onnxruntime `quantize_static` in QDQ format (`QuantizeLinear`/`DequantizeLinear` pairs).
+    QdqInt8,
+    /// QOperator format (`QLinearMatMul`, `QLinearConv`).
+    QOperatorInt8,
+}
+
+impl Precision {
+    /// True for every int8 variant.
+    pub fn is_int8(&self) -> bool {
+        !matches!(self, Precision::Fp32 | Precision::Fp16)
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Precision::Fp32 => write!(f, "fp32"),
+            Precision::Fp16 => write!(f, "fp16"),
+            Precision::DynamicInt8 {
+                signed_weights: true,
+            } => {
+                write!(f, "int8 dynamic (MatMulInteger, int8 weights)")
+            }
+            Precision::DynamicInt8 {
+                signed_weights: false,
+            } => {
+                write!(f, "int8 dynamic (MatMulInteger, uint8 weights)")
+            }
+            Precision::QdqInt8 => write!(f, "int8 static QDQ"),
+            Precision::QOperatorInt8 => write!(f, "int8 QOperator (QLinearMatMul)"),
+        }
+    }
+}
+
+/// The final LayerNorm of the encoder, kept to normalise intermediate blocks on request
+/// (dinov2's `get_intermediate_layers(norm=True)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalNorm {
+    /// Scale, length D.
+    pub weight: Vec<f32>,
+    /// Shift, length D.
+    pub bias: Vec<f32>,
+    /// Epsilon (1e-6 for DINOv2).
+    pub eps: f32,
+}
+
+/// What the graph says about the model, read without running it.
+#[derive(Debug, Clone)]
+pub struct GraphInfo {
+    /// Name of the image input (`pixel_values` for Hugging Face exports).
+    pub input_name: String,
+    /// Names of the declared outputs.
+    pub output_names: Vec<String>,
+    /// Patch size (kernel and stride of the patch-embedding convolution).
+    pub patch_size: usize,
+    /// Token width D.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub num_blocks: usize,
+    /// Per block, the tensor holding its output (before the final LayerNorm).
+    pub block_outputs: Vec<String>,
+    /// Per block, the tensor holding its softmax attention probabilities `[B, heads, T, T]`.
+    pub attention_probs: Vec<String>,
+    /// The tensor holding all tokens after the final LayerNorm (`last_hidden_state`).
+    pub tokens_output: String,
+    /// The final LayerNorm's parameters.
+    pub final_norm: FinalNorm,
+    /// Weight precision.
+    pub precision: Precision,
+    /// Number of weight values stored in the file (initializers, biases and norms included).
+    pub parameters: usize,
+    /// How often each operator type occurs.
+    pub op_histogram: BTreeMap<String, usize>,
+    /// ONNX opset (default domain).
+    pub opset: i64,
+    /// Exporter that wrote the file.
+    pub producer: String,
+    /// Whether the position embedding is resized in the graph (an ONNX `Resize`), which is
+    /// what lets one file run at any resolution.
+    pub resizes_position_embedding: bool,
+}
+
+impl GraphInfo {
+    /// Read the structure of a decoded ONNX model. `path` is used in messages and to resolve
+    /// external tensor data.
+    pub fn from_proto(proto: &pb::ModelProto, path: &Path) -> Result<Self> {
+        let not_dino = |reason: String| ModelError::NotDinov2 {
+            path: path.to_owned(),
+            reason,
+        };
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| not_dino("the file holds no graph".into()))?;
+        let initializers: HashMap<&str, &pb::TensorProto> = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
+        let producers: HashMap<&str, &pb::NodeProto> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+            .collect();
+
+        let inputs: Vec<&pb::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains_key(i.name.as_str()))
+            .collect();
+        let input = match inputs.as_slice() {
+            [one] => *one,
+            [] => return Err(not_dino("the graph has no input".into())),
+            many => {
+                return Err(not_dino(format!(
+                    "expected one image input, found {}: {}",
+                    many.len(),
+                    many.iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
+        if let Some(rank) = declared_rank(input)
+            && rank != 4
+        {
+            return Err(not_dino(format!(
+                "the input `{}` has rank {rank}; a vision transformer takes [batch, 3, height, width]",
+                input.name
+            )));
+        }
+
+        let mut op_histogram = BTreeMap::new();
+        for n in &graph.node {
+            *op_histogram.entry(n.op_type.clone()).or_insert(0usize) += 1;
+        }
+
+        // Patch embedding: the first convolution whose kernel equals its stride.
+        let conv = graph
+            .node
+            .iter()
+            .find(|n| matches!(n.op_type.as_str(), "Conv" | "ConvInteger" | "QLinearConv"))
+            .ok_or_else(|| not_dino("no patch-embedding convolution (Conv) in the graph".into()))?;
+        let kernel = attr_ints(conv, "kernel_shape");
+        let strides = attr_ints(conv, "strides");
+        let patch_size = match (kernel.as_deref(), strides.as_deref()) {
+            (Some([kh, kw]), Some([sh, sw])) if kh == kw && kh == sh && kh == sw && *kh > 1 => {
+                *kh as usize
+            }
+            _ => {
+                return Err(not_dino(format!(
+                    "the first convolution ({}) is not a patch embedding (kernel {:?}, strides {:?})",
+                    conv.name, kernel, strides
+                )));
+            }
+        };
+
+        let softmaxes: Vec<&pb::NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Softmax")
+            .collect();
+        let norms: Vec<&pb::NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "LayerNormalization")
+            .collect();
+        if softmaxes.is_empty() {
+            return Err(not_dino("no attention (Softmax) in the graph".into()));
+        }
+        let num_blocks = softmaxes.len();
+        if norms.len() != 2 * num_blocks + 1 {
+            return Err(not_dino(format!(
+                "expected {} LayerNormalization nodes for {num_blocks} blocks (two per block and a final one), found {}{}",
+                2 * num_blocks + 1,
+                norms.len(),
+                if norms.is_empty() {
+                    " (exports below opset 17 decompose LayerNorm; re-export with opset 17 or later)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        // Block b's output feeds the first LayerNorm of block b+1, or the final LayerNorm.
+        let block_outputs: Vec<String> = (0..num_blocks)
+            .map(|b| norms[2 * b + 2].input[0].clone())
+            .collect();
+        let attention_probs: Vec<String> = softmaxes.iter().map(|n| n.output[0].clone()).collect();
+        let final_ln = norms[2 * num_blocks];
+        let tokens_output = final_ln.output[0].clone();
+        let eps = attr_f(final_ln, "epsilon").unwrap_or(1e-5);
+        let dir = path.parent().and_then(|p| p.to_str());
+        let load = |name: Option<&String>, what: &str| -> Result<Vec<f32>> {
+            let t = name
+                .and_then(|n| initializers.get(n.as_str()))
+                .ok_or_else(|| {
+                    not_dino(format!("the final LayerNorm's {what} is not a constant"))
+                })?;
+            let tensor = tract_onnx::tensor::load_tensor(
+                &tract_onnx::data_resolver::MmapDataResolver,
+                t,
+                dir,
+            )
+            .map_err(|e| ModelError::InvalidOnnx {
+                path: path.to_owned(),
+                reason: format!("tensor {}: {e:#}", t.name),
+            })?;
+            let tensor = tensor
+                .cast_to::<f32>()
+                .map_err(|e| ModelError::InvalidOnnx {
+                    path: path.to_owned(),
+                    reason: format!("tensor {}: {e:#}", t.name),
+                })?
+                .into_owned();
+            Ok(tensor
+                .to_plain_array_view::<f32>()
+                .map(|a| a.iter().copied().collect())
+                .unwrap_or_default())
+        };
+        let weight = load(final_ln.input.get(1), "scale")?;
+        let bias = match final_ln.input.get(2).filter(|s| !s.is_empty()) {
+            Some(b) => load(Some(b), "bias")?,
+            None => vec![0.0; weight.len()],
+        };
+        let embed_dim = weight.len();
+        if embed_dim == 0 || bias.len() != embed_dim {
+            return Err(not_dino(format!(
+                "the final LayerNorm has {} scales and {} biases",
+                weight.len(),
+                bias.len()
+            )));
+        }
+
+        let precision = detect_precision(graph, &initializers, &producers, &op_histogram);
+        let parameters = graph
+            .initializer
+            .iter()
+            .map(|t| {
+                t.dims
+                    .iter()
+                    .map(|d| (*d).max(0) as usize)
+                    .product::<usize>()
+            })
+            .sum();
+        let opset = proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .unwrap_or(0);
+        let producer = format!("{} {}", proto.producer_name, proto.producer_version)
+            .trim()
+            .to_string();
+        Ok(GraphInfo {
+            input_name: input.name.clone(),
+            output_names: graph.output.iter().map(|o| o.name.clone()).collect(),
+            patch_size,
+            embed_dim,
+            num_blocks,
+            block_outputs,
+            attention_probs,
+            tokens_output,
+            final_norm: FinalNorm { weight, bias, eps },
+            precision,
+            parameters,
+            resizes_position_embedding: op_histogram.contains_key("Resize"),
+            op_histogram,
+            opset,
+            producer,
+        })
+    }
+
+    /// Decode and analyse an ONNX file.
+    pub fn read(path: &Path) -> Result<(pb::ModelProto, Self)> {
+        let proto = read_proto(path)?;
+        let info = Self::from_proto(&proto, path)?;
+        Ok((proto, info))
+    }
+}
+
+/// Decode an ONNX file into its protobuf, with typed errors for a missing, unreadable or
+/// corrupt file.
+pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
+    use tract_onnx::prelude::Framework;
+    if !path.exists() {
+        return Err(ModelError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(ModelError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory; give the .onnx file inside it",
+            ),
+        });
+    }
+    if meta.len() == 0 {
+        return Err(ModelError::InvalidOnnx {
+            path: path.to_owned(),
+            reason: "the file is empty".into(),
+        });
+    }
+    let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| {
+        // tract reports I/O problems through the same channel as decoding errors.
+        match e.downcast_ref::<std::io::Error>() {
+            Some(io) => ModelError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            },
+            None => ModelError::InvalidOnnx {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            },
+        }
+    })?;
+    if proto.graph.as_ref().is_none_or(|g| g.node.is_empty()) {
+        return Err(ModelError::InvalidOnnx {
+            path: path.to_owned(),
+            reason: "the protobuf decoded but holds no graph nodes".into(),
+        });
+    }
+    Ok(proto)
+}
+
+fn declared_rank(input: &pb::ValueInfoProto) -> Option<usize> {
+    match input.r#type.as_ref()?.value.as_ref()? {
+        pb::type_proto::Value::TensorType(t) => t.shape.as_ref().map(|s| s.dim.len()),
+    }
+}
+
+fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_ints(node: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn attr_f(node: &pb::NodeProto, name: &str) -> Option<f32> {
+    attr(node, name).map(|a| a.f)
+}
+
+const ONNX_UINT8: i32 = 2;
+const ONNX_INT8: i32 = 3;
+const ONNX_FLOAT16: i32 = 10;
+
+fn detect_precision(
+    graph: &pb::GraphProto,
+    initializers: &HashMap<&str, &pb::TensorProto>,
+    producers: &HashMap<&str, &pb::NodeProto>,
+    ops: &BTreeMap<String, usize>,
+) -> Precision {
+    let has = |op: &str| ops.contains_key(op);
+    if has("MatMulInteger") || has("ConvInteger") {
+        // The weight is the B input of MatMulInteger (after an optional Transpose).
+        let signed = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "MatMulInteger")
+            .filter_map(|n| n.input.get(1))
+            .filter_map(|name| {
+                initializers
+                    .get(name.as_str())
+                    .map(|t| t.data_type)
+                    .or_else(|| {
+                        producers
+                            .get(name.as_str())
+                            .and_then(|p| p.input.first())
+                            .and_then(|i| initializers.get(i.as_str()))
+                            .map(|t| t.data_type)
+                    })
+            })
+            .any(|dt| dt == ONNX_INT8);
+        let unsigned = !signed && graph.initializer.iter().any(|t| t.data_type == ONNX_UINT8);
+        return Precision::DynamicInt8 {
+            signed_weights: signed || !unsigned,
+        };
+    }
+    if has("QLinearMatMul") || has("QLinearConv") {
+        return Precision::QOperatorInt8;
+    }
+    if has("QuantizeLinear") && has("DequantizeLinear") {
+        return Precision::QdqInt8;
+    }
+    if graph
+        .initializer
+        .iter()
+        .any(|t| t.data_type == ONNX_FLOAT16)
+    {
+        return Precision::Fp16;
+    }
+    Precision::Fp32
+}

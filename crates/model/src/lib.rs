@@ -1,0 +1,41 @@
+//! # dinoedge-model
+//!
+//! DINOv2 on [tract](https://github.com/sonos/tract): load the ONNX files people actually
+//! have (Hugging Face exports in fp32, dynamic int8 and QDQ int8, with or without register
+//! tokens), fix the input resolution at load time, preprocess RGB images, and extract dense
+//! features — the CLS token, register tokens, the `[h, w, D]` patch grid, intermediate
+//! blocks and the last block's attention.
+//!
+//! ```no_run
+//! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
+//! # fn main() -> Result<(), dinoedge_model::ModelError> {
+//! let options = BackboneOptions {
+//!     resolution: Some(Resolution::new(308, 448)),
+//!     blocks: vec![8, 11],
+//!     attention: true,
+//!     ..Default::default()
+//! };
+//! let mut backbone = Backbone::load("dinov2-small/onnx/model.onnx", &options)?;
+//! let mut pre = backbone.preprocessor(ResizeMode::Stretch)?;
+//! let features = backbone.run_image(&mut pre, &load_rgb("photo.jpg".as_ref())?)?;
+//! assert_eq!(features.patches().dim(), (22, 32, 384));
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod backbone;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod features;
+pub mod graph;
+pub mod preprocess;
+pub mod resolution;
+
+pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo};
+pub use cache::CacheMode;
+pub use error::{ModelError, Result};
+pub use features::{BlockFeatures, Features, TokenLayout, Tokens};
+pub use graph::{GraphInfo, Precision};
+pub use preprocess::{Normalization, Placement, Preprocessor, ResizeMode, load_rgb};
+pub use resolution::Resolution;
