@@ -279,11 +279,7 @@ impl Backbone {
             cache_entry: None,
             cache_note: None,
         };
-        let nnef = || {
-            use tract_onnx_opl::WithOnnx;
-            use tract_transformers::WithTractTransformers;
-            tract_nnef::nnef().with_onnx().with_tract_transformers()
-        };
+        let nnef = nnef_framework;
 
         // Try the cache.
         let entry = match options.cache.dir() {
@@ -637,6 +633,20 @@ impl Backbone {
     pub fn plan_nodes(&self) -> usize {
         self.plan.model().nodes().len()
     }
+}
+
+/// The NNEF dialect of the compile cache: tract-core, the ONNX and transformer extensions,
+/// and a `dinoedge` registry for the ops tract 0.23.9 cannot serialise itself (the exact GELU
+/// that `Erf`-based MLPs declutter into).
+fn nnef_framework() -> tract_nnef::framework::Nnef {
+    use tract_onnx_opl::WithOnnx;
+    use tract_transformers::WithTractTransformers;
+    let mut dinoedge = tract_nnef::internal::Registry::new("dinoedge");
+    dinoedge.register_unit_element_wise("dinoedge_gelu_exact", &tract_core::ops::nn::GeluExact {});
+    tract_nnef::nnef()
+        .with_onnx()
+        .with_tract_transformers()
+        .with_registry(dinoedge)
 }
 
 /// Parse, tap the requested tensors, fix the input fact and declutter.
