@@ -1,1 +1,61 @@
-fn main() {}
+//! `dinoedge`: DINOv2 dense features, depth and segmentation on edge boards.
+//!
+//! The binary only parses arguments and calls the library crates; see `crates/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// DINOv2 on small boards: dense features, attention and PCA views from ONNX models.
+#[derive(Parser)]
+#[command(name = "dinoedge", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: variant, precision, parameters, resolution limits, operators, load times.
+    Info(cmd::info::Args),
+    /// Extract patch grids, CLS tokens and chosen blocks as .npy files.
+    Features(cmd::features::Args),
+    /// The DINOv2 PCA picture: first three principal components of the patch features as RGB.
+    Pca(cmd::pca::Args),
+    /// A grid of the last block's per-head CLS attention over an image.
+    Attention(cmd::attention::Args),
+    /// Time the backbone alone (median of repeated runs), as one JSON line.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Info(a) => cmd::info::run(a),
+        Command::Features(a) => cmd::features::run(a),
+        Command::Pca(a) => cmd::pca::run(a),
+        Command::Attention(a) => cmd::attention::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -355,7 +355,9 @@ impl Backbone {
                     match stored {
                         Ok(()) => report.cache_entry = Some(entry.model.clone()),
                         Err(e) => {
-                            tracing::warn!("{e}");
+                            // Some graphs hold ops tract cannot write as NNEF (e.g. the
+                            // dynamic int8 quantiser): they just start uncached.
+                            tracing::info!("{e}");
                             report.cache_note = Some(format!("not cached: {e}"));
                         }
                     }

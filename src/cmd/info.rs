@@ -1,0 +1,156 @@
+//! `dinoedge info MODEL`
+
+use anyhow::{Context, Result};
+use dinoedge_model::{LoadSource, ModelInfo};
+
+use super::ModelArgs;
+
+/// Arguments of `dinoedge info`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Only read the file; do not compile it (no load times).
+    #[arg(long)]
+    no_compile: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let info = ModelInfo::read(&args.model.model)
+        .with_context(|| format!("reading {}", args.model.model.display()))?;
+    let g = &info.graph;
+    let size = std::fs::metadata(&info.path).map(|m| m.len()).unwrap_or(0);
+    let mut ops: Vec<(&String, &usize)> = g.op_histogram.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut json = serde_json::json!({
+        "file": info.path,
+        "bytes": size,
+        "variant": info.variant(),
+        "precision": g.precision.to_string(),
+        "parameters": g.parameters,
+        "embed_dim": g.embed_dim,
+        "blocks": g.num_blocks,
+        "heads": info.heads,
+        "registers": info.registers,
+        "patch_size": g.patch_size,
+        "native_grid": info.native_grid(),
+        "default_size": info.default_resolution().to_string(),
+        "any_size": g.resizes_position_embedding,
+        "input": g.input_name,
+        "outputs": g.output_names,
+        "opset": g.opset,
+        "producer": g.producer,
+        "ops": g.op_histogram,
+        "config": info.configs.model.as_ref().map(|(p, _)| p),
+        "preprocessor_config": info.configs.preprocessor.as_ref().map(|(p, _)| p),
+    });
+    if !args.json {
+        println!(
+            "file          {} ({:.1} MB)",
+            info.path.display(),
+            size as f64 / 1e6
+        );
+        println!("model         {}", info.variant());
+        println!("precision     {}", g.precision);
+        println!("parameters    {:.2} M", g.parameters as f64 / 1e6);
+        println!(
+            "layout        dim {}, {} blocks, {} heads, {} register tokens, patch {}",
+            g.embed_dim,
+            g.num_blocks,
+            info.heads.map(|h| h.to_string()).unwrap_or("?".into()),
+            info.registers.map(|r| r.to_string()).unwrap_or("?".into()),
+            g.patch_size
+        );
+        let p = g.patch_size;
+        if g.resizes_position_embedding {
+            println!(
+                "resolution    any HxW that are multiples of {p} (≥ {p}); default {}{}",
+                info.default_resolution(),
+                info.native_grid()
+                    .map(|n| format!(
+                        "; trained position grid {n}x{n} = {}x{} pixels",
+                        n * p,
+                        n * p
+                    ))
+                    .unwrap_or_default()
+            );
+        } else {
+            println!(
+                "resolution    fixed by the export (no position-embedding resize in the graph)"
+            );
+        }
+        println!("input         {} [batch, 3, H, W]", g.input_name);
+        println!("outputs       {}", g.output_names.join(", "));
+        println!(
+            "exporter      {} (opset {})",
+            if g.producer.is_empty() {
+                "?"
+            } else {
+                &g.producer
+            },
+            g.opset
+        );
+        let top: Vec<String> = ops
+            .iter()
+            .take(12)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "operators     {} nodes: {}{}",
+            ops.iter().map(|(_, v)| **v).sum::<usize>(),
+            top.join(", "),
+            if ops.len() > 12 { ", …" } else { "" }
+        );
+    }
+    if !args.no_compile {
+        let options = args.model.options();
+        let first = args.model.load(&options)?;
+        let r1 = first.load_report().clone();
+        let r2 = if r1.source == LoadSource::Compiled && r1.cache_entry.is_some() {
+            Some(args.model.load(&options)?.load_report().clone())
+        } else {
+            None
+        };
+        let (cold, warm) = match (&r1.source, &r2) {
+            (LoadSource::Compiled, Some(r2)) => (Some(r1.total), Some(r2.total)),
+            (LoadSource::Compiled, None) => (Some(r1.total), None),
+            (LoadSource::Cache, _) => (None, Some(r1.total)),
+        };
+        json["load"] = serde_json::json!({
+            "size": first.resolution().to_string(),
+            "threads": first.threads(),
+            "compile_s": cold.map(|d| d.as_secs_f64()),
+            "cached_s": warm.map(|d| d.as_secs_f64()),
+            "cache_entry": r1.cache_entry,
+            "cache_note": r1.cache_note,
+            "plan_nodes": first.plan_nodes(),
+        });
+        if !args.json {
+            let fmt = |d: Option<std::time::Duration>| {
+                d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+                    .unwrap_or("-".into())
+            };
+            println!(
+                "load at {}    first start (compile) {}, cached start {} [{} threads, {} plan nodes]",
+                first.resolution(),
+                fmt(cold),
+                fmt(warm),
+                first.threads(),
+                first.plan_nodes()
+            );
+            if let Some(e) = &r1.cache_entry {
+                println!("cache         {}", e.display());
+            }
+            if let Some(n) = &r1.cache_note {
+                println!("cache note    {n}");
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    Ok(())
+}

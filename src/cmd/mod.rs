@@ -1,0 +1,125 @@
+//! One module per subcommand, and the arguments they share.
+
+pub mod attention;
+pub mod bench;
+pub mod features;
+pub mod info;
+pub mod pca;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Arguments every command that runs the backbone takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// ONNX model file (e.g. dinov2-small/onnx/model_int8.onnx); falls back to $DINOEDGE_MODEL.
+    #[arg(env = "DINOEDGE_MODEL")]
+    pub model: PathBuf,
+    /// Input size HxW, both multiples of 14 (default: the model's crop size, else 224x224).
+    #[arg(long, short)]
+    pub size: Option<Resolution>,
+    /// Backbone threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where compiled models are cached (default: $DINOEDGE_CACHE_DIR or ~/.cache/dinoedge/compiled).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the compile cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl ModelArgs {
+    /// Backbone options from these arguments.
+    pub fn options(&self) -> BackboneOptions {
+        BackboneOptions {
+            resolution: self.size,
+            threads: self.threads,
+            cache: if self.no_cache {
+                CacheMode::Off
+            } else {
+                self.cache_dir
+                    .clone()
+                    .map(CacheMode::Dir)
+                    .unwrap_or_default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Load the backbone with a spinner while it compiles.
+    pub fn load(&self, options: &BackboneOptions) -> Result<Backbone> {
+        let spinner =
+            ProgressBar::new_spinner().with_message(format!("loading {}", self.model.display()));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        let bb = Backbone::load(&self.model, options)
+            .with_context(|| format!("loading {}", self.model.display()));
+        spinner.finish_and_clear();
+        let bb = bb?;
+        let r = bb.load_report();
+        tracing::info!(
+            "loaded {} at {} in {:.2?} ({:?}; {} threads)",
+            bb.info().variant(),
+            bb.resolution(),
+            r.total,
+            r.source,
+            bb.threads()
+        );
+        if let Some(note) = &r.cache_note {
+            tracing::info!("{note}");
+        }
+        Ok(bb)
+    }
+}
+
+/// Parse `--resize`.
+pub fn parse_resize(s: &str) -> Result<ResizeMode, String> {
+    s.parse::<ResizeMode>().map_err(|e| e.to_string())
+}
+
+/// A progress bar over `n` images (hidden when stderr is not a terminal).
+pub fn progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The file stem used to name outputs of `image`.
+pub fn stem(image: &Path) -> String {
+    image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image")
+        .to_string()
+}
+
+/// Create the output directory, with context.
+pub fn out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating output directory {}", dir.display()))
+}
+
+/// Finish a loop over images: a summary error when some failed (the others' outputs stay).
+pub fn finish(failed: &[(PathBuf, anyhow::Error)], total: usize) -> Result<()> {
+    for (p, e) in failed {
+        eprintln!("error: {}: {e:#}", p.display());
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {total} images failed (outputs of the others were written)",
+            failed.len()
+        )
+    }
+}
