@@ -177,6 +177,9 @@ pub struct LoadReport {
     pub cache_entry: Option<PathBuf>,
     /// Why the cache was not used or not written, when that happened.
     pub cache_note: Option<String>,
+    /// How many of tract's operators were replaced by dinoedge's faster ones
+    /// (see [`crate::ops`]).
+    pub dinoedge_ops: usize,
 }
 
 /// Where the decluttered graph came from.
@@ -278,6 +281,7 @@ impl Backbone {
             total: Duration::ZERO,
             cache_entry: None,
             cache_note: None,
+            dinoedge_ops: 0,
         };
         let nnef = nnef_framework;
 
@@ -365,6 +369,15 @@ impl Backbone {
                 m
             }
         };
+
+        report.dinoedge_ops = model
+            .nodes()
+            .iter()
+            .filter(|n| {
+                n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
+                    .is_some()
+            })
+            .count();
 
         // Shapes are concrete now: check them against the layout dinoedge expects.
         let token_shape = concrete_shape(&model, 0)?;
@@ -645,6 +658,7 @@ fn nnef_framework() -> tract_nnef::framework::Nnef {
     use tract_transformers::WithTractTransformers;
     let mut dinoedge = tract_nnef::internal::Registry::new("dinoedge");
     dinoedge.register_unit_element_wise("dinoedge_gelu_exact", &tract_core::ops::nn::GeluExact {});
+    crate::ops::register(&mut dinoedge);
     tract_nnef::nnef()
         .with_onnx()
         .with_tract_transformers()
@@ -691,9 +705,14 @@ fn compile(info: &ModelInfo, taps: &[String], batch: usize, res: Resolution) -> 
     let typed = model
         .into_typed()
         .map_err(|e| ModelError::tract(analysis_stage(res), e))?;
-    typed
+    let mut model = typed
         .into_decluttered()
-        .map_err(|e| ModelError::tract("simplify the graph", e))
+        .map_err(|e| ModelError::tract("simplify the graph", e))?;
+    let swapped = crate::ops::swap_dynamic_quantizers(&mut model);
+    if swapped > 0 {
+        tracing::debug!("{swapped} dynamic quantizers swapped for dinoedge's vectorised one");
+    }
+    Ok(model)
 }
 
 fn analysis_stage(_res: Resolution) -> &'static str {

@@ -127,3 +127,22 @@ fn unwritable_cache_directory_is_not_fatal() {
             .contains("not cached")
     );
 }
+
+#[test]
+fn dynamic_int8_models_are_cached_too() {
+    // Their quantiser is dinoedge's own op, which the cache's NNEF dialect knows.
+    let dir = tempfile::tempdir().unwrap();
+    let path = model("tiny/dinov2-tiny/onnx/model_int8.onnx");
+    let mut first = Backbone::load(&path, &opts(dir.path())).unwrap();
+    assert!(
+        first.load_report().cache_entry.is_some(),
+        "{:?}",
+        first.load_report()
+    );
+    let mut second = Backbone::load(&path, &opts(dir.path())).unwrap();
+    assert_eq!(second.load_report().source, LoadSource::Cache);
+    assert_eq!(
+        first.run(input().view()).unwrap(),
+        second.run(input().view()).unwrap()
+    );
+}

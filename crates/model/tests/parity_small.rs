@@ -102,6 +102,14 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     )
     .unwrap();
     assert_eq!(bb.precision(), precision);
+    if matches!(precision, Precision::DynamicInt8 { .. }) {
+        // 49 DynamicQuantizeLinear in the file; one per distinct activation after decluttering.
+        assert!(
+            bb.load_report().dinoedge_ops > 0,
+            "no quantiser was swapped: {:?}",
+            bb.load_report()
+        );
+    }
     let f = bb.run(input(size).view()).unwrap().remove(0);
     let got = f.tokens.to_sequence();
     let dir = format!("dinov2-small/{size}");

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Time onnxruntime and dinoedge (tract) on the same ONNX files in the same run.
+
+Usage:
+    pip install onnxruntime numpy            # the registry's onnxruntime, CPU provider
+    cargo build --release
+    python3 benches/ort_compare.py [--fixtures ../shared/fixtures] [--threads 1 2] [--runs 20]
+
+For each file and thread count it prints the median latency of both runtimes and the
+ratio tract / onnxruntime (below 1.0: dinoedge is faster). The two runtimes alternate
+file by file, so a busy neighbour on a shared machine slows both alike. Use --json to
+get the table as JSON as well.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = [
+    ("fp32", "dinov2-small/onnx/model.onnx"),
+    ("int8 dynamic (S8 weights)", "dinov2-small/onnx/model_int8.onnx"),
+    ("int8 dynamic (U8 weights)", "dinov2-small/onnx/model_quantized.onnx"),
+    ("int8 QDQ", "dinov2-small/onnx/model_qdq.onnx"),
+]
+
+
+def time_ort(path, size, threads, runs, warmup):
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    h, w = size
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+    name = sess.get_inputs()[0].name
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    ms = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        ms.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ms)
+
+
+def time_tract(binary, path, size, threads, runs, warmup):
+    out = subprocess.run(
+        [str(binary), "bench", str(path), "--size", f"{size[0]}x{size[1]}", "--threads", str(threads),
+         "--runs", str(runs), "--warmup", str(warmup)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fixtures", default=os.environ.get("DINOEDGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+    ap.add_argument("--binary", default=ROOT / "target" / "release" / "dinoedge")
+    ap.add_argument("--size", default="224x224")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--only", help="substring of the file names to keep")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        sys.exit("onnxruntime is not installed: pip install onnxruntime numpy")
+    binary = Path(a.binary)
+    if not binary.is_file():
+        sys.exit(f"{binary} not found: run `cargo build --release` first (or pass --binary)")
+    size = tuple(int(v) for v in a.size.lower().split("x"))
+    fixtures = Path(a.fixtures)
+    rows = []
+    print(f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>10}")
+    for label, rel in FILES:
+        if a.only and a.only not in rel:
+            continue
+        path = fixtures / rel
+        if not path.is_file():
+            print(f"{label:28} missing: {path}")
+            continue
+        for t in sorted(set(a.threads)):
+            ort_ms = time_ort(path, size, t, a.runs, a.warmup)
+            tract_ms = time_tract(binary, path, size, t, a.runs, a.warmup)
+            ratio = tract_ms / ort_ms
+            rows.append(dict(model=label, file=rel, threads=t, size=a.size, ort_ms=ort_ms, tract_ms=tract_ms, ratio=ratio))
+            print(f"{label:28} {t:>7} {ort_ms:>15.1f} {tract_ms:>12.1f} {ratio:>10.2f}", flush=True)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
