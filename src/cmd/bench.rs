@@ -18,6 +18,9 @@ pub struct Args {
     /// Untimed runs first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Also print tract's profile: time per run by operator, largest first (to stderr).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -56,5 +59,29 @@ pub fn run(args: Args) -> Result<()> {
         "load_s": bb.load_report().total.as_secs_f64(),
     });
     println!("{out}");
+    if args.profile {
+        let prof = bb.profile(input.view(), args.runs.min(5))?;
+        let total: f64 = prof.iter().map(|p| p.per_run.as_secs_f64()).sum();
+        eprintln!(
+            "{:<40} {:>6} {:>10} {:>6}",
+            "operator", "nodes", "ms/run", "share"
+        );
+        for p in prof.iter().take(15) {
+            let ms = p.per_run.as_secs_f64() * 1e3;
+            eprintln!(
+                "{:<40} {:>6} {:>10.2} {:>5.1}%",
+                p.op,
+                p.nodes,
+                ms,
+                100.0 * p.per_run.as_secs_f64() / total
+            );
+        }
+        eprintln!(
+            "{:<40} {:>6} {:>10.2}",
+            "all nodes",
+            prof.iter().map(|p| p.nodes).sum::<usize>(),
+            total * 1e3
+        );
+    }
     Ok(())
 }

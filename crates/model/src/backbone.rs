@@ -191,6 +191,17 @@ pub enum LoadSource {
     Cache,
 }
 
+/// Time spent in one kind of operator, per run.
+#[derive(Debug, Clone)]
+pub struct OpProfile {
+    /// tract's operator name.
+    pub op: String,
+    /// Total time per run in nodes of this kind.
+    pub per_run: Duration,
+    /// Number of such nodes in the plan.
+    pub nodes: usize,
+}
+
 /// A DINOv2 backbone compiled for one resolution and batch size.
 #[derive(Debug)]
 pub struct Backbone {
@@ -266,10 +277,13 @@ impl Backbone {
         if options.attention {
             taps.push(g.attention_probs[g.num_blocks - 1].clone());
         }
+        let fast_ops =
+            std::env::var_os("DINOEDGE_TRACT_OPS_ONLY").is_none_or(|v| v.is_empty() || v == "0");
         let options_key = format!(
-            "{resolution} batch {} taps [{}]",
+            "{resolution} batch {} taps [{}]{}",
             options.batch,
-            taps.join(", ")
+            taps.join(", "),
+            if fast_ops { "" } else { " tract-ops-only" }
         );
 
         let mut report = LoadReport {
@@ -347,7 +361,7 @@ impl Backbone {
             Some(m) => m,
             None => {
                 let t = Instant::now();
-                let m = compile(&info, &taps, options.batch, resolution)?;
+                let m = compile(&info, &taps, options.batch, resolution, fast_ops)?;
                 report.compile = t.elapsed();
                 if let Some((entry, meta)) = &entry {
                     let stored = entry.store(meta, |f| {
@@ -644,6 +658,58 @@ impl Backbone {
         Ok(all)
     }
 
+    /// Run `runs` times on `pixel_values`, timing every node of the plan; returns the time
+    /// per run by operator name, largest first (tract's own profile of where time goes).
+    pub fn profile(
+        &mut self,
+        pixel_values: ArrayView4<f32>,
+        runs: usize,
+    ) -> Result<Vec<OpProfile>> {
+        let expected = [
+            self.batch,
+            3,
+            self.resolution.height as usize,
+            self.resolution.width as usize,
+        ];
+        if pixel_values.shape() != expected {
+            return Err(ModelError::Input(format!(
+                "input has shape {:?}, expected {expected:?}",
+                pixel_values.shape()
+            )));
+        }
+        let input = Tensor::from(pixel_values.to_owned().into_dyn());
+        let mut times: std::collections::HashMap<String, (Duration, usize)> = Default::default();
+        for _ in 0..runs.max(1) {
+            let mut record = |name: String, d: Duration| {
+                let e = times.entry(name).or_default();
+                e.0 += d;
+                e.1 += 1;
+            };
+            self.state
+                .run_plan_with_eval(
+                    tvec![input.clone().into_tvalue()],
+                    |ctx, state, node, inputs| {
+                        let t = Instant::now();
+                        let r = tract_core::plan::eval(ctx, state, node, inputs);
+                        record(node.op().name().to_string(), t.elapsed());
+                        r
+                    },
+                )
+                .map_err(|e| ModelError::tract("run the model", e))?;
+        }
+        let runs = runs.max(1) as u32;
+        let mut out: Vec<OpProfile> = times
+            .into_iter()
+            .map(|(op, (d, n))| OpProfile {
+                op,
+                per_run: d / runs,
+                nodes: n / runs as usize,
+            })
+            .collect();
+        out.sort_by(|a, b| b.per_run.cmp(&a.per_run));
+        Ok(out)
+    }
+
     /// Number of nodes in the optimised plan (for reports).
     pub fn plan_nodes(&self) -> usize {
         self.plan.model().nodes().len()
@@ -666,7 +732,15 @@ fn nnef_framework() -> tract_nnef::framework::Nnef {
 }
 
 /// Parse, tap the requested tensors, fix the input fact and declutter.
-fn compile(info: &ModelInfo, taps: &[String], batch: usize, res: Resolution) -> Result<TypedModel> {
+/// `fast_ops`: swap in dinoedge's operators (off only to measure tract's own, with
+/// `DINOEDGE_TRACT_OPS_ONLY=1`).
+fn compile(
+    info: &ModelInfo,
+    taps: &[String],
+    batch: usize,
+    res: Resolution,
+    fast_ops: bool,
+) -> Result<TypedModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
     let dir = info.path.parent().and_then(|p| p.to_str());
     let parsed = onnx
@@ -708,7 +782,11 @@ fn compile(info: &ModelInfo, taps: &[String], batch: usize, res: Resolution) -> 
     let mut model = typed
         .into_decluttered()
         .map_err(|e| ModelError::tract("simplify the graph", e))?;
-    let swapped = crate::ops::swap_dynamic_quantizers(&mut model);
+    let swapped = if fast_ops {
+        crate::ops::swap_dynamic_quantizers(&mut model)
+    } else {
+        0
+    };
     if swapped > 0 {
         tracing::debug!("{swapped} dynamic quantizers swapped for dinoedge's vectorised one");
     }

@@ -33,7 +33,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod resolution;
 
-pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo};
+pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;
 pub use error::{ModelError, Result};
 pub use features::{BlockFeatures, Features, TokenLayout, Tokens};

@@ -31,7 +31,7 @@ impl Resolution {
     /// Check that both sides are positive multiples of `patch`; the error names the nearest
     /// valid sizes.
     pub fn validate(self, patch: u32) -> Result<Self> {
-        let bad = |v: u32| v == 0 || v % patch != 0;
+        let bad = |v: u32| v == 0 || !v.is_multiple_of(patch);
         if !bad(self.height) && !bad(self.width) {
             return Ok(self);
         }
@@ -86,7 +86,7 @@ fn nearest(v: u32, patch: u32) -> (Option<u32>, u32) {
 }
 
 fn nearest_or_self(v: u32, patch: u32) -> (Option<u32>, Option<u32>) {
-    if v > 0 && v % patch == 0 {
+    if v > 0 && v.is_multiple_of(patch) {
         (Some(v), None)
     } else {
         let (lo, hi) = nearest(v, patch);
