@@ -384,15 +384,6 @@ impl Backbone {
             }
         };
 
-        report.dinoedge_ops = model
-            .nodes()
-            .iter()
-            .filter(|n| {
-                n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
-                    .is_some()
-            })
-            .count();
-
         // Shapes are concrete now: check them against the layout dinoedge expects.
         let token_shape = concrete_shape(&model, 0)?;
         let (gh, gw) = resolution.grid(g.patch_size as u32);
@@ -426,9 +417,22 @@ impl Backbone {
         };
 
         let t = Instant::now();
-        let optimized = model
+        let mut optimized = model
             .into_optimized()
             .map_err(|e| ModelError::tract("optimise the model", e))?;
+        // tract forms its static quantisers while optimising: swap those now.
+        if fast_ops {
+            crate::ops::swap_static_quantizers(&mut optimized);
+        }
+        report.dinoedge_ops = optimized
+            .nodes()
+            .iter()
+            .filter(|n| {
+                n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
+                    .is_some()
+                    || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
+            })
+            .count();
         let executor = if threads == 1 {
             Executor::SingleThread
         } else {
@@ -788,7 +792,7 @@ fn compile(
         0
     };
     if swapped > 0 {
-        tracing::debug!("{swapped} dynamic quantizers swapped for dinoedge's vectorised one");
+        tracing::debug!("{swapped} quantizers swapped for dinoedge's vectorised ones");
     }
     Ok(model)
 }

@@ -102,8 +102,8 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     )
     .unwrap();
     assert_eq!(bb.precision(), precision);
-    if matches!(precision, Precision::DynamicInt8 { .. }) {
-        // 49 DynamicQuantizeLinear in the file; one per distinct activation after decluttering.
+    if precision.is_int8() {
+        // Dynamic: 49 DynamicQuantizeLinear; QDQ: 194 QuantizeLinear (fewer after decluttering).
         assert!(
             bb.load_report().dinoedge_ops > 0,
             "no quantiser was swapped: {:?}",
