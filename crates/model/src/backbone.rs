@@ -710,7 +710,7 @@ impl Backbone {
                 nodes: n / runs as usize,
             })
             .collect();
-        out.sort_by(|a, b| b.per_run.cmp(&a.per_run));
+        out.sort_by_key(|p| std::cmp::Reverse(p.per_run));
         Ok(out)
     }
 
