@@ -560,24 +560,31 @@ impl Backbone {
         self.collect(outputs)
     }
 
-    /// Run on a normalised `[batch, 3, H, W]` tensor.
-    pub fn run(&mut self, pixel_values: ArrayView4<f32>) -> Result<Vec<Features>> {
-        let expected = [
+    /// The input shape this backbone takes: `[batch, 3, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [
             self.batch,
             3,
             self.resolution.height as usize,
             self.resolution.width as usize,
-        ];
-        if pixel_values.shape() != expected {
-            return Err(ModelError::Input(format!(
-                "input has shape {:?}, the model was loaded for {:?}: load it with --size {}x{} (and batch {}) or resize the input",
-                pixel_values.shape(),
-                expected,
-                pixel_values.shape()[2],
-                pixel_values.shape().get(3).copied().unwrap_or(0),
-                pixel_values.shape()[0],
-            )));
+        ]
+    }
+
+    fn check_input(&self, pixel_values: &ArrayView4<f32>) -> Result<()> {
+        let expected = self.input_shape();
+        if pixel_values.shape() == expected {
+            return Ok(());
         }
+        let s = pixel_values.shape();
+        Err(ModelError::Input(format!(
+            "input has shape {s:?}, the model was loaded for {expected:?}: load it with --size {}x{} (and batch {}) or resize the input",
+            s[2], s[3], s[0],
+        )))
+    }
+
+    /// Run on a normalised `[batch, 3, H, W]` tensor.
+    pub fn run(&mut self, pixel_values: ArrayView4<f32>) -> Result<Vec<Features>> {
+        self.check_input(&pixel_values)?;
         self.run_with(|buf| {
             for (o, v) in buf.iter_mut().zip(pixel_values.iter()) {
                 *o = *v;
@@ -669,18 +676,7 @@ impl Backbone {
         pixel_values: ArrayView4<f32>,
         runs: usize,
     ) -> Result<Vec<OpProfile>> {
-        let expected = [
-            self.batch,
-            3,
-            self.resolution.height as usize,
-            self.resolution.width as usize,
-        ];
-        if pixel_values.shape() != expected {
-            return Err(ModelError::Input(format!(
-                "input has shape {:?}, expected {expected:?}",
-                pixel_values.shape()
-            )));
-        }
+        self.check_input(&pixel_values)?;
         let input = Tensor::from(pixel_values.to_owned().into_dyn());
         let mut times: std::collections::HashMap<String, (Duration, usize)> = Default::default();
         for _ in 0..runs.max(1) {
