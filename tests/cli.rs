@@ -21,7 +21,6 @@ fn dinoedge(args: &[&std::ffi::OsStr], cache: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dinoedge"))
         .args(args)
         .env("DINOEDGE_CACHE_DIR", cache)
-        .env_remove("DINOEDGE_MODEL")
         .output()
         .expect("the binary runs")
 }

@@ -15,8 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Arguments every command that runs the backbone takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// ONNX model file (e.g. dinov2-small/onnx/model_int8.onnx); falls back to $DINOEDGE_MODEL.
-    #[arg(env = "DINOEDGE_MODEL")]
+    /// ONNX model file (e.g. dinov2-small/onnx/model_int8.onnx).
     pub model: PathBuf,
     /// Input size HxW, both multiples of 14 (default: the model's crop size, else 224x224).
     #[arg(long, short)]
