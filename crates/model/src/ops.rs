@@ -49,20 +49,25 @@ pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
 /// `y = saturate(round_ties_even(x / scale) + zero_point)`, bit-identical to the scalar
 /// definition (including `scale == 0`, where every value maps to the zero point).
 pub fn quantize_u8(scale: f32, zero_point: u8, xs: &[f32], ys: &mut [u8]) {
-    // Adding and subtracting 1.5 * 2^23 rounds to an integer, ties to even, exactly, for
-    // |q| <= 2^22; values beyond +-1024 saturate anyway, so clamp first.
-    const MAGIC: f32 = 12_582_912.0;
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = *x / scale;
-        let q = if q.is_nan() {
-            0.0
-        } else {
-            q.clamp(-1024.0, 1024.0)
-        };
-        let r = (q + MAGIC) - MAGIC;
-        *y = (r + zp).clamp(0.0, 255.0) as u8;
+        *y = (round_saturating(*x / scale) + zp).clamp(0.0, 255.0) as u8;
     }
+}
+
+/// `round_ties_even(q)` for the quantisers: NaN gives 0 (as Rust's `as i32` does) and the
+/// value is first clamped to ±1024, beyond which every 8-bit result saturates anyway. Within
+/// that range, adding and subtracting 1.5·2²³ rounds to an integer, ties to even, exactly,
+/// with plain float adds the compiler vectorises.
+#[inline(always)]
+fn round_saturating(q: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let q = if q.is_nan() {
+        0.0
+    } else {
+        q.clamp(-1024.0, 1024.0)
+    };
+    (q + MAGIC) - MAGIC
 }
 
 impl Op for FastDynamicQuantizeLinearU8 {
@@ -127,17 +132,9 @@ impl std::hash::Hash for FastQuantizeLinearI8 {
 
 /// The loop of [`FastQuantizeLinearI8`].
 pub fn quantize_i8(scale: f32, zero_point: i8, xs: &[f32], ys: &mut [i8]) {
-    const MAGIC: f32 = 12_582_912.0;
     let zp = zero_point as f32;
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        let q = *x * scale;
-        let q = if q.is_nan() {
-            0.0
-        } else {
-            q.clamp(-1024.0, 1024.0)
-        };
-        let r = (q + MAGIC) - MAGIC;
-        *y = (r + zp).clamp(-128.0, 127.0) as i8;
+        *y = (round_saturating(*x * scale) + zp).clamp(-128.0, 127.0) as i8;
     }
 }
 

@@ -6,16 +6,7 @@ mod common;
 
 use common::*;
 use dinoedge_model::{Backbone, Precision};
-use ndarray::{Array2, Array4, s};
-
-const FP32_TOL: f32 = 1e-4;
-const ATTN_TOL: f32 = 1e-5;
-
-fn input(size: &str) -> Array4<f32> {
-    npy(&format!("inputs/pixel_values_{size}.npy"))
-        .into_dimensionality()
-        .unwrap()
-}
+use ndarray::{Array2, s};
 
 #[test]
 fn small_fp32_224_tokens_blocks_and_attention() {

@@ -5,16 +5,7 @@ mod common;
 
 use common::*;
 use dinoedge_model::{Backbone, Precision};
-use ndarray::{Array4, Axis, s};
-
-const FP32_TOL: f32 = 1e-4;
-const ATTN_TOL: f32 = 1e-5;
-
-fn input(size: &str) -> Array4<f32> {
-    npy(&format!("inputs/pixel_values_{size}.npy"))
-        .into_dimensionality()
-        .unwrap()
-}
+use ndarray::{Axis, s};
 
 fn check_fp32(name: &str, registers: usize) {
     let model = model(&format!("tiny/{name}/onnx/model.onnx"));

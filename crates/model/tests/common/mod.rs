@@ -32,6 +32,18 @@ pub fn npy(rel: &str) -> ArrayD<f32> {
     ndarray_npy::read_npy(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// fp32 tolerance of the fixtures README (observed ~5e-6).
+pub const FP32_TOL: f32 = 1e-4;
+/// Attention-probability tolerance of the fixtures README.
+pub const ATTN_TOL: f32 = 1e-5;
+
+/// A reference input `[B, 3, H, W]`: `224x224`, `308x448` or `42x56_batch2`.
+pub fn input(size: &str) -> ndarray::Array4<f32> {
+    npy(&format!("inputs/pixel_values_{size}.npy"))
+        .into_dimensionality()
+        .unwrap()
+}
+
 /// Options with no cache (tests stay hermetic) and the given size/batch.
 pub fn options(h: u32, w: u32, batch: usize) -> BackboneOptions {
     BackboneOptions {
