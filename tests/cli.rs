@@ -50,6 +50,19 @@ fn info_describes_the_model_and_both_load_times() {
         t.contains("first start (compile)") && t.contains("cached start"),
         "{t}"
     );
+    // Both times were measured: the second start really came from the cache.
+    assert!(
+        !t.contains("cached start -") && !t.contains("compile) -"),
+        "{t}"
+    );
+    let o = dinoedge(
+        args!["info", tiny_reg(), "--json", "--size", "28"],
+        tmp.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["load"]["compile_s"].as_f64().is_some(), "{v}");
+    assert!(v["load"]["cached_s"].as_f64().is_some(), "{v}");
+    assert!(v["load"]["cache_note"].is_null(), "{v}");
     let o = dinoedge(
         args!["info", tiny_reg(), "--json", "--no-compile"],
         tmp.path(),

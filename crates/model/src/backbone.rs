@@ -778,7 +778,7 @@ fn compile(
         .map_err(|e| ModelError::tract("set the input size", e))?;
     let typed = model
         .into_typed()
-        .map_err(|e| ModelError::tract(analysis_stage(res), e))?;
+        .map_err(|e| ModelError::tract("analyse the graph at this input size", e))?;
     let mut model = typed
         .into_decluttered()
         .map_err(|e| ModelError::tract("simplify the graph", e))?;
@@ -791,10 +791,6 @@ fn compile(
         tracing::debug!("{swapped} quantizers swapped for dinoedge's vectorised ones");
     }
     Ok(model)
-}
-
-fn analysis_stage(_res: Resolution) -> &'static str {
-    "analyse the graph at this input size"
 }
 
 fn concrete_shape(model: &TypedModel, output: usize) -> Result<Vec<usize>> {
