@@ -6,7 +6,8 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 
-/// DINOv2 on small boards: dense features, attention and PCA views from ONNX models.
+/// DINOv2 on small boards: dense features, attention and PCA views from ONNX models, and
+/// frames from cameras, files and streams.
 #[derive(Parser)]
 #[command(name = "dinoedge", version, about, long_about = None)]
 struct Cli {
@@ -29,6 +30,10 @@ enum Command {
     Attention(cmd::attention::Args),
     /// Time the backbone alone (median of repeated runs), as one JSON line.
     Bench(cmd::bench::Args),
+    /// List the V4L2 (USB) cameras on this machine and their formats, sizes and frame rates.
+    Cameras(cmd::cameras::Args),
+    /// Read frames from a camera, file or stream; print them and optionally save them.
+    Capture(cmd::capture::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +55,8 @@ fn main() -> std::process::ExitCode {
         Command::Pca(a) => cmd::pca::run(a),
         Command::Attention(a) => cmd::attention::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Cameras(a) => cmd::cameras::run(a),
+        Command::Capture(a) => cmd::capture::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

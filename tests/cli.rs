@@ -207,3 +207,95 @@ fn clear_errors() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);
 }
+
+fn media(name: &str) -> PathBuf {
+    std::env::var_os("DINOEDGE_MEDIA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media"))
+        .join(name)
+}
+
+#[test]
+fn capture_reads_mjpeg_from_stdin_and_saves_frames() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let frame = std::fs::read(media("jpeg_mjpeg_frame_no_dht_mozilla963907.jpg")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
+        .args(["capture", "-", "--json", "--out"])
+        .arg(tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..3 {
+            stdin.write_all(&frame).unwrap();
+            stdin.write_all(b"\r\n--boundary\r\n").unwrap();
+        }
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{t}");
+    assert_eq!(lines[2]["seq"], 2);
+    assert_eq!(lines[0]["width"], 960);
+    let saved = image::open(tmp.path().join("frame_000002.png")).unwrap();
+    assert_eq!((saved.width(), saved.height()), (960, 720));
+}
+
+#[test]
+fn capture_keeps_frames_before_a_damaged_end_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(media("y4m_rav1e_small_input_64x64_420jpeg.y4m")).unwrap();
+    let cut = tmp.path().join("cut.y4m");
+    std::fs::write(&cut, &bytes[..bytes.len() - 500]).unwrap();
+    let out = tmp.path().join("frames");
+    let o = dinoedge(
+        args!["capture", cut, "--out", out, "--ext", "jpg"],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "a truncated file is reported: {t}");
+    assert!(t.contains("truncated"), "{t}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 4, "{t}");
+}
+
+#[test]
+fn capture_test_pattern_and_camera_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = dinoedge(
+        args![
+            "capture",
+            "synthetic://?width=64&height=48&pace=fast",
+            "-n",
+            "4"
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("4 frames"), "{t}");
+    let o = dinoedge(args!["cameras"], tmp.path());
+    let t = text(&o);
+    if cfg!(feature = "camera") {
+        assert!(o.status.success(), "{t}");
+    } else {
+        assert!(
+            !o.status.success() && t.contains("--features camera"),
+            "{t}"
+        );
+    }
+    let o = dinoedge(args!["capture", "v4l2:///dev/video93"], tmp.path());
+    let t = text(&o);
+    assert!(!o.status.success());
+    if cfg!(feature = "camera") {
+        assert!(t.contains("/dev/video93") && t.contains("found"), "{t}");
+    }
+}

@@ -2,6 +2,8 @@
 
 pub mod attention;
 pub mod bench;
+pub mod cameras;
+pub mod capture;
 pub mod features;
 pub mod info;
 pub mod pca;

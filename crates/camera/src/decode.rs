@@ -1,0 +1,269 @@
+//! Pixel decoding: JPEG (including webcam MJPEG frames without Huffman tables), packed
+//! YUYV and planar YUV to RGB8, and image files with their EXIF orientation.
+
+use std::path::Path;
+
+use yuvutils_rs::{
+    YuvGrayImage, YuvPackedImage, YuvPlanarImage, YuvRange, YuvStandardMatrix, yuv400_to_rgb,
+    yuv420_to_rgb, yuv422_to_rgb, yuv444_to_rgb, yuyv422_to_rgb,
+};
+use zune_jpeg::JpegDecoder;
+use zune_jpeg::zune_core::bytestream::ZCursor;
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+
+use crate::error::{CameraError, Result};
+
+/// Decode one JPEG (a file or an MJPEG frame) to packed RGB8, into `out` (resized as
+/// needed, so a caller can reuse one buffer). Frames from webcams usually carry no Huffman
+/// tables (the "AVI1" MJPEG convention); the standard tables are used then.
+/// Returns width and height.
+pub fn jpeg_to_rgb(data: &[u8], out: &mut Vec<u8>) -> Result<(u32, u32)> {
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(1 << 15)
+        .set_max_height(1 << 15);
+    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| CameraError::decode("JPEG frame", e))?;
+    let (w, h) = decoder
+        .dimensions()
+        .ok_or_else(|| CameraError::decode("JPEG frame", "no frame header"))?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or_else(|| CameraError::decode("JPEG frame", "no frame header"))?;
+    if size != w * h * 3 {
+        return Err(CameraError::decode(
+            "JPEG frame",
+            format!("decoder produces {size} bytes for {w}x{h}, expected RGB"),
+        ));
+    }
+    out.resize(size, 0);
+    decoder
+        .decode_into(out)
+        .map_err(|e| CameraError::decode("JPEG frame", e))?;
+    Ok((w as u32, h as u32))
+}
+
+/// How YUV values map to RGB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct YuvColor {
+    /// Full range (0–255, as JPEG) rather than limited "TV" range (16–235).
+    pub full_range: bool,
+    /// BT.709 (HD) rather than BT.601 (SD, and what webcams' YUYV uses).
+    pub bt709: bool,
+}
+
+impl YuvColor {
+    /// Limited-range BT.601: USB webcams' YUYV and SD video.
+    pub const BT601_LIMITED: YuvColor = YuvColor {
+        full_range: false,
+        bt709: false,
+    };
+
+    fn range(self) -> YuvRange {
+        if self.full_range {
+            YuvRange::Full
+        } else {
+            YuvRange::Limited
+        }
+    }
+
+    fn matrix(self) -> YuvStandardMatrix {
+        if self.bt709 {
+            YuvStandardMatrix::Bt709
+        } else {
+            YuvStandardMatrix::Bt601
+        }
+    }
+}
+
+fn size_error(what: &str, got: usize, want: usize, w: u32, h: u32) -> CameraError {
+    CameraError::decode(
+        what,
+        format!("{got} bytes where a {w}x{h} frame needs {want}"),
+    )
+}
+
+/// Convert packed YUYV 4:2:2 (V4L2 `YUYV`) to RGB8. `stride` is bytes per input row
+/// (`2 * width` when rows are not padded). `out` is resized to `width * height * 3`.
+pub fn yuyv_to_rgb(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    stride: u32,
+    color: YuvColor,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if !width.is_multiple_of(2) || stride < width * 2 {
+        return Err(CameraError::decode(
+            "YUYV frame",
+            format!(
+                "width {width} must be even and the stride {stride} at least {}",
+                width * 2
+            ),
+        ));
+    }
+    let need = stride as usize * height as usize;
+    if data.len() < need {
+        return Err(size_error("YUYV frame", data.len(), need, width, height));
+    }
+    out.resize(width as usize * height as usize * 3, 0);
+    let packed = YuvPackedImage {
+        yuy: &data[..need],
+        yuy_stride: stride,
+        width,
+        height,
+    };
+    yuyv422_to_rgb(&packed, out, width * 3, color.range(), color.matrix())
+        .map_err(|e| CameraError::decode("YUYV frame", format!("{e:?}")))
+}
+
+/// Chroma subsampling of a planar YUV frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chroma {
+    /// Luma only.
+    Mono,
+    /// Chroma at half width and half height.
+    Yuv420,
+    /// Chroma at half width.
+    Yuv422,
+    /// Chroma at full size.
+    Yuv444,
+}
+
+impl Chroma {
+    /// Width and height of each chroma plane for a `width` x `height` frame.
+    pub fn plane_size(self, width: u32, height: u32) -> (u32, u32) {
+        match self {
+            Chroma::Mono => (0, 0),
+            Chroma::Yuv420 => (width.div_ceil(2), height.div_ceil(2)),
+            Chroma::Yuv422 => (width.div_ceil(2), height),
+            Chroma::Yuv444 => (width, height),
+        }
+    }
+}
+
+/// Convert 8-bit planar YUV (tightly packed planes) to RGB8 into `out`.
+pub fn planar_to_rgb(
+    planes: [&[u8]; 3],
+    width: u32,
+    height: u32,
+    chroma: Chroma,
+    color: YuvColor,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let luma = width as usize * height as usize;
+    if planes[0].len() < luma {
+        return Err(size_error(
+            "YUV frame",
+            planes[0].len(),
+            luma,
+            width,
+            height,
+        ));
+    }
+    let (cw, ch) = chroma.plane_size(width, height);
+    let chroma_len = cw as usize * ch as usize;
+    if chroma != Chroma::Mono && (planes[1].len() < chroma_len || planes[2].len() < chroma_len) {
+        return Err(size_error(
+            "YUV chroma plane",
+            planes[1].len().min(planes[2].len()),
+            chroma_len,
+            cw,
+            ch,
+        ));
+    }
+    out.resize(luma * 3, 0);
+    let (range, matrix) = (color.range(), color.matrix());
+    let result = if chroma == Chroma::Mono {
+        let gray = YuvGrayImage {
+            y_plane: &planes[0][..luma],
+            y_stride: width,
+            width,
+            height,
+        };
+        yuv400_to_rgb(&gray, out, width * 3, range, matrix)
+    } else {
+        let image = YuvPlanarImage {
+            y_plane: &planes[0][..luma],
+            y_stride: width,
+            u_plane: &planes[1][..chroma_len],
+            u_stride: cw,
+            v_plane: &planes[2][..chroma_len],
+            v_stride: cw,
+            width,
+            height,
+        };
+        match chroma {
+            Chroma::Yuv420 => yuv420_to_rgb(&image, out, width * 3, range, matrix),
+            Chroma::Yuv422 => yuv422_to_rgb(&image, out, width * 3, range, matrix),
+            _ => yuv444_to_rgb(&image, out, width * 3, range, matrix),
+        }
+    };
+    result.map_err(|e| CameraError::decode("YUV frame", format!("{e:?}")))
+}
+
+/// Decode an image file (JPEG — baseline, progressive, CMYK —, PNG, …) to RGB8, turned
+/// upright by its EXIF orientation.
+pub fn load_image(path: &Path) -> Result<image::RgbImage> {
+    use image::ImageDecoder;
+    if !path.exists() {
+        return Err(CameraError::NotFound(path.to_owned()));
+    }
+    let what = path.display().to_string();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| CameraError::io(what.clone(), e))?
+        .with_guessed_format()
+        .map_err(|e| CameraError::io(what.clone(), e))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| CameraError::decode(what.clone(), e))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        image::DynamicImage::from_decoder(decoder).map_err(|e| CameraError::decode(what, e))?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuyv_grey_and_colours() {
+        // Y=126 U=V=128 is mid grey in limited range; Y=81 U=90 V=240 is BT.601 red.
+        let data = [126u8, 128, 126, 128, 81, 90, 81, 240];
+        let mut out = Vec::new();
+        yuyv_to_rgb(&data, 2, 2, 4, YuvColor::BT601_LIMITED, &mut out).unwrap();
+        assert_eq!(out.len(), 12);
+        for px in out[..6].chunks(3) {
+            assert!(px.iter().all(|&c| (c as i32 - 128).abs() <= 2), "{px:?}");
+        }
+        for px in out[6..].chunks(3) {
+            assert!(px[0] > 240 && px[1] < 15 && px[2] < 15, "{px:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        let mut out = Vec::new();
+        assert!(yuyv_to_rgb(&[0; 7], 2, 2, 4, YuvColor::BT601_LIMITED, &mut out).is_err());
+        assert!(yuyv_to_rgb(&[0; 8], 3, 1, 6, YuvColor::BT601_LIMITED, &mut out).is_err());
+        let y = [0u8; 16];
+        let c = [0u8; 3];
+        let err = planar_to_rgb(
+            [&y, &c, &c],
+            4,
+            4,
+            Chroma::Yuv420,
+            YuvColor::BT601_LIMITED,
+            &mut out,
+        );
+        assert!(matches!(err, Err(CameraError::Decode { .. })));
+        assert!(jpeg_to_rgb(b"not a jpeg", &mut out).is_err());
+    }
+}
