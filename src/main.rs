@@ -28,6 +28,8 @@ enum Command {
     Pca(cmd::pca::Args),
     /// A grid of the last block's per-head CLS attention over an image.
     Attention(cmd::attention::Args),
+    /// DINOv2's released linear segmentation or depth head on images: class maps, depth in metres.
+    Predict(cmd::predict::Args),
     /// Time the backbone alone (median of repeated runs), as one JSON line.
     Bench(cmd::bench::Args),
     /// List the V4L2 (USB) cameras on this machine and their formats, sizes and frame rates.
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Pca(a) => cmd::pca::run(a),
         Command::Attention(a) => cmd::attention::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Predict(a) => cmd::predict::run(a),
         Command::Cameras(a) => cmd::cameras::run(a),
         Command::Capture(a) => cmd::capture::run(a),
     };

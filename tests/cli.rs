@@ -299,3 +299,93 @@ fn capture_test_pattern_and_camera_listing() {
         assert!(t.contains("/dev/video93") && t.contains("found"), "{t}");
     }
 }
+
+#[test]
+fn predict_writes_segmentation_and_depth_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("dinov2-small/onnx/model.onnx");
+    let out = tmp.path().join("seg");
+    let o = dinoedge(
+        args![
+            "predict",
+            model,
+            "--head",
+            fixtures().join("heads/dinov2_vits14_voc2012_linear_head.pth"),
+            image(23),
+            "--size",
+            "224",
+            "--out",
+            out
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let classes = image::open(out.join("23_image_classes.png"))
+        .unwrap()
+        .into_luma8();
+    assert_eq!(classes.dimensions(), (513, 513));
+    assert!(classes.pixels().all(|p| p.0[0] < 21));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap())
+            .unwrap();
+    let fractions: f64 = summary[0]["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["fraction"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (fractions - 1.0).abs() < 1e-9,
+        "class fractions add up to 1: {fractions}"
+    );
+    assert!(out.join("23_image_overlay.png").is_file() && out.join("23_image_seg.png").is_file());
+
+    let out = tmp.path().join("depth");
+    let o = dinoedge(
+        args![
+            "predict",
+            model,
+            "--head",
+            fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth"),
+            image(23),
+            "--size",
+            "224",
+            "--out",
+            out
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let mm = image::open(out.join("23_image_depth_mm.png"))
+        .unwrap()
+        .into_luma16();
+    assert_eq!(mm.dimensions(), (513, 513));
+    let depth: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(out.join("23_image_depth.npy")).unwrap();
+    // the 16-bit PNG is the .npy in millimetres, and within the head's 0.001..10 m bins
+    for (p, d) in mm.pixels().zip(depth.iter()) {
+        assert_eq!(p.0[0], (d * 1000.0).round() as u16);
+        assert!((0.001..=10.0).contains(d));
+    }
+
+    // a head for another backbone width: a clear error before any work
+    let o = dinoedge(
+        args![
+            "predict",
+            tiny_reg(),
+            "--head",
+            fixtures().join("heads/dinov2_vits14_voc2012_linear_head.pth"),
+            image(23),
+            "--out",
+            tmp.path().join("x")
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("backbone gives 48"),
+        "{t}"
+    );
+}

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod features;
 pub mod info;
 pub mod pca;
+pub mod predict;
 
 use std::path::{Path, PathBuf};
 

@@ -1,18 +1,25 @@
 //! # dinoedge-heads
 //!
-//! What sits on the frozen DINOv2 features. This first landing holds the two views every
-//! DINOv2 user looks at first — the principal-component picture of the patch features and
-//! the last block's per-head attention — and the colour maps and overlays they are drawn
-//! with. The segmentation and depth heads come next (see the project's issues).
+//! What sits on the frozen DINOv2 features: DINOv2's released linear segmentation and depth
+//! heads read from their `.pth` checkpoints ([`linear`], [`pth`]), the two views every DINOv2
+//! user looks at first — the principal-component picture of the patch features and the last
+//! block's per-head attention — and the colour maps, palettes and overlays they are drawn with.
 #![warn(missing_docs)]
 
 pub mod attention;
 pub mod colormap;
+pub mod linear;
+pub mod output;
 pub mod overlay;
+pub mod palette;
 pub mod pca;
+pub mod pth;
+pub mod resize;
 
 pub use attention::attention_grid;
 pub use colormap::Colormap;
+pub use linear::{DepthHead, LinearHead, SegHead, SegOutput};
+pub use palette::Palette;
 pub use pca::{Pca, PcaView, pca_images};
 
 /// Errors of the heads crate.
@@ -27,6 +34,36 @@ pub enum HeadsError {
     /// An option out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// A file that does not exist.
+    #[error("{}: no such file", .0.display())]
+    NotFound(std::path::PathBuf),
+    /// A checkpoint that cannot be read.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A readable checkpoint that is not a head dinoedge knows.
+    #[error("{} is not a DINOv2 linear head: {reason}", path.display())]
+    NotAHead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
+    /// A head that does not fit the backbone it is used with.
+    #[error("head and backbone do not fit: {0}")]
+    Incompatible(String),
+    /// Writing an output failed.
+    #[error("{}: {reason}", path.display())]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Result alias of this crate.
