@@ -303,24 +303,30 @@ fn capture_test_pattern_and_camera_listing() {
 #[test]
 fn predict_writes_segmentation_and_depth_outputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = fixtures().join("dinov2-small/onnx/model.onnx");
-    let out = tmp.path().join("seg");
-    let o = dinoedge(
-        args![
-            "predict",
-            model,
-            "--head",
-            fixtures().join("heads/dinov2_vits14_voc2012_linear_head.pth"),
-            image(23),
-            "--size",
-            "224",
-            "--out",
-            out
-        ],
-        tmp.path(),
-    );
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    // ViT-S at 224 with a released head on image 23; the outputs land in `tmp/<dir>`
+    let predict = |head: &str, dir: &str| -> PathBuf {
+        let out = tmp.path().join(dir);
+        let model = fixtures().join("dinov2-small/onnx/model.onnx");
+        let head = fixtures().join("heads").join(head);
+        let o = dinoedge(
+            args![
+                "predict",
+                model,
+                "--head",
+                head,
+                image(23),
+                "--size",
+                "224",
+                "--out",
+                out
+            ],
+            tmp.path(),
+        );
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        out
+    };
+    let out = predict("dinov2_vits14_voc2012_linear_head.pth", "seg");
     let classes = image::open(out.join("23_image_classes.png"))
         .unwrap()
         .into_luma8();
@@ -341,23 +347,7 @@ fn predict_writes_segmentation_and_depth_outputs() {
     );
     assert!(out.join("23_image_overlay.png").is_file() && out.join("23_image_seg.png").is_file());
 
-    let out = tmp.path().join("depth");
-    let o = dinoedge(
-        args![
-            "predict",
-            model,
-            "--head",
-            fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth"),
-            image(23),
-            "--size",
-            "224",
-            "--out",
-            out
-        ],
-        tmp.path(),
-    );
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    let out = predict("dinov2_vits14_nyu_linear_head.pth", "depth");
     let mm = image::open(out.join("23_image_depth_mm.png"))
         .unwrap()
         .into_luma16();

@@ -68,7 +68,7 @@ impl Synthetic {
         let mut rgb = vec![0u8; w * h * 3];
         let bars_h = h * 2 / 3;
         let strip = (h / 12).max(4);
-        let box_size = (h / 4).max(8);
+        let box_size = (h.min(w) / 4).max(8);
         let travel = (w - box_size).max(1);
         // bounce: 0 → travel → 0 over 2*travel frames, 4 px per frame
         let phase = (seq as usize * 4) % (2 * travel);
@@ -106,9 +106,13 @@ impl Synthetic {
     }
 }
 
-/// Read back the frame number written into a test-pattern frame (modulo 2^16).
-pub fn read_frame_number(rgb: &[u8], width: u32, height: u32) -> u64 {
+/// Read back the frame number written into a test-pattern frame (modulo 2^16); `None`
+/// when `rgb` is not a `width` x `height` RGB frame.
+pub fn read_frame_number(rgb: &[u8], width: u32, height: u32) -> Option<u64> {
     let (w, h) = (width as usize, height as usize);
+    if w < 32 || h < 32 || rgb.len() != w * h * 3 {
+        return None;
+    }
     let strip = (h / 12).max(4);
     let y = h - strip / 2 - 1;
     let mut n = 0u64;
@@ -118,7 +122,7 @@ pub fn read_frame_number(rgb: &[u8], width: u32, height: u32) -> u64 {
         let luma = (rgb[i] as u32 + rgb[i + 1] as u32 + rgb[i + 2] as u32) / 3;
         n = (n << 1) | u64::from(luma > 127);
     }
-    n
+    Some(n)
 }
 
 impl FrameSource for Synthetic {
@@ -158,10 +162,11 @@ mod tests {
         let frames: Vec<_> = std::iter::from_fn(|| s.next_frame().unwrap()).collect();
         assert_eq!(frames.len(), 3);
         for f in &frames {
-            assert_eq!(read_frame_number(&f.rgb, f.width, f.height), f.seq);
+            assert_eq!(read_frame_number(&f.rgb, f.width, f.height), Some(f.seq));
         }
         assert_ne!(frames[0].rgb, frames[1].rgb);
-        assert_eq!(read_frame_number(&s.render(40_000), 160, 120), 40_000);
+        assert_eq!(read_frame_number(&s.render(40_000), 160, 120), Some(40_000));
+        assert_eq!(read_frame_number(&[0; 10], 160, 120), None);
         assert!(
             Synthetic::new(SyntheticOptions {
                 width: 8,
@@ -169,5 +174,15 @@ mod tests {
             })
             .is_err()
         );
+        // extreme aspect ratios draw without trouble
+        for (width, height) in [(32, 8192), (8192, 32)] {
+            let s = Synthetic::new(SyntheticOptions {
+                width,
+                height,
+                frames: None,
+            })
+            .unwrap();
+            assert_eq!(read_frame_number(&s.render(77), width, height), Some(77));
+        }
     }
 }
