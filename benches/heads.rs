@@ -2,6 +2,9 @@
 //! sizes 224x224 and 448x448 (output at the input size): segmentation (VOC 21 and ADE20K
 //! 150 classes: logits, upsampling, argmax and confidence) and depth (`linear`, `linear4`).
 //!
+//! Also one training epoch on cached features of the VOC samples' size (14 images and their
+//! mirror images at 224x224: 7168 patch rows of 384 channels, 21 classes; 448x448: 28672).
+//!
 //! `cargo bench --bench heads` (head files from `../shared/fixtures/heads`).
 
 use std::path::PathBuf;
@@ -70,5 +73,30 @@ fn heads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, heads);
+/// One epoch of segmentation-head training (AdamW, batches of 512) on `rows` random rows.
+fn train_epoch(c: &mut Criterion) {
+    use dinoedge_heads::train::{Objective, Rows, TrainOptions, train};
+    let mut group = c.benchmark_group("train");
+    group.sample_size(10);
+    for (size, n) in [(224usize, 7168usize), (448, 28672)] {
+        let x = ndarray::Array2::from_shape_fn((n, 384), |(i, j)| {
+            (((i * 31 + j * 7) % 101) as f32 / 50.0) - 1.0
+        });
+        let t = ndarray::Array2::from_shape_fn((n, 21), |(i, k)| (i % 21 == k) as u8 as f32);
+        let mut rows = Rows::new(384, 21);
+        rows.push(0, x.view(), t.view(), ndarray::Array1::ones(n).view())
+            .unwrap();
+        let empty = Rows::new(384, 21);
+        let opts = TrainOptions {
+            epochs: 1,
+            ..Default::default()
+        };
+        group.bench_function(format!("seg_voc_epoch/{size}"), |b| {
+            b.iter(|| train(&rows, &empty, 21, &Objective::CrossEntropy, &opts, |_| {}).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, heads, train_epoch);
 criterion_main!(benches);

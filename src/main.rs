@@ -30,6 +30,10 @@ enum Command {
     Attention(cmd::attention::Args),
     /// DINOv2's released linear segmentation or depth head on images: class maps, depth in metres.
     Predict(cmd::predict::Args),
+    /// Train a linear segmentation or depth head on a labelled folder (features cached on disk).
+    TrainHead(cmd::train_head::Args),
+    /// Score a head on a labelled folder: mIoU and pixel accuracy, or RMSE, AbsRel and δ<1.25.
+    EvalHead(cmd::eval_head::Args),
     /// Time the backbone alone (median of repeated runs), as one JSON line.
     Bench(cmd::bench::Args),
     /// List the V4L2 (USB) cameras on this machine and their formats, sizes and frame rates.
@@ -58,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Command::Attention(a) => cmd::attention::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Predict(a) => cmd::predict::run(a),
+        Command::TrainHead(a) => cmd::train_head::run(a),
+        Command::EvalHead(a) => cmd::eval_head::run(a),
         Command::Cameras(a) => cmd::cameras::run(a),
         Command::Capture(a) => cmd::capture::run(a),
     };

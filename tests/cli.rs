@@ -379,3 +379,136 @@ fn predict_writes_segmentation_and_depth_outputs() {
         "{t}"
     );
 }
+
+#[test]
+fn train_head_then_eval_head_and_predict_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("voc6");
+    std::fs::create_dir(&data).unwrap();
+    for n in [0, 1, 8, 20, 23, 60] {
+        for kind in ["image", "target"] {
+            let name = format!("{n}_{kind}.png");
+            std::fs::copy(
+                fixtures().join("images/voc2012_val_vainf").join(&name),
+                data.join(&name),
+            )
+            .unwrap();
+        }
+    }
+    let model = fixtures().join("dinov2-small/onnx/model.onnx");
+    let head = tmp.path().join("voc6.safetensors");
+    let train = || {
+        dinoedge(
+            args![
+                "train-head",
+                model,
+                data,
+                "--out",
+                head,
+                "--size",
+                "112x112",
+                "--epochs",
+                "15",
+                "--lr",
+                "3e-3",
+                "--val-split",
+                "0.34"
+            ],
+            tmp.path(),
+        )
+    };
+    let o = train();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // 4 training images and their mirror images, 2 validation images
+    assert!(t.contains("features: 10 computed, 0 from the cache"), "{t}");
+    assert!(
+        t.contains("training images (4):") && t.contains("validation images (2):"),
+        "{t}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(head.with_extension("json")).unwrap())
+            .unwrap();
+    let epochs = report["report"]["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 15);
+    assert!(
+        report["train"]["miou"].as_f64().unwrap()
+            > report["train"]["majority_baseline"]["miou"]
+                .as_f64()
+                .unwrap()
+    );
+    // the second run reads every feature from the cache
+    let o = train();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("features: 0 computed, 10 from the cache"), "{t}");
+
+    let scores = tmp.path().join("scores.json");
+    let o = dinoedge(
+        args!["eval-head", model, "--head", head, data, "--json", scores],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("at 112x112") && t.contains("mIoU"), "{t}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    assert_eq!(s["images"], 6);
+    assert_eq!(s["features"]["computed"], 0);
+    let miou = s["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou) && s["pixel_accuracy"].as_f64().unwrap() > 0.0);
+
+    // the trained head in `predict`, at its training resolution
+    let out = tmp.path().join("pred");
+    let o = dinoedge(
+        args!["predict", model, "--head", head, image(23), "--out", out],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("23_image_classes.png").is_file());
+
+    // wrong backbone width, wrong class count, empty folder
+    let o = dinoedge(
+        args!["eval-head", tiny_reg(), "--head", head, data],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("head and backbone do not fit"),
+        "{t}"
+    );
+    let o = dinoedge(
+        args!["eval-head", model, "--head", head, data, "--classes", "5"],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("the head has 21 classes but the palette given has 5"),
+        "{t}"
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = dinoedge(args!["train-head", model, empty, "--out", head], tmp.path());
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("no images found"), "{t}");
+
+    // a released depth head scored on the RGB-D sample (unit of its depth PNG unknown:
+    // this checks the path, not the numbers)
+    let o = dinoedge(
+        args![
+            "eval-head",
+            model,
+            "--head",
+            fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth"),
+            fixtures().join("images/nyuv2_esanet"),
+            "--size",
+            "224x224"
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("AbsRel") && t.contains("over 1 images"),
+        "{t}"
+    );
+}

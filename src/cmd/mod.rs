@@ -4,10 +4,12 @@ pub mod attention;
 pub mod bench;
 pub mod cameras;
 pub mod capture;
+pub mod eval_head;
 pub mod features;
 pub mod info;
 pub mod pca;
 pub mod predict;
+pub mod train_head;
 
 use std::path::{Path, PathBuf};
 

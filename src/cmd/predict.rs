@@ -9,7 +9,7 @@ use dinoedge_heads::overlay::{blend, tile};
 use dinoedge_heads::{Colormap, LinearHead};
 use dinoedge_model::{ModelInfo, ResizeMode, load_rgb};
 
-use super::{ModelArgs, finish, out_dir, parse_resize, progress, stem};
+use super::{ModelArgs, finish, out_dir, progress, stem};
 
 /// Arguments of `dinoedge predict`.
 #[derive(clap::Args, Debug)]
@@ -17,7 +17,8 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// A released DINOv2 linear head: dinov2_vits14_{voc2012,ade20k}_linear_head.pth
-    /// (segmentation) or dinov2_vits14_{nyu,kitti}_linear{,4}_head.pth (depth).
+    /// (segmentation) or dinov2_vits14_{nyu,kitti}_linear{,4}_head.pth (depth); or a head
+    /// trained by `dinoedge train-head` (.safetensors).
     #[arg(long)]
     head: PathBuf,
     /// Images (PNG or JPEG).
@@ -36,9 +37,6 @@ pub struct Args {
     /// Opacity of the result over the image in the overlay (0..1).
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
-    /// How images are brought to the input size: stretch, crop, fill, letterbox.
-    #[arg(long, default_value = "stretch", value_parser = parse_resize)]
-    resize: ResizeMode,
 }
 
 /// Run a head over the images.
@@ -54,16 +52,27 @@ pub fn run(args: Args) -> Result<()> {
     let (dim, depth_blocks) = (info.graph.embed_dim, info.graph.num_blocks);
     let mut options = args.model.options();
     match &head {
-        LinearHead::Seg(seg) => seg.check_backbone(dim)?,
+        LinearHead::Seg(seg) => {
+            seg.check_backbone(dim)?;
+            seg.configure(&mut options);
+        }
         LinearHead::Depth(d) => {
             d.check_backbone(dim)?;
-            options.blocks = d.blocks(depth_blocks);
-            options.normalize_blocks = false;
+            d.configure(&mut options, depth_blocks);
         }
+    }
+    let trained = match &head {
+        LinearHead::Seg(s) => s.trained.as_ref(),
+        LinearHead::Depth(d) => d.trained.as_ref(),
+    };
+    // a trained head runs at the resolution it was trained at unless told otherwise
+    if options.resolution.is_none() {
+        options.resolution = trained.and_then(|m| m.get("resolution")?.parse().ok());
     }
     out_dir(&args.out)?;
     let mut bb = args.model.load(&options)?;
-    let mut pre = bb.preprocessor(args.resize)?;
+    // heads predict over the whole frame: the image is stretched to the input size
+    let mut pre = bb.preprocessor(ResizeMode::Stretch)?;
     let pb = progress(args.images.len(), "predicting");
     let mut failed = Vec::new();
     let mut summary = Vec::new();
@@ -79,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             match &head {
                 LinearHead::Seg(seg) => {
-                    let out = seg.predict(f.patches().view(), h, w)?;
+                    let out = seg.predict_features(&f, h, w)?;
                     let colour = seg.palette.colorize(out.labels.view());
                     let p = |suffix: &str| args.out.join(format!("{s}_{suffix}"));
                     save(
@@ -124,12 +133,7 @@ pub fn run(args: Args) -> Result<()> {
                     )
                 }
                 LinearHead::Depth(d) => {
-                    let blocks: Vec<_> = f
-                        .blocks
-                        .iter()
-                        .map(|b| (b.tokens.patches.view(), b.tokens.cls.view()))
-                        .collect();
-                    let depth = d.predict(&blocks, h, w)?;
+                    let depth = d.predict_features(&f, h, w)?;
                     let p = |suffix: &str| args.out.join(format!("{s}_{suffix}"));
                     save(
                         p("depth_mm.png").display().to_string(),

@@ -4,21 +4,31 @@
 //! heads read from their `.pth` checkpoints ([`linear`], [`pth`]), the two views every DINOv2
 //! user looks at first — the principal-component picture of the patch features and the last
 //! block's per-head attention — and the colour maps, palettes and overlays they are drawn with.
+//!
+//! Heads are also trained here, on the board: labelled folders ([`dataset`]), an on-disk
+//! feature cache so the backbone runs once per image ([`featcache`]), the trainer
+//! ([`train`]), and the metrics of evaluation ([`metrics`]).
 #![warn(missing_docs)]
 
 pub mod attention;
 pub mod colormap;
+pub mod dataset;
+pub mod featcache;
+pub mod fit;
 pub mod linear;
+pub mod metrics;
 pub mod output;
 pub mod overlay;
 pub mod palette;
 pub mod pca;
 pub mod pth;
 pub mod resize;
+pub mod st;
+pub mod train;
 
 pub use attention::attention_grid;
 pub use colormap::Colormap;
-pub use linear::{DepthHead, LinearHead, SegHead, SegOutput};
+pub use linear::{DepthHead, DepthOutput, LinearHead, SegHead, SegOutput};
 pub use palette::Palette;
 pub use pca::{Pca, PcaView, pca_images};
 
@@ -56,6 +66,17 @@ pub enum HeadsError {
     /// A head that does not fit the backbone it is used with.
     #[error("head and backbone do not fit: {0}")]
     Incompatible(String),
+    /// A labelled folder, an image or a label that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Dataset {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backbone failed.
+    #[error(transparent)]
+    Model(#[from] dinoedge_model::ModelError),
     /// Writing an output failed.
     #[error("{}: {reason}", path.display())]
     Write {

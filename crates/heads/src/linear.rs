@@ -4,8 +4,10 @@
 //! normalisation; `linear` on the last block, `linear4` on four blocks, patch tokens with the
 //! CLS token concatenated, pre-final-norm, upsampled 4x).
 
+use std::collections::HashMap;
 use std::path::Path;
 
+use dinoedge_model::{BackboneOptions, Features};
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, Axis, Ix1, Ix2, s};
 
 use crate::HeadsError;
@@ -25,6 +27,20 @@ pub struct SegHead {
     bias: Array1<f32>,
     /// Class names and colours.
     pub palette: Palette,
+    /// Attention maps appended to the patch features as input channels (one per attention
+    /// head of the backbone's last block; 0 for the released heads).
+    pub attention_heads: usize,
+    /// Metadata of a head trained by dinoedge (`None` for a released `.pth`).
+    pub trained: Option<HashMap<String, String>>,
+}
+
+/// What a depth head's outputs mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepthOutput {
+    /// Scores over "UD" bins, turned into depth by DINOv2's linear normalisation.
+    Bins,
+    /// One output, the log of the depth in metres.
+    LogDepth,
 }
 
 /// A loaded depth head.
@@ -38,6 +54,12 @@ pub struct DepthHead {
     pub layers: usize,
     /// Smallest and largest depth of the bins, metres.
     pub range: (f32, f32),
+    /// Bins or log-depth regression.
+    pub output: DepthOutput,
+    /// The blocks read, when the head says so (trained heads); else derived from `layers`.
+    pub block_ids: Option<Vec<usize>>,
+    /// Metadata of a head trained by dinoedge (`None` for a released `.pth`).
+    pub trained: Option<HashMap<String, String>>,
 }
 
 /// A head read from a released checkpoint.
@@ -107,7 +129,11 @@ impl LinearHead {
     /// Load a released head checkpoint (`dinov2_vits14_voc2012_linear_head.pth`, …).
     /// Depth heads take their range from the checkpoint's config (`max_depth`), else 80 m
     /// for KITTI files and 10 m otherwise; `max_depth` overrides.
+    /// A `.safetensors` file written by `dinoedge train-head` is read with its metadata.
     pub fn load(path: &Path, max_depth: Option<f32>) -> Result<LinearHead, HeadsError> {
+        if is_safetensors(path)? {
+            return load_trained(path, max_depth);
+        }
         let ckpt = Checkpoint::open(path)?;
         let mut dict = ckpt.state_dict()?;
         fn has(dict: &[(String, ArrayD<f32>)], n: &str) -> bool {
@@ -159,6 +185,8 @@ impl LinearHead {
                 weight,
                 bias,
                 palette,
+                attention_heads: 0,
+                trained: None,
             }));
         }
         if has(&dict, "conv_depth.weight") {
@@ -192,6 +220,9 @@ impl LinearHead {
                 bias: b,
                 layers,
                 range: (0.001, max),
+                output: DepthOutput::Bins,
+                block_ids: None,
+                trained: None,
             }));
         }
         let keys: Vec<&str> = dict.iter().map(|(k, _)| k.as_str()).take(6).collect();
@@ -322,11 +353,17 @@ impl SegHead {
 
     /// Check that the head fits a backbone of width `dim`.
     pub fn check_backbone(&self, dim: usize) -> Result<(), HeadsError> {
-        if self.channels() != dim {
+        let want = dim + self.attention_heads;
+        if self.channels() != want {
             return Err(HeadsError::Incompatible(format!(
-                "the segmentation head reads {} channels but the backbone gives {dim} \
+                "the segmentation head reads {} channels but the backbone gives {want}{} \
                  (a head for another backbone size{})",
                 self.channels(),
+                if self.attention_heads > 0 {
+                    format!(" ({dim} + {} attention maps)", self.attention_heads)
+                } else {
+                    String::new()
+                },
                 if self.channels().is_multiple_of(dim) {
                     ", or a multi-layer head"
                 } else {
@@ -337,10 +374,43 @@ impl SegHead {
         Ok(())
     }
 
-    /// Logits at patch resolution, `[K, h, w]`, from the last block's normalised patch grid `[h, w, D]`.
-    pub fn logits(&self, patches: ArrayView3<f32>) -> Result<Array3<f32>, HeadsError> {
-        self.check_backbone(patches.dim().2)?;
-        Ok(conv_grid(patches, self.weight.view(), &self.bias))
+    /// Ask the backbone for what this head reads (the last block's attention, for heads
+    /// trained with attention channels).
+    pub fn configure(&self, options: &mut BackboneOptions) {
+        options.attention |= self.attention_heads > 0;
+    }
+
+    /// The head's input grid `[h, w, C]` from a backbone's features: the normalised patch
+    /// grid, with the attention maps appended when the head reads them.
+    pub fn input(&self, f: &Features) -> Result<Array3<f32>, HeadsError> {
+        let (_, _, d) = f.patches().dim();
+        self.check_backbone(d)?;
+        seg_input(f, self.attention_heads > 0)
+    }
+
+    /// [`SegHead::predict`] on a backbone's features.
+    pub fn predict_features(
+        &self,
+        f: &Features,
+        height: usize,
+        width: usize,
+    ) -> Result<SegOutput, HeadsError> {
+        self.predict(self.input(f)?.view(), height, width)
+    }
+
+    /// Logits at patch resolution, `[K, h, w]`, from the head's input grid `[h, w, C]` (the
+    /// last block's normalised patch grid for released heads; see [`SegHead::input`]).
+    pub fn logits(&self, input: ArrayView3<f32>) -> Result<Array3<f32>, HeadsError> {
+        let c = input.dim().2;
+        if c != self.channels() {
+            return self
+                .check_backbone(c.saturating_sub(self.attention_heads))
+                .and(Err(HeadsError::Shape(format!(
+                    "the head reads {} channels, {c} given",
+                    self.channels()
+                ))));
+        }
+        Ok(conv_grid(input, self.weight.view(), &self.bias))
     }
 
     /// Class map and confidence at `height` x `width`: logits upsampled bilinearly, then
@@ -376,6 +446,9 @@ impl DepthHead {
     /// The blocks this head reads from a backbone with `depth` blocks: the last one, or
     /// four evenly spaced ones ending at the last (2, 5, 8, 11 for 12 blocks).
     pub fn blocks(&self, depth: usize) -> Vec<usize> {
+        if let Some(b) = &self.block_ids {
+            return b.clone();
+        }
         if self.layers == 1 {
             vec![depth - 1]
         } else {
@@ -441,6 +514,12 @@ impl DepthHead {
         let last = logits.permuted_axes([1, 2, 0]); // [h, w, bins]
         let bins = self.bin_depths();
         let mut depth = Array2::<f32>::zeros((4 * h, 4 * w));
+        if self.output == DepthOutput::LogDepth {
+            for_each_upsampled(last.view(), 4 * h, 4 * w, |y, x, v| {
+                depth[(y, x)] = v[0].exp();
+            });
+            return Ok(depth);
+        }
         for_each_upsampled(last.view(), 4 * h, 4 * w, |y, x, v| {
             let (mut num, mut den) = (0f32, 0f32);
             for (l, b) in v.iter().zip(&bins) {
@@ -468,6 +547,319 @@ impl DepthHead {
             .index_axis_move(Axis(0), 0)
             .into_dimensionality::<Ix2>()
             .expect("2-D"))
+    }
+}
+
+impl DepthHead {
+    /// Ask the backbone for the blocks this head reads (before the final norm).
+    pub fn configure(&self, options: &mut BackboneOptions, backbone_blocks: usize) {
+        options.blocks = self.blocks(backbone_blocks);
+        options.normalize_blocks = false;
+    }
+
+    /// [`DepthHead::predict`] on a backbone's features (loaded with
+    /// [`DepthHead::configure`]).
+    pub fn predict_features(
+        &self,
+        f: &Features,
+        height: usize,
+        width: usize,
+    ) -> Result<Array2<f32>, HeadsError> {
+        let blocks: Vec<_> = f
+            .blocks
+            .iter()
+            .map(|b| (b.tokens.patches.view(), b.tokens.cls.view()))
+            .collect();
+        self.predict(&blocks, height, width)
+    }
+}
+
+/// A segmentation head's input grid `[h, w, D (+ heads)]`: the normalised patch grid, with
+/// the last block's per-head CLS attention appended when `attention`.
+pub fn seg_input(f: &Features, attention: bool) -> Result<Array3<f32>, HeadsError> {
+    let p = f.patches();
+    if !attention {
+        return Ok(p.clone());
+    }
+    let a = f.attention.as_ref().ok_or_else(|| {
+        HeadsError::Shape("the head reads attention maps but the features have none".into())
+    })?;
+    let (h, w, d) = p.dim();
+    let heads = a.dim().0;
+    if a.dim() != (heads, h, w) {
+        return Err(HeadsError::Shape(format!(
+            "attention maps {:?} do not match the {h}x{w} patch grid",
+            a.dim()
+        )));
+    }
+    let mut out = Array3::<f32>::zeros((h, w, d + heads));
+    out.slice_mut(s![.., .., ..d]).assign(p);
+    out.slice_mut(s![.., .., d..])
+        .assign(&a.view().permuted_axes([1, 2, 0]));
+    Ok(out)
+}
+
+/// A depth head's input rows `[h * w, 2 D L]`: for each block given (in order) the patch
+/// token, then the block's CLS token, as the released heads concatenate them.
+pub fn depth_input(f: &Features) -> Result<Array2<f32>, HeadsError> {
+    let first = f.blocks.first().ok_or_else(|| {
+        HeadsError::Shape("depth heads read intermediate blocks; none given".into())
+    })?;
+    let (h, w, d) = first.tokens.patches.dim();
+    let mut out = Array2::<f32>::zeros((h * w, 2 * d * f.blocks.len()));
+    for (i, b) in f.blocks.iter().enumerate() {
+        if b.tokens.patches.dim() != (h, w, d) {
+            return Err(HeadsError::Shape("blocks of different shapes".into()));
+        }
+        let flat = b
+            .tokens
+            .patches
+            .view()
+            .into_shape_with_order((h * w, d))
+            .map_err(|e| HeadsError::Shape(e.to_string()))?;
+        let base = 2 * d * i;
+        out.slice_mut(s![.., base..base + d]).assign(&flat);
+        out.slice_mut(s![.., base + d..base + 2 * d])
+            .assign(&b.tokens.cls.view().insert_axis(Axis(0)));
+    }
+    Ok(out)
+}
+
+/// Metadata key naming the file format of trained heads.
+const FORMAT: &str = "dinoedge-linear-head";
+
+fn is_safetensors(path: &Path) -> Result<bool, HeadsError> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HeadsError::NotFound(path.to_owned()),
+        _ => HeadsError::Checkpoint {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    })?;
+    let n = f.read(&mut head).unwrap_or(0);
+    Ok(crate::st::TensorFile::sniff(&head[..n]))
+}
+
+fn meta_json<T: serde::de::DeserializeOwned>(
+    meta: &HashMap<String, String>,
+    key: &str,
+    path: &Path,
+) -> Result<T, HeadsError> {
+    let v = meta
+        .get(key)
+        .ok_or_else(|| not_a_head(path, format!("metadata `{key}` is missing")))?;
+    serde_json::from_str(v).map_err(|e| not_a_head(path, format!("metadata `{key}`: {e}")))
+}
+
+fn load_trained(path: &Path, max_depth: Option<f32>) -> Result<LinearHead, HeadsError> {
+    let mut file = crate::st::TensorFile::read(path)?;
+    let meta = std::mem::take(&mut file.metadata);
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(not_a_head(
+            path,
+            "a safetensors file without dinoedge's head metadata (format = dinoedge-linear-head)",
+        ));
+    }
+    let weight = file
+        .tensors
+        .remove("weight")
+        .ok_or_else(|| not_a_head(path, "`weight` is missing"))?
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| not_a_head(path, "`weight` is not 2-D"))?;
+    let k = weight.nrows();
+    let bias = vector(
+        file.tensors
+            .remove("bias")
+            .ok_or_else(|| not_a_head(path, "`bias` is missing"))?,
+        k,
+        "bias",
+        path,
+    )?;
+    match meta.get("task").map(String::as_str) {
+        Some("segmentation") => {
+            let names: Vec<String> = meta_json(&meta, "names", path)?;
+            let colors: Vec<[u8; 3]> = meta_json(&meta, "palette", path)?;
+            if names.len() != k || colors.len() != k {
+                return Err(not_a_head(
+                    path,
+                    format!(
+                        "{k} outputs but {} names and {} colours",
+                        names.len(),
+                        colors.len()
+                    ),
+                ));
+            }
+            let attention_heads: usize = meta_json(&meta, "attention_heads", path)?;
+            Ok(LinearHead::Seg(SegHead {
+                weight,
+                bias,
+                palette: Palette { names, colors },
+                attention_heads,
+                trained: Some(meta),
+            }))
+        }
+        Some("depth") => {
+            let blocks: Vec<usize> = meta_json(&meta, "blocks", path)?;
+            let range: (f32, f32) = meta_json(&meta, "depth_range", path)?;
+            let output = match meta.get("depth_output").map(String::as_str) {
+                Some("bins") => DepthOutput::Bins,
+                Some("log") => DepthOutput::LogDepth,
+                other => {
+                    return Err(not_a_head(
+                        path,
+                        format!("depth_output {other:?}: expected \"bins\" or \"log\""),
+                    ));
+                }
+            };
+            if output == DepthOutput::LogDepth && k != 1 {
+                return Err(not_a_head(path, "a log-depth head has one output"));
+            }
+            let range = (range.0, max_depth.unwrap_or(range.1));
+            Ok(LinearHead::Depth(DepthHead {
+                weight,
+                bias,
+                layers: blocks.len(),
+                range,
+                output,
+                block_ids: Some(blocks),
+                trained: Some(meta),
+            }))
+        }
+        other => Err(not_a_head(
+            path,
+            format!("task {other:?}: expected segmentation or depth"),
+        )),
+    }
+}
+
+impl SegHead {
+    /// A head from trained weights `[K, C]` and bias `[K]`; `metadata` is stored with it.
+    pub fn from_trained(
+        weight: Array2<f32>,
+        bias: Array1<f32>,
+        palette: Palette,
+        attention_heads: usize,
+        metadata: HashMap<String, String>,
+    ) -> Result<SegHead, HeadsError> {
+        if bias.len() != weight.nrows() || palette.names.len() != weight.nrows() {
+            return Err(HeadsError::Shape(format!(
+                "{} outputs, {} biases, {} classes",
+                weight.nrows(),
+                bias.len(),
+                palette.names.len()
+            )));
+        }
+        Ok(SegHead {
+            weight,
+            bias,
+            palette,
+            attention_heads,
+            trained: Some(metadata),
+        })
+    }
+
+    /// Save as `safetensors` (`weight`, `bias` and the metadata: task, classes, names,
+    /// palette, attention heads, plus what [`SegHead::from_trained`] was given).
+    pub fn save(&self, path: &Path) -> Result<(), HeadsError> {
+        let mut meta = self.trained.clone().unwrap_or_default();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("format_version".into(), "1".into());
+        meta.insert("task".into(), "segmentation".into());
+        meta.insert("classes".into(), self.classes().to_string());
+        meta.insert(
+            "names".into(),
+            serde_json::to_string(&self.palette.names).expect("strings"),
+        );
+        meta.insert(
+            "palette".into(),
+            serde_json::to_string(&self.palette.colors).expect("ints"),
+        );
+        meta.insert("attention_heads".into(), self.attention_heads.to_string());
+        meta.insert(
+            "inputs".into(),
+            if self.attention_heads > 0 {
+                "patches+attention"
+            } else {
+                "patches"
+            }
+            .into(),
+        );
+        crate::st::write(
+            path,
+            &[
+                ("weight", self.weight.clone().into_dyn()),
+                ("bias", self.bias.clone().into_dyn()),
+            ],
+            meta,
+        )
+    }
+}
+
+impl DepthHead {
+    /// A head from trained weights `[outputs, 2 D L]` and bias, reading `blocks`.
+    pub fn from_trained(
+        weight: Array2<f32>,
+        bias: Array1<f32>,
+        blocks: Vec<usize>,
+        output: DepthOutput,
+        range: (f32, f32),
+        metadata: HashMap<String, String>,
+    ) -> Result<DepthHead, HeadsError> {
+        if bias.len() != weight.nrows() || blocks.is_empty() {
+            return Err(HeadsError::Shape(format!(
+                "{} outputs, {} biases, {} blocks",
+                weight.nrows(),
+                bias.len(),
+                blocks.len()
+            )));
+        }
+        Ok(DepthHead {
+            weight,
+            bias,
+            layers: blocks.len(),
+            range,
+            output,
+            block_ids: Some(blocks),
+            trained: Some(metadata),
+        })
+    }
+
+    /// Save as `safetensors` with the metadata (task, blocks, output kind, range).
+    pub fn save(&self, path: &Path) -> Result<(), HeadsError> {
+        let blocks = self.block_ids.clone().ok_or_else(|| {
+            HeadsError::InvalidOption("only trained depth heads (with block ids) are saved".into())
+        })?;
+        let mut meta = self.trained.clone().unwrap_or_default();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("format_version".into(), "1".into());
+        meta.insert("task".into(), "depth".into());
+        meta.insert(
+            "blocks".into(),
+            serde_json::to_string(&blocks).expect("ints"),
+        );
+        meta.insert(
+            "depth_output".into(),
+            match self.output {
+                DepthOutput::Bins => "bins",
+                DepthOutput::LogDepth => "log",
+            }
+            .into(),
+        );
+        meta.insert(
+            "depth_range".into(),
+            serde_json::to_string(&self.range).expect("floats"),
+        );
+        meta.insert("inputs".into(), "patches+cls".into());
+        crate::st::write(
+            path,
+            &[
+                ("weight", self.weight.clone().into_dyn()),
+                ("bias", self.bias.clone().into_dyn()),
+            ],
+            meta,
+        )
     }
 }
 

@@ -104,6 +104,37 @@ impl Palette {
         Some(Palette { names, colors })
     }
 
+    /// Read a palette file: JSON `{"names": [...], "colors": [[r, g, b], ...]}`, 1 to 255
+    /// classes, as many names as colours.
+    pub fn read_json(path: &std::path::Path) -> Result<Palette, crate::HeadsError> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            names: Vec<String>,
+            colors: Vec<[u8; 3]>,
+        }
+        let bad = |reason: String| crate::HeadsError::Dataset {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let f: File = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "a palette is {{\"names\": [...], \"colors\": [[r, g, b], ...]}} ({e})"
+            ))
+        })?;
+        if f.names.len() != f.colors.len() || f.names.is_empty() || f.names.len() > 255 {
+            return Err(bad(format!(
+                "{} names and {} colours: give 1 to 255 of each, as many names as colours",
+                f.names.len(),
+                f.colors.len()
+            )));
+        }
+        Ok(Palette {
+            names: f.names,
+            colors: f.colors,
+        })
+    }
+
     /// The class map in colour.
     pub fn colorize(&self, labels: ArrayView2<u8>) -> RgbImage {
         let (h, w) = labels.dim();

@@ -1,0 +1,233 @@
+//! Evaluation metrics: mIoU and pixel accuracy for segmentation; RMSE, AbsRel and δ<1.25
+//! for depth (the metrics of DINOv2's and mmseg's evaluations).
+
+use ndarray::ArrayView2;
+
+use crate::dataset::IGNORE;
+
+/// A confusion matrix over `k` classes (rows: truth, columns: prediction).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    k: usize,
+    counts: Vec<u64>,
+}
+
+/// Intersection over union of one class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassIou {
+    /// Class id.
+    pub class: usize,
+    /// IoU, `None` when the class is neither in the truth nor predicted.
+    pub iou: Option<f64>,
+    /// Labelled pixels of this class.
+    pub pixels: u64,
+}
+
+impl Confusion {
+    /// An empty matrix for `k` classes.
+    pub fn new(k: usize) -> Confusion {
+        Confusion {
+            k,
+            counts: vec![0; k * k],
+        }
+    }
+
+    /// Count a predicted map against the truth (pixels labelled [`IGNORE`] are skipped).
+    /// Both maps must have the same shape; a truth class beyond `k` is skipped too.
+    pub fn add(&mut self, truth: ArrayView2<u8>, pred: ArrayView2<u8>) {
+        assert_eq!(truth.dim(), pred.dim(), "maps of different sizes");
+        for (&t, &p) in truth.iter().zip(pred.iter()) {
+            if t == IGNORE || t as usize >= self.k {
+                continue;
+            }
+            let p = (p as usize).min(self.k - 1);
+            self.counts[t as usize * self.k + p] += 1;
+        }
+    }
+
+    /// Count one pixel.
+    pub fn add_one(&mut self, truth: usize, pred: usize) {
+        if truth < self.k && pred < self.k {
+            self.counts[truth * self.k + pred] += 1;
+        }
+    }
+
+    /// Labelled pixels counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Fraction of labelled pixels predicted right.
+    pub fn pixel_accuracy(&self) -> f64 {
+        let right: u64 = (0..self.k).map(|i| self.counts[i * self.k + i]).sum();
+        right as f64 / self.total().max(1) as f64
+    }
+
+    /// IoU of each class.
+    pub fn per_class(&self) -> Vec<ClassIou> {
+        (0..self.k)
+            .map(|c| {
+                let tp = self.counts[c * self.k + c];
+                let truth: u64 = (0..self.k).map(|p| self.counts[c * self.k + p]).sum();
+                let pred: u64 = (0..self.k).map(|t| self.counts[t * self.k + c]).sum();
+                let union = truth + pred - tp;
+                ClassIou {
+                    class: c,
+                    iou: (union > 0).then(|| tp as f64 / union as f64),
+                    pixels: truth,
+                }
+            })
+            .collect()
+    }
+
+    /// Mean IoU over the classes present in the truth (mmseg's convention: classes that
+    /// never occur in the labels do not count, even when predicted — their false positives
+    /// still lower the IoU of the true classes they were taken from).
+    pub fn miou(&self) -> f64 {
+        let ious: Vec<f64> = self
+            .per_class()
+            .into_iter()
+            .filter(|c| c.pixels > 0)
+            .filter_map(|c| c.iou)
+            .collect();
+        if ious.is_empty() {
+            0.0
+        } else {
+            ious.iter().sum::<f64>() / ious.len() as f64
+        }
+    }
+
+    /// The most frequent true class.
+    pub fn majority_class(&self) -> usize {
+        self.per_class()
+            .iter()
+            .max_by_key(|c| c.pixels)
+            .map(|c| c.class)
+            .unwrap_or(0)
+    }
+
+    /// mIoU and pixel accuracy of predicting `class` everywhere, on the same truth.
+    pub fn constant_baseline(&self, class: usize) -> (f64, f64) {
+        let mut b = Confusion::new(self.k);
+        for t in 0..self.k {
+            let n: u64 = (0..self.k).map(|p| self.counts[t * self.k + p]).sum();
+            b.counts[t * self.k + class] = n;
+        }
+        (b.miou(), b.pixel_accuracy())
+    }
+}
+
+/// Depth errors, averaged per image and then over images (the NYU/KITTI convention).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DepthScores {
+    sums: [f64; 6],
+    images: usize,
+}
+
+/// The depth metrics of a set of images.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DepthSummary {
+    /// Root mean square error, metres.
+    pub rmse: f64,
+    /// Mean |pred − truth| / truth.
+    pub abs_rel: f64,
+    /// Fraction of pixels with max(pred/truth, truth/pred) < 1.25.
+    pub delta1: f64,
+    /// … < 1.25².
+    pub delta2: f64,
+    /// … < 1.25³.
+    pub delta3: f64,
+    /// Mean |log10 pred − log10 truth|.
+    pub log10: f64,
+    /// Images scored.
+    pub images: usize,
+}
+
+impl DepthScores {
+    /// Score one image; pixels whose truth is not above 0 are skipped. Returns `false`
+    /// when the image had no valid pixel (it is then not counted).
+    pub fn add(&mut self, truth: ArrayView2<f32>, pred: ArrayView2<f32>) -> bool {
+        assert_eq!(truth.dim(), pred.dim(), "maps of different sizes");
+        let mut s = [0f64; 6];
+        let mut n = 0usize;
+        for (&t, &p) in truth.iter().zip(pred.iter()) {
+            if !(t > 0.0 && t.is_finite()) {
+                continue;
+            }
+            let (t, p) = (t as f64, (p as f64).max(1e-6));
+            let ratio = (p / t).max(t / p);
+            s[0] += (p - t) * (p - t);
+            s[1] += (p - t).abs() / t;
+            s[2] += (ratio < 1.25) as u8 as f64;
+            s[3] += (ratio < 1.25 * 1.25) as u8 as f64;
+            s[4] += (ratio < 1.25 * 1.25 * 1.25) as u8 as f64;
+            s[5] += (p.log10() - t.log10()).abs();
+            n += 1;
+        }
+        if n == 0 {
+            return false;
+        }
+        let n = n as f64;
+        self.sums[0] += (s[0] / n).sqrt();
+        for (sum, v) in self.sums.iter_mut().zip(s).skip(1) {
+            *sum += v / n;
+        }
+        self.images += 1;
+        true
+    }
+
+    /// The averages.
+    pub fn summary(&self) -> DepthSummary {
+        let n = self.images.max(1) as f64;
+        DepthSummary {
+            rmse: self.sums[0] / n,
+            abs_rel: self.sums[1] / n,
+            delta1: self.sums[2] / n,
+            delta2: self.sums[3] / n,
+            delta3: self.sums[4] / n,
+            log10: self.sums[5] / n,
+            images: self.images,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn iou_and_accuracy_by_hand() {
+        let truth = array![[0u8, 0, 1, 1], [0, 0, 1, IGNORE]];
+        let pred = array![[0u8, 1, 1, 1], [0, 0, 0, 2]];
+        let mut c = Confusion::new(3);
+        c.add(truth.view(), pred.view());
+        assert_eq!(c.total(), 7);
+        assert!((c.pixel_accuracy() - 5.0 / 7.0).abs() < 1e-12);
+        let per = c.per_class();
+        // class 0: tp 3, truth 4, pred 4 -> 3/5; class 1: tp 2, truth 3, pred 3 -> 2/4
+        assert!((per[0].iou.unwrap() - 0.6).abs() < 1e-12);
+        assert!((per[1].iou.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(per[2].iou, None); // the ignored pixel's prediction is not counted
+        assert!((c.miou() - 0.55).abs() < 1e-12);
+        assert_eq!(c.majority_class(), 0);
+        let (miou, acc) = c.constant_baseline(0);
+        assert!((acc - 4.0 / 7.0).abs() < 1e-12);
+        assert!((miou - (4.0 / 7.0 + 0.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn depth_metrics_by_hand() {
+        let truth = array![[1.0f32, 2.0], [4.0, 0.0]];
+        let pred = array![[1.0f32, 3.0], [4.0, 9.0]];
+        let mut d = DepthScores::default();
+        assert!(d.add(truth.view(), pred.view()));
+        let s = d.summary();
+        assert!((s.rmse - (1.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert!((s.abs_rel - 0.5 / 3.0).abs() < 1e-9);
+        assert!((s.delta1 - 2.0 / 3.0).abs() < 1e-9);
+        assert!((s.delta2 - 1.0).abs() < 1e-9);
+        assert!(!d.add(array![[0.0f32]].view(), array![[1.0f32]].view()));
+        assert_eq!(d.summary().images, 1);
+    }
+}
