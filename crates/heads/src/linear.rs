@@ -114,6 +114,18 @@ fn vector(v: ArrayD<f32>, len: usize, name: &str, path: &Path) -> Result<Array1<
     Ok(v.into_dimensionality::<Ix1>().expect("checked"))
 }
 
+/// A 1x1 conv `{name}.weight` `[K, C(, 1, 1)]` and its `{name}.bias` `[K]`, taken from `dict`.
+fn conv_layer(
+    dict: &mut Vec<(String, ArrayD<f32>)>,
+    name: &str,
+    path: &Path,
+) -> Result<(Array2<f32>, Array1<f32>), HeadsError> {
+    let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+    let w = conv1x1(take(dict, &wn, path)?, &wn, path)?;
+    let b = vector(take(dict, &bn, path)?, w.nrows(), &bn, path)?;
+    Ok((w, b))
+}
+
 /// `max_depth=…` in an mmcv config string, if any.
 fn config_max_depth(root: &Value) -> Option<f32> {
     let config = root.get("meta")?.get("config")?.as_str()?;
@@ -141,18 +153,8 @@ impl LinearHead {
                 .any(|(k, _)| k == n || k.strip_prefix("decode_head.") == Some(n))
         }
         if has(&dict, "conv_seg.weight") {
-            let w = conv1x1(
-                take(&mut dict, "conv_seg.weight", path)?,
-                "conv_seg.weight",
-                path,
-            )?;
+            let (w, b) = conv_layer(&mut dict, "conv_seg", path)?;
             let (k, c) = w.dim();
-            let b = vector(
-                take(&mut dict, "conv_seg.bias", path)?,
-                k,
-                "conv_seg.bias",
-                path,
-            )?;
             let bn = if has(&dict, "bn.weight") {
                 let g = vector(take(&mut dict, "bn.weight", path)?, c, "bn.weight", path)?;
                 let beta = vector(take(&mut dict, "bn.bias", path)?, c, "bn.bias", path)?;
@@ -190,18 +192,7 @@ impl LinearHead {
             }));
         }
         if has(&dict, "conv_depth.weight") {
-            let w = conv1x1(
-                take(&mut dict, "conv_depth.weight", path)?,
-                "conv_depth.weight",
-                path,
-            )?;
-            let (bins, _) = w.dim();
-            let b = vector(
-                take(&mut dict, "conv_depth.bias", path)?,
-                bins,
-                "conv_depth.bias",
-                path,
-            )?;
+            let (w, b) = conv_layer(&mut dict, "conv_depth", path)?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().to_lowercase())
@@ -628,6 +619,25 @@ pub fn depth_input(f: &Features) -> Result<Array2<f32>, HeadsError> {
 /// Metadata key naming the file format of trained heads.
 const FORMAT: &str = "dinoedge-linear-head";
 
+/// Write a trained head: `weight`, `bias` and the metadata with the format tag.
+fn write_head(
+    path: &Path,
+    weight: &Array2<f32>,
+    bias: &Array1<f32>,
+    mut meta: HashMap<String, String>,
+) -> Result<(), HeadsError> {
+    meta.insert("format".into(), FORMAT.into());
+    meta.insert("format_version".into(), "1".into());
+    crate::st::write(
+        path,
+        &[
+            ("weight", weight.clone().into_dyn()),
+            ("bias", bias.clone().into_dyn()),
+        ],
+        meta,
+    )
+}
+
 fn is_safetensors(path: &Path) -> Result<bool, HeadsError> {
     use std::io::Read;
     let mut head = [0u8; 16];
@@ -764,8 +774,6 @@ impl SegHead {
     /// palette, attention heads, plus what [`SegHead::from_trained`] was given).
     pub fn save(&self, path: &Path) -> Result<(), HeadsError> {
         let mut meta = self.trained.clone().unwrap_or_default();
-        meta.insert("format".into(), FORMAT.into());
-        meta.insert("format_version".into(), "1".into());
         meta.insert("task".into(), "segmentation".into());
         meta.insert("classes".into(), self.classes().to_string());
         meta.insert(
@@ -786,14 +794,7 @@ impl SegHead {
             }
             .into(),
         );
-        crate::st::write(
-            path,
-            &[
-                ("weight", self.weight.clone().into_dyn()),
-                ("bias", self.bias.clone().into_dyn()),
-            ],
-            meta,
-        )
+        write_head(path, &self.weight, &self.bias, meta)
     }
 }
 
@@ -832,8 +833,6 @@ impl DepthHead {
             HeadsError::InvalidOption("only trained depth heads (with block ids) are saved".into())
         })?;
         let mut meta = self.trained.clone().unwrap_or_default();
-        meta.insert("format".into(), FORMAT.into());
-        meta.insert("format_version".into(), "1".into());
         meta.insert("task".into(), "depth".into());
         meta.insert(
             "blocks".into(),
@@ -852,14 +851,7 @@ impl DepthHead {
             serde_json::to_string(&self.range).expect("floats"),
         );
         meta.insert("inputs".into(), "patches+cls".into());
-        crate::st::write(
-            path,
-            &[
-                ("weight", self.weight.clone().into_dyn()),
-                ("bias", self.bias.clone().into_dyn()),
-            ],
-            meta,
-        )
+        write_head(path, &self.weight, &self.bias, meta)
     }
 }
 

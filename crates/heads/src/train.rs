@@ -16,6 +16,35 @@ use crate::HeadsError;
 use crate::dataset::IGNORE;
 use crate::metrics::Confusion;
 
+/// Visit every pixel of a stretched model input of `grid * patch` pixels with its patch
+/// (row-major index) and the label pixel it comes from (nearest, mirrored when `flip`).
+fn for_each_input_pixel(
+    label: (usize, usize),
+    grid: (usize, usize),
+    patch: usize,
+    flip: bool,
+    mut visit: impl FnMut(usize, usize, usize),
+) {
+    let (mh, mw) = label;
+    let (gh, gw) = grid;
+    let (ih, iw) = (gh * patch, gw * patch);
+    if mh == 0 || mw == 0 {
+        return;
+    }
+    let xs: Vec<usize> = (0..iw)
+        .map(|x| {
+            let mx = (((x as f64 + 0.5) * mw as f64 / iw as f64) as usize).min(mw - 1);
+            if flip { mw - 1 - mx } else { mx }
+        })
+        .collect();
+    for y in 0..ih {
+        let my = (((y as f64 + 0.5) * mh as f64 / ih as f64) as usize).min(mh - 1);
+        for (x, &mx) in xs.iter().enumerate() {
+            visit((y / patch) * gw + x / patch, my, mx);
+        }
+    }
+}
+
 /// Per-patch class fractions of a class-id mask, for a `grid` of patches over a stretched
 /// model input of `grid * patch` pixels: `([gh * gw, k] fractions of labelled pixels,
 /// [gh * gw] labelled fraction)`. `flip` mirrors the mask left-right first.
@@ -26,33 +55,21 @@ pub fn seg_targets(
     k: usize,
     flip: bool,
 ) -> (Array2<f32>, Array1<f32>) {
-    let (gh, gw) = grid;
-    let (mh, mw) = mask.dim();
-    let (ih, iw) = (gh * patch, gw * patch);
-    let mut counts = Array2::<f32>::zeros((gh * gw, k));
-    let mut valid = Array1::<f32>::zeros(gh * gw);
-    let per = (patch * patch) as f32;
-    for y in 0..ih {
-        let my = (((y as f64 + 0.5) * mh as f64 / ih as f64) as usize).min(mh - 1);
-        for x in 0..iw {
-            let mut mx = (((x as f64 + 0.5) * mw as f64 / iw as f64) as usize).min(mw - 1);
-            if flip {
-                mx = mw - 1 - mx;
-            }
-            let c = mask[(my, mx)];
-            if c == IGNORE || c as usize >= k {
-                continue;
-            }
-            let row = (y / patch) * gw + x / patch;
+    let n = grid.0 * grid.1;
+    let mut counts = Array2::<f32>::zeros((n, k));
+    let mut valid = Array1::<f32>::zeros(n);
+    for_each_input_pixel(mask.dim(), grid, patch, flip, |row, my, mx| {
+        let c = mask[(my, mx)];
+        if c != IGNORE && (c as usize) < k {
             counts[(row, c as usize)] += 1.0;
             valid[row] += 1.0;
         }
-    }
+    });
     for (mut r, v) in counts.axis_iter_mut(Axis(0)).zip(valid.iter_mut()) {
         if *v > 0.0 {
             r /= *v;
         }
-        *v /= per;
+        *v /= (patch * patch) as f32;
     }
     (counts, valid)
 }
@@ -65,36 +82,24 @@ pub fn depth_targets(
     patch: usize,
     flip: bool,
 ) -> (Array1<f32>, Array1<f32>) {
-    let (gh, gw) = grid;
-    let (mh, mw) = depth.dim();
-    let (ih, iw) = (gh * patch, gw * patch);
-    let mut sum = Array1::<f32>::zeros(gh * gw);
-    let mut valid = Array1::<f32>::zeros(gh * gw);
-    for y in 0..ih {
-        let my = (((y as f64 + 0.5) * mh as f64 / ih as f64) as usize).min(mh - 1);
-        for x in 0..iw {
-            let mut mx = (((x as f64 + 0.5) * mw as f64 / iw as f64) as usize).min(mw - 1);
-            if flip {
-                mx = mw - 1 - mx;
-            }
-            let d = depth[(my, mx)];
-            if !(d > 0.0 && d.is_finite()) {
-                continue;
-            }
-            let row = (y / patch) * gw + x / patch;
+    let n = grid.0 * grid.1;
+    let mut sum = Array1::<f32>::zeros(n);
+    let mut valid = Array1::<f32>::zeros(n);
+    for_each_input_pixel(depth.dim(), grid, patch, flip, |row, my, mx| {
+        let d = depth[(my, mx)];
+        if d > 0.0 && d.is_finite() {
             sum[row] += d.ln();
             valid[row] += 1.0;
         }
-    }
-    let per = (patch * patch) as f32;
-    let mean = Array1::from_shape_fn(gh * gw, |i| {
+    });
+    let mean = Array1::from_shape_fn(n, |i| {
         if valid[i] > 0.0 {
             sum[i] / valid[i]
         } else {
             0.0
         }
     });
-    (mean, valid / per)
+    (mean, valid / (patch * patch) as f32)
 }
 
 /// What a head learns.
