@@ -34,6 +34,9 @@ enum Command {
     TrainHead(cmd::train_head::Args),
     /// Score a head on a labelled folder: mIoU and pixel accuracy, or RMSE, AbsRel and δ<1.25.
     EvalHead(cmd::eval_head::Args),
+    /// The live runner: frames from a camera, file, stream or recording through the backbone and
+    /// a head to files, JSON lines, MCAP recordings and a live view in the browser.
+    Run(Box<cmd::run::Args>),
     /// Time the backbone alone (median of repeated runs), as one JSON line.
     Bench(cmd::bench::Args),
     /// List the V4L2 (USB) cameras on this machine and their formats, sizes and frame rates.
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Features(a) => cmd::features::run(a),
         Command::Pca(a) => cmd::pca::run(a),
         Command::Attention(a) => cmd::attention::run(a),
+        Command::Run(a) => cmd::run::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::TrainHead(a) => cmd::train_head::run(a),

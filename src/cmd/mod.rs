@@ -9,12 +9,14 @@ pub mod features;
 pub mod info;
 pub mod pca;
 pub mod predict;
+pub mod run;
 pub mod train_head;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
+use dinoedge_heads::LinearHead;
+use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ModelInfo, ResizeMode, Resolution};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments every command that runs the backbone takes.
@@ -77,6 +79,34 @@ impl ModelArgs {
         }
         Ok(bb)
     }
+}
+
+/// Backbone options for running `head` on `model`: the head checked against the backbone's
+/// width, the blocks and attention it reads asked for, and a trained head's resolution
+/// unless `--size` says otherwise.
+pub fn head_options(head: &LinearHead, model: &ModelArgs) -> Result<BackboneOptions> {
+    let info = ModelInfo::read(&model.model)
+        .with_context(|| format!("reading {}", model.model.display()))?;
+    let (dim, depth_blocks) = (info.graph.embed_dim, info.graph.num_blocks);
+    let mut options = model.options();
+    match head {
+        LinearHead::Seg(seg) => {
+            seg.check_backbone(dim)?;
+            seg.configure(&mut options);
+        }
+        LinearHead::Depth(d) => {
+            d.check_backbone(dim)?;
+            d.configure(&mut options, depth_blocks);
+        }
+    }
+    let trained = match head {
+        LinearHead::Seg(s) => s.trained.as_ref(),
+        LinearHead::Depth(d) => d.trained.as_ref(),
+    };
+    if options.resolution.is_none() {
+        options.resolution = trained.and_then(|m| m.get("resolution")?.parse().ok());
+    }
+    Ok(options)
 }
 
 /// Parse `--resize`.

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use dinoedge_heads::output::{class_png, depth_color, depth_mm_png, with_depth_legend};
 use dinoedge_heads::overlay::{blend, tile};
 use dinoedge_heads::{Colormap, LinearHead};
-use dinoedge_model::{ModelInfo, ResizeMode, load_rgb};
+use dinoedge_model::{ResizeMode, load_rgb};
 
-use super::{ModelArgs, finish, out_dir, progress, stem};
+use super::{ModelArgs, finish, head_options, out_dir, progress, stem};
 
 /// Arguments of `dinoedge predict`.
 #[derive(clap::Args, Debug)]
@@ -47,28 +47,8 @@ pub fn run(args: Args) -> Result<()> {
     );
     let head = LinearHead::load(&args.head, args.max_depth)
         .with_context(|| format!("loading the head {}", args.head.display()))?;
-    let info = ModelInfo::read(&args.model.model)
-        .with_context(|| format!("reading {}", args.model.model.display()))?;
-    let (dim, depth_blocks) = (info.graph.embed_dim, info.graph.num_blocks);
-    let mut options = args.model.options();
-    match &head {
-        LinearHead::Seg(seg) => {
-            seg.check_backbone(dim)?;
-            seg.configure(&mut options);
-        }
-        LinearHead::Depth(d) => {
-            d.check_backbone(dim)?;
-            d.configure(&mut options, depth_blocks);
-        }
-    }
-    let trained = match &head {
-        LinearHead::Seg(s) => s.trained.as_ref(),
-        LinearHead::Depth(d) => d.trained.as_ref(),
-    };
     // a trained head runs at the resolution it was trained at unless told otherwise
-    if options.resolution.is_none() {
-        options.resolution = trained.and_then(|m| m.get("resolution")?.parse().ok());
-    }
+    let options = head_options(&head, &args.model)?;
     out_dir(&args.out)?;
     let mut bb = args.model.load(&options)?;
     // heads predict over the whole frame: the image is stretched to the input size

@@ -105,6 +105,11 @@ impl<T> LatestSender<T> {
     pub fn is_connected(&self) -> bool {
         self.shared.lock().receiver_alive
     }
+
+    /// Items overwritten so far (sent but never taken).
+    pub fn dropped_total(&self) -> u64 {
+        self.shared.lock().dropped_total
+    }
 }
 
 impl<T> Drop for LatestSender<T> {

@@ -27,6 +27,7 @@ pub mod ffmpeg;
 mod frame;
 pub mod images;
 pub mod latest;
+pub mod mcap;
 pub mod mjpeg;
 pub mod source;
 pub mod synthetic;

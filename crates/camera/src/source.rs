@@ -6,6 +6,7 @@
 //! | `csi://0?width=1280&height=720&fps=30` | Raspberry Pi CSI camera through `rpicam-vid` |
 //! | `photo.jpg`, `frames/`, `'frames/*.png'`, `file:///abs/path` | images: one, a folder, a glob |
 //! | `clip.mjpeg`, `clip.y4m` | MJPEG stream file, YUV4MPEG2 video |
+//! | `run.mcap?topic=/camera/image` | an image topic of an MCAP recording (default: the first) |
 //! | `clip.mp4` (any other file), `rtsp://…`, `http://…` | video through `ffmpeg` |
 //! | `-` or `stdin://` | MJPEG on standard input |
 //! | `synthetic://?width=640&height=480&fps=30` | a moving test pattern |
@@ -22,6 +23,7 @@ use crate::error::{CameraError, Result};
 use crate::ffmpeg::{FfmpegOptions, FfmpegSource};
 use crate::frame::FrameSource;
 use crate::images::{ImageFiles, is_image_path};
+use crate::mcap::McapSource;
 use crate::mjpeg::MjpegSource;
 use crate::synthetic::{Synthetic, SyntheticOptions};
 use crate::v4l2::{PixelFormat, V4l2Options, V4l2Source};
@@ -59,6 +61,13 @@ pub enum SourceKind {
         input: String,
         /// A network stream (reconnects, no clean end).
         live: bool,
+    },
+    /// An image topic of an MCAP recording.
+    Mcap {
+        /// The file.
+        path: PathBuf,
+        /// The topic (`None`: the first image topic).
+        topic: Option<String>,
     },
     /// MJPEG on standard input.
     Stdin,
@@ -213,6 +222,10 @@ fn path_kind(path: &str, uri: &str) -> Result<SourceKind> {
             path: p.to_owned(),
             bt709: None,
         },
+        "mcap" => SourceKind::Mcap {
+            path: p.to_owned(),
+            topic: None,
+        },
         "" => {
             return Err(CameraError::bad_uri(
                 uri,
@@ -358,6 +371,9 @@ impl SourceSpec {
                         }
                     };
                 }
+                if let SourceKind::Mcap { topic, .. } = &mut kind {
+                    *topic = o.take("topic");
+                }
                 kind
             }
             other => {
@@ -408,6 +424,9 @@ impl SourceSpec {
                     ))
                 }
                 SourceKind::Y4m { path, bt709 } => Box::new(Y4mSource::open(path, *bt709)?),
+                SourceKind::Mcap { path, topic } => {
+                    Box::new(McapSource::open(path, topic.clone())?)
+                }
                 SourceKind::Video { input, live } => Box::new(FfmpegSource::open(
                     input,
                     FfmpegOptions {

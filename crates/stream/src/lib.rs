@@ -6,15 +6,26 @@
 //! instead of growing latency); file sources by small blocking queues (every frame is
 //! processed, as fast as the backbone goes). Every stage reports its time per frame
 //! ([`stats`]).
+//!
+//! Sinks: files ([`FileSink`]), JSON lines ([`JsonLinesSink`]), MCAP recordings with
+//! Foxglove schemas ([`McapSink`]) and a live view in the browser ([`HttpSink`]).
 #![warn(missing_docs)]
 
+pub mod http;
+pub mod mcap_sink;
 pub mod pipeline;
+pub mod region;
+pub mod render;
 pub mod sink;
 pub mod stats;
 
-pub use pipeline::{Analysis, Output, RunOptions, RunReport, run};
-pub use sink::{FileSink, JsonLinesSink, Sink};
-pub use stats::{Stats, StatsSnapshot};
+pub use http::HttpSink;
+pub use mcap_sink::McapSink;
+pub use pipeline::{Analysed, Analysis, Cadence, Output, RunOptions, RunReport, run};
+pub use region::Region;
+pub use render::View;
+pub use sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
+pub use stats::{SharedStats, SinkState, StatsSnapshot};
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]

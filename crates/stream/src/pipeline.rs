@@ -1,4 +1,12 @@
 //! The threads of a run: source → backbone + head → one thread per sink.
+//!
+//! Two ways to go:
+//! - **every frame** (the default): each frame the backbone takes goes through the head and
+//!   on to the sinks with its own result;
+//! - **low rate** ([`Cadence::EveryNth`] / [`Cadence::WhenIdle`]): every frame goes to the
+//!   sinks at once, carrying the newest result there is; the backbone only sees every k-th
+//!   frame (or the newest one whenever it is free). A weak board shows the camera live with a
+//!   result that is a few frames old instead of a stuttering picture.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -6,43 +14,85 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dinoedge_camera::{Frame, FrameSource, LatestReceiver, LatestSender, latest};
-use dinoedge_heads::{DepthHead, SegHead, SegOutput};
+use dinoedge_heads::{DepthHead, PcaView, SegHead, SegOutput, pca_images};
 use dinoedge_model::{Backbone, Features, Preprocessor};
+use image::RgbImage;
 use ndarray::Array2;
 
 use crate::Result;
 use crate::sink::Sink;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{SharedStats, SinkState, StatsSnapshot};
 
 /// What runs on each frame after the backbone.
 pub enum Analysis {
     /// Keep the features (patch grid, CLS, …).
     Features,
+    /// The DINOv2 PCA picture of the patch features (first three components as RGB).
+    Pca,
     /// A segmentation head.
     Seg(SegHead),
     /// A depth head.
     Depth(DepthHead),
 }
 
-/// One frame's result, shared by every sink.
+impl Analysis {
+    /// `features`, `pca`, `seg` or `depth`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Analysis::Features => "features",
+            Analysis::Pca => "pca",
+            Analysis::Seg(_) => "seg",
+            Analysis::Depth(_) => "depth",
+        }
+    }
+}
+
+/// The result of the backbone and the head on one frame.
+pub struct Analysed {
+    /// Sequence number of the frame it was computed on.
+    pub seq: u64,
+    /// Features, for [`Analysis::Features`].
+    pub features: Option<Features>,
+    /// The PCA picture at patch resolution, for [`Analysis::Pca`].
+    pub pca: Option<RgbImage>,
+    /// Depth in metres at the frame's size.
+    pub depth: Option<Array2<f32>>,
+    /// Classes at the frame's size, and the head's palette.
+    pub seg: Option<(SegOutput, dinoedge_heads::Palette)>,
+    /// Time in the backbone (with preprocessing).
+    pub backbone: Duration,
+    /// Time in the head.
+    pub head: Duration,
+}
+
+/// One frame on its way to the sinks, shared by all of them.
 pub struct Output {
     /// The frame.
     pub frame: Arc<Frame>,
-    /// Features, for [`Analysis::Features`].
-    pub features: Option<Features>,
-    /// Depth in metres at the frame's size.
-    pub depth: Option<Array2<f32>>,
-    /// Classes at the frame's size.
-    pub seg: Option<SegOutput>,
-    /// Time spent in the backbone (with preprocessing), the head and (set by the sink
-    /// thread) the sink.
-    pub stage_times: [Duration; 3],
-    /// Frames dropped before this one, at the source and in the hand-over.
+    /// The newest result: this frame's own, or in the low-rate modes the last one finished
+    /// (`None` until the first one is).
+    pub result: Option<Arc<Analysed>>,
+    /// Whether this is the first output to carry `result` (sinks that store results, such as
+    /// files, write them only then).
+    pub fresh: bool,
+    /// Frames dropped before this one, at the source and in the hand-overs.
     pub dropped_before: u64,
 }
 
+/// Which frames the backbone sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cadence {
+    /// Every frame it can take (every frame of a file; the newest of a live source).
+    #[default]
+    EveryFrame,
+    /// Every k-th frame; every frame still reaches the sinks with the newest result.
+    EveryNth(u64),
+    /// The newest frame whenever the backbone is free; every frame reaches the sinks.
+    WhenIdle,
+}
+
 /// How a run behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Stop after this many frames reached the sinks.
     pub max_frames: Option<u64>,
@@ -51,6 +101,13 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// How often `on_status` is called.
     pub status_every: Duration,
+    /// Whether hand-overs are newest-wins (live: a slow stage drops old frames) or blocking
+    /// (every frame is processed). `None`: newest-wins for live sources.
+    pub drop_frames: Option<bool>,
+    /// Which frames the backbone sees.
+    pub cadence: Cadence,
+    /// Where the numbers are kept (share it with a sink that shows them).
+    pub stats: SharedStats,
 }
 
 impl Default for RunOptions {
@@ -59,6 +116,9 @@ impl Default for RunOptions {
             max_frames: None,
             stop: Arc::new(AtomicBool::new(false)),
             status_every: Duration::from_secs(1),
+            drop_frames: None,
+            cadence: Cadence::EveryFrame,
+            stats: SharedStats::default(),
         }
     }
 }
@@ -72,6 +132,9 @@ pub struct RunReport {
     pub source_errors: Vec<String>,
     /// Sinks that failed, with why (the others kept going).
     pub sink_errors: Vec<String>,
+    /// Whether the run ended because `stop` was set (Ctrl-C) rather than the source ending
+    /// or `max_frames`.
+    pub stopped: bool,
 }
 
 /// A queue between two stages: newest-wins for live sources, blocking and lossless for files.
@@ -119,10 +182,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The backbone and the head on one frame.
+fn analyse(
+    backbone: &mut Backbone,
+    pre: &mut Preprocessor,
+    analysis: &Analysis,
+    frame: &Frame,
+) -> Result<Analysed> {
+    let img = frame.to_image();
+    let (h, w) = (frame.height as usize, frame.width as usize);
+    let t0 = Instant::now();
+    let f = backbone.run_image(pre, &img)?;
+    let t1 = Instant::now();
+    let mut a = Analysed {
+        seq: frame.seq,
+        features: None,
+        pca: None,
+        depth: None,
+        seg: None,
+        backbone: t1 - t0,
+        head: Duration::ZERO,
+    };
+    match analysis {
+        Analysis::Features => a.features = Some(f),
+        Analysis::Pca => {
+            let view = PcaView::default();
+            a.pca = pca_images(&[f.patches().view()], view)?.pop();
+        }
+        Analysis::Seg(s) => a.seg = Some((s.predict_features(&f, h, w)?, s.palette.clone())),
+        Analysis::Depth(d) => a.depth = Some(d.predict_features(&f, h, w)?),
+    }
+    a.head = t1.elapsed();
+    Ok(a)
+}
+
 /// Run `source` through `backbone` and `analysis` into `sinks` until the source ends,
 /// `max_frames` are done or `stop` is set. `on_status` gets the numbers every
 /// `status_every`. Source and sink errors are collected in the report, not returned: a
-/// failing sink is closed and the others go on.
+/// failing sink is closed and the others go on. A backbone or head error ends the run
+/// (after every sink is flushed) and is returned.
 pub fn run(
     mut source: Box<dyn FrameSource>,
     (mut backbone, mut pre): (Backbone, Preprocessor),
@@ -131,49 +229,24 @@ pub fn run(
     options: RunOptions,
     mut on_status: impl FnMut(&StatsSnapshot),
 ) -> Result<RunReport> {
-    let live = source.info().live;
-    let stats = Arc::new(Mutex::new(Stats::default()));
+    let live = options.drop_frames.unwrap_or(source.info().live);
+    let stats = options.stats.clone();
+    stats.restart(sinks.iter().map(|s| s.name()).collect());
     let source_errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink_errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let done = Arc::new(AtomicBool::new(false));
+    // set when the run itself decides to stop (max frames, a backbone error), so that a
+    // stop asked from outside can be told apart
+    let internal_stop = Arc::new(AtomicBool::new(false));
     let stop = options.stop.clone();
+    let should_stop = {
+        let (stop, internal) = (stop.clone(), internal_stop.clone());
+        move || stop.load(Ordering::Relaxed) || internal.load(Ordering::Relaxed)
+    };
+    let cadence = options.cadence;
+    let max = options.max_frames;
 
-    std::thread::scope(|sc| -> Result<()> {
-        // source
-        let (frame_tx, frame_rx) = queue::<Frame>(live);
-        {
-            let (stats, errors, stop) = (stats.clone(), source_errors.clone(), stop.clone());
-            sc.spawn(move || {
-                let mut consecutive = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    match source.next_frame() {
-                        Ok(Some(f)) => {
-                            consecutive = 0;
-                            {
-                                let mut s = lock(&stats);
-                                s.frames_in += 1;
-                                s.dropped += f.dropped_before;
-                            }
-                            if !frame_tx.send(f) {
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!("source: {e}");
-                            lock(&stats).source_errors += 1;
-                            lock(&errors).push(e.to_string());
-                            consecutive += 1;
-                            if consecutive >= 50 {
-                                lock(&errors).push("50 errors in a row: giving up".into());
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-
+    let result = std::thread::scope(|sc| -> Result<()> {
         // sinks, each on its own thread with its own queue
         let mut sink_txs = Vec::new();
         for (i, mut sink) in sinks.into_iter().enumerate() {
@@ -190,89 +263,170 @@ pub fn run(
                     if let Err(e) = sink.write(&out) {
                         tracing::error!("{e}");
                         lock(&errors).push(e.to_string());
+                        stats.sink_state(i, SinkState::Failed(e.to_string()));
                         failed = true;
                         continue;
                     }
-                    if i == 0 {
-                        let mut s = lock(&stats);
-                        s.dropped += dropped;
-                        let times = [out.stage_times[0], out.stage_times[1], t0.elapsed()];
-                        s.record(times, out.frame.captured.elapsed());
-                    }
+                    stats.sink_wrote(i, dropped, t0.elapsed(), out.frame.captured.elapsed());
                 }
-                if !failed && let Err(e) = sink.finish() {
-                    lock(&errors).push(e.to_string());
+                if !failed {
+                    match sink.finish() {
+                        Ok(()) => stats.sink_state(i, SinkState::Finished),
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            lock(&errors).push(e.to_string());
+                            stats.sink_state(i, SinkState::Failed(e.to_string()));
+                        }
+                    }
                 }
             });
         }
+        let emitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let emit = {
+            let (stats, emitted, internal) =
+                (stats.clone(), emitted.clone(), internal_stop.clone());
+            move |txs: &[Tx<Arc<Output>>], out: Output| {
+                stats.frame_out();
+                let out = Arc::new(out);
+                for tx in txs {
+                    tx.send(out.clone());
+                }
+                let n = emitted.fetch_add(1, Ordering::Relaxed) + 1;
+                if max.is_some_and(|m| n >= m) {
+                    internal.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+
+        // frames for the backbone: every one (lossless or newest-wins), or in the low-rate
+        // modes the chosen ones, newest-wins
+        let low_rate = cadence != Cadence::EveryFrame;
+        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(live || low_rate);
+        let newest: Arc<Mutex<Option<Arc<Analysed>>>> = Arc::default();
+        // whoever hands frames to the sinks owns their queues: when it ends, they close
+        let (src_txs, inf_txs) = if low_rate {
+            (sink_txs, Vec::new())
+        } else {
+            (Vec::new(), sink_txs)
+        };
+
+        // the source thread (in the low-rate modes it also hands every frame to the sinks)
+        let source_thread = {
+            let (stats, errors) = (stats.clone(), source_errors.clone());
+            let (newest, emit, should_stop) = (newest.clone(), emit.clone(), should_stop.clone());
+            let sink_txs = src_txs;
+            sc.spawn(move || {
+                let mut consecutive = 0;
+                let mut last_result_seq = None;
+                while !should_stop() {
+                    match source.next_frame() {
+                        Ok(Some(f)) => {
+                            consecutive = 0;
+                            stats.frame_in(f.dropped_before);
+                            let f = Arc::new(f);
+                            let to_backbone = match cadence {
+                                Cadence::EveryFrame | Cadence::WhenIdle => true,
+                                Cadence::EveryNth(k) => f.seq.is_multiple_of(k.max(1)),
+                            };
+                            if to_backbone && !frame_tx.send(f.clone()) {
+                                break;
+                            }
+                            if low_rate {
+                                let result = lock(&newest).clone();
+                                let seq = result.as_ref().map(|r| r.seq);
+                                let fresh = seq.is_some() && seq != last_result_seq;
+                                last_result_seq = seq;
+                                emit(
+                                    &sink_txs,
+                                    Output {
+                                        dropped_before: f.dropped_before,
+                                        frame: f,
+                                        result,
+                                        fresh,
+                                    },
+                                );
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!("source: {e}");
+                            stats.source_error();
+                            lock(&errors).push(e.to_string());
+                            consecutive += 1;
+                            if consecutive >= 50 {
+                                lock(&errors).push("50 errors in a row: giving up".into());
+                                break;
+                            }
+                        }
+                    }
+                }
+                // in the low-rate modes the sinks' queues close when this thread ends
+            })
+        };
 
         // backbone and head
         let inference = {
-            let (stats, done, stop) = (stats.clone(), done.clone(), stop.clone());
-            let max = options.max_frames;
+            let (stats, done, internal) = (stats.clone(), done.clone(), internal_stop.clone());
+            let (newest, should_stop) = (newest.clone(), should_stop.clone());
+            let sink_txs = inf_txs;
             sc.spawn(move || -> Result<()> {
-                let mut n = 0u64;
                 let result = (|| -> Result<()> {
                     while let Some((frame, dropped)) = frame_rx.recv() {
-                        if max.is_some_and(|m| n >= m) {
-                            stop.store(true, Ordering::Relaxed);
+                        if !low_rate && should_stop() {
                             break;
                         }
-                        lock(&stats).dropped += dropped;
-                        let img = frame.to_image();
-                        let (h, w) = (frame.height as usize, frame.width as usize);
-                        let t0 = Instant::now();
-                        let f = backbone.run_image(&mut pre, &img)?;
-                        let t1 = Instant::now();
-                        let mut out = Output {
-                            dropped_before: frame.dropped_before + dropped,
-                            frame: Arc::new(frame),
-                            features: None,
-                            depth: None,
-                            seg: None,
-                            stage_times: [t1 - t0, Duration::ZERO, Duration::ZERO],
-                        };
-                        match &analysis {
-                            Analysis::Features => out.features = Some(f),
-                            Analysis::Seg(s) => out.seg = Some(s.predict_features(&f, h, w)?),
-                            Analysis::Depth(d) => out.depth = Some(d.predict_features(&f, h, w)?),
-                        }
-                        out.stage_times[1] = t1.elapsed();
-                        let out = Arc::new(out);
-                        for tx in &sink_txs {
-                            tx.send(out.clone());
-                        }
-                        n += 1;
-                        if max.is_some_and(|m| n >= m) {
-                            stop.store(true, Ordering::Relaxed);
-                            break;
+                        stats.dropped(dropped);
+                        let a = Arc::new(analyse(&mut backbone, &mut pre, &analysis, &frame)?);
+                        stats.analysed(a.backbone, a.head);
+                        if low_rate {
+                            *lock(&newest) = Some(a);
+                        } else {
+                            emit(
+                                &sink_txs,
+                                Output {
+                                    dropped_before: frame.dropped_before + dropped,
+                                    frame,
+                                    result: Some(a),
+                                    fresh: true,
+                                },
+                            );
                         }
                     }
                     Ok(())
                 })();
-                // closing the sink queues lets every sink finish
+                if result.is_err() {
+                    internal.store(true, Ordering::Relaxed);
+                }
+                // dropping `sink_txs` (every-frame mode) lets every sink finish
                 drop(sink_txs);
-                stop.store(true, Ordering::Relaxed);
                 done.store(true, Ordering::Relaxed);
                 result
             })
         };
 
         let mut last = Instant::now();
-        while !done.load(Ordering::Relaxed) {
+        loop {
+            let finished = done.load(Ordering::Relaxed) && source_thread.is_finished();
+            if finished {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
             if last.elapsed() >= options.status_every {
                 last = Instant::now();
-                on_status(&lock(&stats).snapshot());
+                on_status(&stats.snapshot());
             }
         }
-        inference.join().expect("inference thread panicked")
-    })?;
-    let stats = lock(&stats).snapshot();
-    on_status(&stats);
+        let r = inference.join().expect("inference thread panicked");
+        source_thread.join().expect("source thread panicked");
+        r
+    });
+    let snap = stats.snapshot();
+    on_status(&snap);
+    result?;
     Ok(RunReport {
-        stats,
+        stats: snap,
         source_errors: lock(&source_errors).clone(),
         sink_errors: lock(&sink_errors).clone(),
+        stopped: stop.load(Ordering::Relaxed),
     })
 }

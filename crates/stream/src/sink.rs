@@ -4,50 +4,60 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use dinoedge_heads::output::{class_png, depth_color, depth_mm_png};
-use dinoedge_heads::overlay::{blend, tile};
-use dinoedge_heads::{Colormap, Palette};
+use dinoedge_heads::output::{class_png, depth_mm_png};
 
 use crate::pipeline::Output;
+use crate::region::Region;
+use crate::render::{View, jpeg, render};
 use crate::{Result, StreamError};
 
 /// A consumer of results.
 pub trait Sink: Send {
     /// A short name for messages (`files:out/`, `jsonl`).
     fn name(&self) -> String;
-    /// Take one result.
+    /// Take one output.
     fn write(&mut self, out: &Output) -> Result<()>;
-    /// Flush and close; called once after the last result.
+    /// Flush and close; called once after the last output.
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
 }
 
-fn sink_err(name: &str, reason: impl std::fmt::Display) -> StreamError {
+/// A [`StreamError::Sink`] for sink `name`.
+pub fn sink_err(name: &str, reason: impl std::fmt::Display) -> StreamError {
     StreamError::Sink {
         name: name.to_string(),
         reason: reason.to_string(),
     }
 }
 
-/// Files per frame, numbered by the source's sequence number: `frame_000042_overlay.png`
-/// and `_classes.png` for segmentation, `_depth_mm.png` (16-bit, mm), `_depth.npy` (m) and
-/// `_depth.png` for depth, `_patches.npy` for features.
+/// Picture format of a [`FileSink`]'s overlays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PictureFormat {
+    /// Lossless PNG.
+    #[default]
+    Png,
+    /// JPEG at quality 90 (a tenth of the size, for long runs).
+    Jpeg,
+}
+
+/// Files per result, numbered by the frame it was computed on: `frame_000042_overlay.png`
+/// and `_classes.png` (class ids) for segmentation; `_depth_mm.png` (16-bit, mm),
+/// `_depth.npy` (f32 metres) and `_depth.png` (colour) for depth; `_pca.png` for the PCA
+/// view; `_patches.npy` (`[h, w, C]`) and `_cls.npy` for features. Only fresh results are
+/// written: in the low-rate modes one set per backbone run.
 pub struct FileSink {
     dir: PathBuf,
-    palette: Option<Palette>,
-    written: u64,
+    format: PictureFormat,
+    alpha: f32,
 }
 
 impl FileSink {
-    /// Files under `dir` (created); `palette` colours segmentation overlays.
-    pub fn new(dir: PathBuf, palette: Option<Palette>) -> Result<FileSink> {
-        std::fs::create_dir_all(&dir).map_err(|e| sink_err(&dir.display().to_string(), e))?;
-        Ok(FileSink {
-            dir,
-            palette,
-            written: 0,
-        })
+    /// Files under `dir` (created), overlays in `format`, segmentation blended at `alpha`.
+    pub fn new(dir: PathBuf, format: PictureFormat, alpha: f32) -> Result<FileSink> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| sink_err(&format!("files:{}", dir.display()), e))?;
+        Ok(FileSink { dir, format, alpha })
     }
 }
 
@@ -57,52 +67,69 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, out: &Output) -> Result<()> {
+        let Some(a) = out.result.as_deref().filter(|_| out.fresh) else {
+            return Ok(());
+        };
         let name = self.name();
-        let p = |s: &str| self.dir.join(format!("frame_{:06}_{s}", out.frame.seq));
-        let img = out.frame.to_image();
-        let save = |r: image::ImageResult<()>| r.map_err(|e| sink_err(&name, e));
-        if let Some(seg) = &out.seg {
-            save(class_png(seg.labels.view()).save(p("classes.png")))?;
-            let palette = self
-                .palette
-                .clone()
-                .unwrap_or_else(|| Palette::generic(256));
-            let colour = palette.colorize(seg.labels.view());
-            save(blend(&img, &colour, 0.5).save(p("overlay.png")))?;
+        let p = |s: &str| self.dir.join(format!("frame_{:06}_{s}", a.seq));
+        let err = |e: &dyn std::fmt::Display| sink_err(&name, e);
+        let ext = match self.format {
+            PictureFormat::Png => "png",
+            PictureFormat::Jpeg => "jpg",
+        };
+        let picture = |stem: &str| -> Result<()> {
+            let img = render(out, View::Result, self.alpha);
+            let path = p(&format!("{stem}.{ext}"));
+            match self.format {
+                PictureFormat::Png => img.save(&path).map_err(|e| err(&e)),
+                PictureFormat::Jpeg => {
+                    let bytes = jpeg(&img, 90).map_err(|e| err(&e))?;
+                    std::fs::write(&path, bytes).map_err(|e| err(&e))
+                }
+            }
+        };
+        if let Some((seg, _)) = &a.seg {
+            class_png(seg.labels.view())
+                .save(p("classes.png"))
+                .map_err(|e| err(&e))?;
+            picture("overlay")?;
         }
-        if let Some(d) = &out.depth {
-            save(depth_mm_png(d.view()).save(p("depth_mm.png")))?;
-            ndarray_npy::write_npy(p("depth.npy"), d).map_err(|e| sink_err(&name, e))?;
-            let (lo, hi) = d
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                    (a.min(v), b.max(v))
-                });
-            let colour = depth_color(d.view(), Colormap::Turbo, lo, hi);
-            save(tile(&[img.clone(), colour], 2, 0).save(p("depth.png")))?;
+        if let Some(d) = &a.depth {
+            depth_mm_png(d.view())
+                .save(p("depth_mm.png"))
+                .map_err(|e| err(&e))?;
+            ndarray_npy::write_npy(p("depth.npy"), d).map_err(|e| err(&e))?;
+            picture("depth")?;
         }
-        if let Some(f) = &out.features {
-            ndarray_npy::write_npy(p("patches.npy"), f.patches())
-                .map_err(|e| sink_err(&name, e))?;
+        if a.pca.is_some() {
+            picture("pca")?;
         }
-        self.written += 1;
+        if let Some(f) = &a.features {
+            ndarray_npy::write_npy(p("patches.npy"), f.patches()).map_err(|e| err(&e))?;
+            ndarray_npy::write_npy(p("cls.npy"), f.cls()).map_err(|e| err(&e))?;
+        }
         Ok(())
     }
 }
 
-/// One JSON object per frame (timestamps, stage times, and a summary of the result) on a
-/// writer, flushed per line.
+/// One JSON object per output (timestamps, times, and summaries of the result over each
+/// region) on a writer, flushed per line.
 pub struct JsonLinesSink<W: Write + Send> {
     out: W,
     label: String,
+    regions: Vec<Region>,
 }
 
 impl<W: Write + Send> JsonLinesSink<W> {
-    /// JSON lines to `out`, named `label` in messages.
-    pub fn new(out: W, label: &str) -> Self {
+    /// JSON lines to `out`, named `label` in messages, summarising the whole frame and
+    /// `regions`.
+    pub fn new(out: W, label: &str, regions: Vec<Region>) -> Self {
+        let mut all = vec![Region::frame()];
+        all.extend(regions);
         JsonLinesSink {
             out,
             label: label.to_string(),
+            regions: all,
         }
     }
 }
@@ -113,40 +140,32 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
     }
 
     fn write(&mut self, out: &Output) -> Result<()> {
-        let wall = out
-            .frame
-            .wall
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
         let mut v = serde_json::json!({
             "seq": out.frame.seq,
-            "wall_time": wall,
+            "wall_time": secs(out.frame.wall),
             "media_time": out.frame.media_time.map(|t| t.as_secs_f64()),
             "width": out.frame.width,
             "height": out.frame.height,
             "dropped_before": out.dropped_before,
-            "backbone_ms": out.stage_times[0].as_secs_f64() * 1e3,
-            "head_ms": out.stage_times[1].as_secs_f64() * 1e3,
+            "latency_ms": out.frame.captured.elapsed().as_secs_f64() * 1e3,
         });
-        if let Some(d) = &out.depth {
-            let (lo, hi) = d
-                .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                    (a.min(v), b.max(v))
-                });
-            v["depth"] = serde_json::json!({"min_m": lo, "max_m": hi});
-        }
-        if let Some(seg) = &out.seg {
-            let mut counts = std::collections::BTreeMap::<u8, u64>::new();
-            for &l in seg.labels.iter() {
-                *counts.entry(l).or_default() += 1;
+        if let Some(a) = out.result.as_deref() {
+            v["result_seq"] = a.seq.into();
+            v["fresh"] = out.fresh.into();
+            v["backbone_ms"] = (a.backbone.as_secs_f64() * 1e3).into();
+            v["head_ms"] = (a.head.as_secs_f64() * 1e3).into();
+            if a.depth.is_some() || a.seg.is_some() {
+                v["regions"] = self.regions.iter().map(|r| r.summarise(a)).collect();
             }
-            let n = seg.labels.len().max(1) as f64;
-            v["classes"] = counts
-                .into_iter()
-                .map(|(k, c)| serde_json::json!({"class": k, "fraction": c as f64 / n}))
-                .collect();
+            if let Some(f) = &a.features {
+                let (h, w, c) = f.patches().dim();
+                v["patch_grid"] = serde_json::json!([h, w, c]);
+            }
         }
         let name = self.name();
         writeln!(self.out, "{v}").map_err(|e| sink_err(&name, e))?;

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution, load_rgb};
 use dinoedge_stream::pipeline::Output;
-use dinoedge_stream::{Analysis, FileSink, JsonLinesSink, RunOptions, Sink, StreamError, run};
+use dinoedge_stream::{
+    Analysis, Cadence, FileSink, JsonLinesSink, PictureFormat, Region, RunOptions, Sink,
+    StreamError, run,
+};
 
 fn fixtures() -> PathBuf {
     std::env::var_os("DINOEDGE_FIXTURES")
@@ -81,8 +84,12 @@ fn image_folder_through_depth_head_to_files_and_json_lines() {
     let out = tmp.path().join("out");
     let json = Shared::default();
     let sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(FileSink::new(out.clone(), None).unwrap()),
-        Box::new(JsonLinesSink::new(json.clone(), "jsonl")),
+        Box::new(FileSink::new(out.clone(), PictureFormat::Png, 0.5).unwrap()),
+        Box::new(JsonLinesSink::new(
+            json.clone(),
+            "jsonl",
+            vec!["low=0.25,0.5,0.75,1".parse::<Region>().unwrap()],
+        )),
         Box::new(Failing(0)),
     ];
     let source = dinoedge_camera::open(images.to_str().unwrap()).unwrap();
@@ -101,7 +108,15 @@ fn image_folder_through_depth_head_to_files_and_json_lines() {
     assert!(statuses >= 1);
     assert_eq!(report.sink_errors.len(), 1, "{:?}", report.sink_errors);
     assert!(report.sink_errors[0].contains("disk full"));
-    // every frame written by the file sink, equal to the head run directly
+    let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["seq"], 2);
+    // every frame written by the file sink, equal to the head run directly; the JSON
+    // summaries agree with the depth map
     let (mut bb, mut pre) = load();
     for (seq, n) in [0, 1, 8].iter().enumerate() {
         let img = load_rgb(&images.join(format!("{n}.png"))).unwrap();
@@ -111,13 +126,79 @@ fn image_folder_through_depth_head_to_files_and_json_lines() {
             ndarray_npy::read_npy(out.join(format!("frame_{seq:06}_depth.npy"))).unwrap();
         assert_eq!(got, want);
         assert!(out.join(format!("frame_{seq:06}_depth_mm.png")).is_file());
+        assert!(out.join(format!("frame_{seq:06}_depth.png")).is_file());
+        let regions = &lines[seq]["regions"];
+        let nearest = |r: &serde_json::Value| r["depth"]["nearest_m"].as_f64().unwrap() as f32;
+        assert_eq!(regions[0]["region"], "frame");
+        assert_eq!(
+            nearest(&regions[0]),
+            want.fold(f32::INFINITY, |a, &b| a.min(b))
+        );
+        // lower middle: rows 256.. (513 * 0.5 floored), columns 128..385
+        let low = want.slice(ndarray::s![256.., 128..385]);
+        assert_eq!(regions[1]["region"], "low");
+        assert_eq!(
+            nearest(&regions[1]),
+            low.fold(f32::INFINITY, |a, &b| a.min(b))
+        );
     }
+}
+
+/// The low-rate mode: every frame reaches the sinks with the newest result, the backbone
+/// runs on every 3rd; files are written once per result.
+#[test]
+fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let json = Shared::default();
+    let out = tmp.path().join("pca");
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(JsonLinesSink::new(json.clone(), "jsonl", vec![])),
+        Box::new(FileSink::new(out.clone(), PictureFormat::Jpeg, 0.5).unwrap()),
+    ];
+    let source =
+        dinoedge_camera::open("synthetic://?width=64&height=48&frames=10&pace=fast").unwrap();
+    let report = run(
+        source,
+        (bb, pre),
+        Analysis::Pca,
+        sinks,
+        RunOptions {
+            cadence: Cadence::EveryNth(3),
+            // lossless, so that the count is exact
+            drop_frames: Some(false),
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.stats.frames_out, 10, "{}", report.stats.line());
+    assert!(report.stats.frames_analysed <= 4, "{}", report.stats.line());
     let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
-    assert_eq!(lines[2]["seq"], 2);
-    assert!(lines[0]["depth"]["max_m"].as_f64().unwrap() <= 10.0);
+    assert_eq!(lines.len(), 10);
+    // results only ever come from frames 0, 3, 6, 9 and never from the future
+    let mut fresh = 0;
+    for l in &lines {
+        if let Some(r) = l["result_seq"].as_u64() {
+            assert!(
+                r.is_multiple_of(3) && r <= l["seq"].as_u64().unwrap(),
+                "{l}"
+            );
+            fresh += l["fresh"].as_bool().unwrap() as usize;
+        }
+    }
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, fresh, "one PCA picture per result");
+    assert!(fresh >= 1);
 }

@@ -1,0 +1,264 @@
+//! MCAP recordings with Foxglove's well-known schemas, so a run opens in Foxglove (and in
+//! any MCAP tool) and can be read back as a source (`dinoedge run --source run.mcap`).
+//!
+//! | topic | schema | when |
+//! |---|---|---|
+//! | `/camera/image` | `foxglove.CompressedImage` (JPEG) | every frame |
+//! | `/dinoedge/result` | `foxglove.CompressedImage` (JPEG of the result view) | each new result |
+//! | `/dinoedge/depth` | `foxglove.RawImage`, `32FC1`, metres | each new depth result |
+//! | `/dinoedge/classes` | `foxglove.RawImage`, `mono8`, class ids | each new segmentation |
+//! | `/dinoedge/stats` | `dinoedge.Stats` (JSON) | each new result |
+//!
+//! Messages are logged at the frame's capture time (its own timestamp when it came from a
+//! recording), so a recording of a recording keeps the original times.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use dinoedge_camera::mcap::unix_nanos;
+use foxglove::Encode;
+use foxglove::bytes::Bytes;
+use foxglove::schemas::{CompressedImage, RawImage, Timestamp};
+use mcap::records::MessageHeader;
+
+use crate::pipeline::Output;
+use crate::render::{View, jpeg, render};
+use crate::sink::{Sink, sink_err};
+use crate::{Result, StreamError};
+
+/// The JSON schema of `/dinoedge/stats`.
+const STATS_SCHEMA: &str = r#"{"title":"dinoedge.Stats","type":"object","properties":{"seq":{"type":"integer"},"result_seq":{"type":"integer"},"backbone_ms":{"type":"number"},"head_ms":{"type":"number"},"latency_ms":{"type":"number"},"dropped_before":{"type":"integer"}}}"#;
+
+/// Writes a run to an MCAP file; the file is complete and indexed once [`Sink::finish`] ran
+/// (Ctrl-C included). A file cut short by a crash still reads up to where it stopped.
+pub struct McapSink {
+    path: PathBuf,
+    writer: Option<mcap::Writer<BufWriter<File>>>,
+    /// topic → (channel id, messages so far)
+    channels: HashMap<&'static str, (u16, u32)>,
+    schemas: HashMap<&'static str, u16>,
+    quality: u8,
+    alpha: f32,
+}
+
+impl McapSink {
+    /// A new recording at `path`. An existing file is kept (an error) unless `overwrite`.
+    pub fn create(path: &Path, overwrite: bool, alpha: f32) -> Result<McapSink> {
+        let name = format!("mcap:{}", path.display());
+        if path.exists() && !overwrite {
+            return Err(sink_err(
+                &name,
+                "the file exists; choose another name or add ?overwrite (mcap:run.mcap?overwrite)",
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| sink_err(&name, e))?;
+        }
+        let file = File::create(path).map_err(|e| sink_err(&name, e))?;
+        let writer = mcap::WriteOptions::new()
+            .compression(Some(mcap::Compression::Lz4))
+            .profile("")
+            .library(format!("dinoedge {}", env!("CARGO_PKG_VERSION")))
+            .create(BufWriter::with_capacity(1 << 20, file))
+            .map_err(|e| sink_err(&name, e))?;
+        Ok(McapSink {
+            path: path.to_owned(),
+            writer: Some(writer),
+            channels: HashMap::new(),
+            schemas: HashMap::new(),
+            quality: 85,
+            alpha,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StreamError {
+        sink_err(&self.name(), e)
+    }
+
+    /// Log `data` on `topic` (channel and schema added on first use).
+    fn log(
+        &mut self,
+        topic: &'static str,
+        schema: (&'static str, &str, &[u8]),
+        encoding: &str,
+        time: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let name = self.name();
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| sink_err(&name, "already finished"))?;
+        let (schema_name, schema_encoding, schema_data) = schema;
+        let schema_id = match self.schemas.get(schema_name) {
+            Some(&id) => id,
+            None => {
+                let id = writer
+                    .add_schema(schema_name, schema_encoding, schema_data)
+                    .map_err(|e| sink_err(&name, e))?;
+                self.schemas.insert(schema_name, id);
+                id
+            }
+        };
+        let (channel_id, sequence) = match self.channels.get_mut(topic) {
+            Some((id, n)) => {
+                *n += 1;
+                (*id, *n)
+            }
+            None => {
+                let id = writer
+                    .add_channel(schema_id, topic, encoding, &BTreeMap::new())
+                    .map_err(|e| sink_err(&name, e))?;
+                self.channels.insert(topic, (id, 0));
+                (id, 0)
+            }
+        };
+        writer
+            .write_to_known_channel(
+                &MessageHeader {
+                    channel_id,
+                    sequence,
+                    log_time: time,
+                    publish_time: time,
+                },
+                data,
+            )
+            .map_err(|e| sink_err(&name, e))
+    }
+
+    fn log_foxglove<T: Encode>(&mut self, topic: &'static str, msg: &T, time: u64) -> Result<()> {
+        let schema = T::get_schema().ok_or_else(|| self.err("message without a schema"))?;
+        let mut buf = Vec::with_capacity(msg.encoded_len().unwrap_or(1024));
+        msg.encode(&mut buf).map_err(|e| self.err(e))?;
+        // schema names of the well-known types are static strings
+        let schema_name: &'static str = match schema.name.as_str() {
+            "foxglove.CompressedImage" => "foxglove.CompressedImage",
+            "foxglove.RawImage" => "foxglove.RawImage",
+            other => return Err(self.err(format!("unexpected schema {other}"))),
+        };
+        let data = schema.data.clone();
+        self.log(
+            topic,
+            (schema_name, &schema.encoding, &data),
+            &T::get_message_encoding(),
+            time,
+            &buf,
+        )
+    }
+}
+
+fn timestamp(nanos: u64) -> Timestamp {
+    Timestamp::new(
+        (nanos / 1_000_000_000) as u32,
+        (nanos % 1_000_000_000) as u32,
+    )
+}
+
+impl Sink for McapSink {
+    fn name(&self) -> String {
+        format!("mcap:{}", self.path.display())
+    }
+
+    fn write(&mut self, out: &Output) -> Result<()> {
+        let t = unix_nanos(out.frame.wall);
+        let stamp = Some(timestamp(t));
+        let camera = jpeg(&out.frame.to_image(), self.quality).map_err(|e| self.err(e))?;
+        self.log_foxglove(
+            "/camera/image",
+            &CompressedImage {
+                timestamp: stamp,
+                frame_id: "camera".into(),
+                data: Bytes::from(camera),
+                format: "jpeg".into(),
+            },
+            t,
+        )?;
+        let Some(a) = out.result.as_deref().filter(|_| out.fresh) else {
+            return Ok(());
+        };
+        if a.seg.is_some() || a.depth.is_some() || a.pca.is_some() {
+            let pic = render(out, View::Result, self.alpha);
+            let bytes = jpeg(&pic, self.quality).map_err(|e| self.err(e))?;
+            self.log_foxglove(
+                "/dinoedge/result",
+                &CompressedImage {
+                    timestamp: stamp,
+                    frame_id: "camera".into(),
+                    data: Bytes::from(bytes),
+                    format: "jpeg".into(),
+                },
+                t,
+            )?;
+        }
+        if let Some(d) = &a.depth {
+            let (h, w) = d.dim();
+            let data: Vec<u8> = d.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.log_foxglove(
+                "/dinoedge/depth",
+                &RawImage {
+                    timestamp: stamp,
+                    frame_id: "camera".into(),
+                    width: w as u32,
+                    height: h as u32,
+                    encoding: "32FC1".into(),
+                    step: (w * 4) as u32,
+                    data: Bytes::from(data),
+                },
+                t,
+            )?;
+        }
+        if let Some((seg, _)) = &a.seg {
+            let (h, w) = seg.labels.dim();
+            let data: Vec<u8> = seg.labels.iter().copied().collect();
+            self.log_foxglove(
+                "/dinoedge/classes",
+                &RawImage {
+                    timestamp: stamp,
+                    frame_id: "camera".into(),
+                    width: w as u32,
+                    height: h as u32,
+                    encoding: "mono8".into(),
+                    step: w as u32,
+                    data: Bytes::from(data),
+                },
+                t,
+            )?;
+        }
+        let stats = serde_json::json!({
+            "seq": out.frame.seq,
+            "result_seq": a.seq,
+            "backbone_ms": a.backbone.as_secs_f64() * 1e3,
+            "head_ms": a.head.as_secs_f64() * 1e3,
+            "latency_ms": out.frame.captured.elapsed().as_secs_f64() * 1e3,
+            "dropped_before": out.dropped_before,
+        });
+        let bytes = serde_json::to_vec(&stats).map_err(|e| self.err(e))?;
+        self.log(
+            "/dinoedge/stats",
+            ("dinoedge.Stats", "jsonschema", STATS_SCHEMA.as_bytes()),
+            "json",
+            t,
+            &bytes,
+        )
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Some(mut w) = self.writer.take() {
+            w.finish().map_err(|e| self.err(e))?;
+            use std::io::Write;
+            w.into_inner().flush().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for McapSink {
+    fn drop(&mut self) {
+        // a sink dropped without finish (a failure elsewhere): still leave a readable file
+        if let Some(mut w) = self.writer.take() {
+            let _ = w.finish();
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Pictures of a result for people: the camera, the result over it, the class map. Shared by
+//! the file, HTTP and MCAP sinks so they all show the same thing.
+
+use dinoedge_heads::Colormap;
+use dinoedge_heads::output::depth_color;
+use dinoedge_heads::overlay::blend;
+use image::RgbImage;
+use image::imageops::{FilterType, resize};
+use ndarray::ArrayView2;
+
+use crate::pipeline::{Analysed, Output};
+
+/// A picture a sink can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View {
+    /// The camera frame as it came.
+    Camera,
+    /// The result: segmentation blended over the frame, depth in colour, the PCA picture.
+    Result,
+}
+
+impl View {
+    /// Every view, in the order a page shows them.
+    pub const ALL: [View; 2] = [View::Camera, View::Result];
+
+    /// `camera` or `result` (URL paths, topic names).
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Camera => "camera",
+            View::Result => "result",
+        }
+    }
+
+    /// The view called `name`.
+    pub fn from_name(name: &str) -> Option<View> {
+        View::ALL.into_iter().find(|v| v.name() == name)
+    }
+}
+
+/// The 2nd and 98th percentiles of the finite positive depths (a colour range that one stray
+/// pixel does not flatten).
+pub fn depth_range(d: ArrayView2<f32>) -> (f32, f32) {
+    let mut v: Vec<f32> = d
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    if v.is_empty() {
+        return (0.0, 1.0);
+    }
+    v.sort_by(f32::total_cmp);
+    let at = |q: f32| v[((v.len() - 1) as f32 * q).round() as usize];
+    let (lo, hi) = (at(0.02), at(0.98));
+    if hi > lo { (lo, hi) } else { (lo, lo + 1e-3) }
+}
+
+/// The result alone as a picture at `w`×`h`, or `None` for features (nothing to show).
+pub fn result_picture(a: &Analysed, w: u32, h: u32) -> Option<RgbImage> {
+    let pic = if let Some((seg, palette)) = &a.seg {
+        palette.colorize(seg.labels.view())
+    } else if let Some(d) = &a.depth {
+        let (lo, hi) = depth_range(d.view());
+        depth_color(d.view(), Colormap::Turbo, lo, hi)
+    } else if let Some(p) = &a.pca {
+        // blocky to 4x, then smooth: patch pictures read best that way
+        let (pw, ph) = p.dimensions();
+        resize(p, pw * 4, ph * 4, FilterType::Nearest)
+    } else {
+        return None;
+    };
+    Some(if pic.dimensions() == (w, h) {
+        pic
+    } else {
+        resize(&pic, w, h, FilterType::Triangle)
+    })
+}
+
+/// `view` of `out`: the camera frame, or the result (segmentation blended over the frame at
+/// `alpha`; depth and PCA pictures as they are). Before the first result the result view is
+/// the camera frame.
+pub fn render(out: &Output, view: View, alpha: f32) -> RgbImage {
+    let frame = out.frame.to_image();
+    match view {
+        View::Camera => frame,
+        View::Result => {
+            let (w, h) = frame.dimensions();
+            match out.result.as_deref() {
+                Some(a) => match result_picture(a, w, h) {
+                    Some(pic) if a.seg.is_some() => blend(&frame, &pic, alpha),
+                    Some(pic) => pic,
+                    None => frame,
+                },
+                None => frame,
+            }
+        }
+    }
+}
+
+/// JPEG bytes of `img` at `quality` (1–100).
+pub fn jpeg(img: &RgbImage, quality: u8) -> image::ImageResult<Vec<u8>> {
+    let mut buf = Vec::with_capacity(img.len() / 8);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality).encode_image(img)?;
+    Ok(buf)
+}

@@ -1,0 +1,458 @@
+//! `dinoedge run --model M --source URI [--head H | --task …] --sink …`: the live runner.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use dinoedge_camera::{Pace, SourceSpec};
+use dinoedge_heads::LinearHead;
+use dinoedge_model::{ResizeMode, Resolution};
+use dinoedge_stream::{
+    Analysis, Cadence, FileSink, HttpSink, JsonLinesSink, McapSink, PictureFormat, Region,
+    RunOptions, SharedStats, Sink, StatsSnapshot,
+};
+
+use super::{ModelArgs, head_options};
+
+/// What to compute on each frame when no head is given.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// The DINOv2 PCA picture of the patch features (no head needed).
+    Pca,
+    /// Patch features and CLS token (`.npy` with a files sink).
+    Features,
+    /// Depth (needs a depth head: --head dinov2_vits14_nyu_linear_head.pth).
+    Depth,
+    /// Segmentation (needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth).
+    Seg,
+}
+
+/// How the numbers are shown while running.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusMode {
+    /// A status line redrawn in place on a terminal; plain lines every 5 s otherwise.
+    Auto,
+    /// Plain lines.
+    Line,
+    /// One JSON object per update (on stderr).
+    Json,
+    /// Only the final numbers.
+    Off,
+}
+
+/// Arguments of `dinoedge run`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// ONNX model file (dinov2-small/onnx/model.onnx, or model_int8.onnx on small boards);
+    /// default: $DINOEDGE_MODEL.
+    #[arg(long, short = 'm', env = "DINOEDGE_MODEL")]
+    model: Option<PathBuf>,
+    /// Where frames come from: v4l2:///dev/video0, csi://0, clip.mjpeg, clip.mp4, frames/,
+    /// run.mcap, rtsp://…, synthetic:// (see `dinoedge capture --help` for options such as
+    /// ?loop&fps=10).
+    #[arg(long, short = 'i')]
+    source: String,
+    /// A linear head: DINOv2's released .pth (VOC/ADE20K segmentation, NYU/KITTI depth) or one
+    /// from `dinoedge train-head`. Sets the task.
+    #[arg(long)]
+    head: Option<PathBuf>,
+    /// What to compute without a head (depth and seg need --head).
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// Where results go (repeat for several): `files:DIR` (`?format=jpg` for JPEG
+    /// overlays), `jsonl` (stdout) or `jsonl:FILE`, `mcap:FILE.mcap` (`?overwrite`),
+    /// `http` (the live view on --listen) or `http:ADDR`.
+    #[arg(long = "sink", short = 'o', required = true)]
+    sinks: Vec<String>,
+    /// Address of the live view. The default only accepts this machine; 0.0.0.0:8080
+    /// exposes it to the network.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The backbone runs on every N-th frame, or with `idle` on the newest frame whenever it
+    /// is free; every frame still reaches the sinks with the newest result drawn over it.
+    #[arg(long, value_parser = parse_every)]
+    every: Option<Cadence>,
+    /// Process every frame of a live or paced source, however late (default: a slow
+    /// pipeline drops old frames of live sources and keeps latency low).
+    #[arg(long)]
+    lossless: bool,
+    /// Stop after this many frames reached the sinks.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// A region summarised in the JSON lines: NAME=LEFT,TOP,RIGHT,BOTTOM in fractions of the
+    /// frame (repeatable), e.g. ahead=0.33,0.5,0.67,1 for the nearest depth in front.
+    #[arg(long = "region")]
+    regions: Vec<Region>,
+    /// Opacity of segmentation over the frame (0..1).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Depth heads: the largest bin depth in metres (default: from the checkpoint).
+    #[arg(long)]
+    max_depth: Option<f32>,
+    /// How the numbers are shown while running.
+    #[arg(long, value_enum, default_value = "auto")]
+    status: StatusMode,
+    /// Input size HxW, both multiples of 14 (default: a trained head's, else the model's).
+    #[arg(long, short)]
+    size: Option<Resolution>,
+    /// Backbone threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Where compiled models are cached (default: $DINOEDGE_CACHE_DIR or ~/.cache/dinoedge/compiled).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Neither read nor write the compile cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+fn parse_every(s: &str) -> Result<Cadence, String> {
+    match s {
+        "idle" => Ok(Cadence::WhenIdle),
+        n => match n.parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!(
+                "`{s}`: give a frame count ≥ 1 (every 3rd frame: 3) or `idle`"
+            )),
+            Ok(1) => Ok(Cadence::EveryFrame),
+            Ok(k) => Ok(Cadence::EveryNth(k)),
+        },
+    }
+}
+
+/// Where the model comes from, with the message a newcomer needs when it is nowhere.
+fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
+    let Some(p) = arg else {
+        bail!(
+            "no model: pass --model PATH (or set DINOEDGE_MODEL) to a DINOv2 ONNX file, \
+             e.g. dinov2-small/onnx/model.onnx from https://huggingface.co/onnx-community/dinov2-small \
+             (model_int8.onnx on small boards)"
+        );
+    };
+    if !p.is_file() {
+        bail!(
+            "model {} not found: download DINOv2 ViT-S/14 ONNX (https://huggingface.co/onnx-community/dinov2-small, \
+             onnx/model.onnx) and pass its path with --model or DINOEDGE_MODEL",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Split `kind:rest?query` sink specs.
+fn parse_sink(
+    spec: &str,
+    args: &Args,
+    title: &str,
+    stats: &SharedStats,
+) -> Result<(Box<dyn Sink>, Option<String>)> {
+    let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let flags: Vec<&str> = query.split('&').filter(|q| !q.is_empty()).collect();
+    let unknown = |allowed: &[&str]| -> Result<()> {
+        if let Some(f) = flags
+            .iter()
+            .find(|f| !allowed.contains(&f.split('=').next().unwrap_or("")))
+        {
+            bail!(
+                "sink `{spec}`: unknown option `{f}` (this sink takes: {})",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            );
+        }
+        Ok(())
+    };
+    let need = |what: &str| -> Result<()> {
+        if target.is_empty() {
+            bail!(
+                "sink `{spec}`: give {what}, e.g. `{kind}:{}`",
+                example(kind)
+            );
+        }
+        Ok(())
+    };
+    Ok(match kind {
+        "files" | "dir" => {
+            need("a directory")?;
+            unknown(&["format"])?;
+            let format = match flags.iter().find_map(|f| f.strip_prefix("format=")) {
+                None | Some("png") => PictureFormat::Png,
+                Some("jpg" | "jpeg") => PictureFormat::Jpeg,
+                Some(o) => bail!("sink `{spec}`: format={o}: use png or jpg"),
+            };
+            let s = FileSink::new(PathBuf::from(target), format, args.alpha)
+                .with_context(|| format!("sink `{spec}`"))?;
+            (Box::new(s), Some(format!("files in {target}")))
+        }
+        "jsonl" | "json" => {
+            unknown(&[])?;
+            if target.is_empty() || target == "-" {
+                let s = JsonLinesSink::new(std::io::stdout(), "jsonl", args.regions.clone());
+                (Box::new(s), None)
+            } else {
+                let f = std::fs::File::create(target)
+                    .with_context(|| format!("sink `{spec}`: creating {target}"))?;
+                let s = JsonLinesSink::new(
+                    std::io::BufWriter::new(f),
+                    &format!("jsonl:{target}"),
+                    args.regions.clone(),
+                );
+                (Box::new(s), Some(format!("JSON lines in {target}")))
+            }
+        }
+        "mcap" => {
+            need("a file")?;
+            unknown(&["overwrite"])?;
+            let s = McapSink::create(
+                std::path::Path::new(target),
+                flags.contains(&"overwrite"),
+                args.alpha,
+            )
+            .with_context(|| format!("sink `{spec}`"))?;
+            (
+                Box::new(s),
+                Some(format!(
+                    "MCAP recording {target} (open it in Foxglove, or run it again with --source {target})"
+                )),
+            )
+        }
+        "http" | "view" => {
+            unknown(&[])?;
+            let addr = if target.is_empty() {
+                args.listen.as_str()
+            } else {
+                target.trim_start_matches("//")
+            };
+            let s = HttpSink::bind(addr, title, stats.clone(), args.alpha)
+                .with_context(|| format!("sink `{spec}`"))?;
+            let url = format!("http://{}/", s.addr());
+            eprintln!("live view: {url}");
+            (Box::new(s), Some(format!("live view at {url}")))
+        }
+        other => bail!(
+            "unknown sink `{other}` in `{spec}`: use files:DIR, jsonl[:FILE], mcap:FILE.mcap or http[:ADDR]"
+        ),
+    })
+}
+
+fn example(kind: &str) -> &'static str {
+    match kind {
+        "mcap" => "run.mcap",
+        _ => "out/",
+    }
+}
+
+/// Shows the numbers as the run goes.
+struct Status {
+    mode: StatusMode,
+    tty: bool,
+    drawn: bool,
+    last: std::time::Instant,
+}
+
+impl Status {
+    fn new(mode: StatusMode) -> Status {
+        Status {
+            mode,
+            tty: std::io::stderr().is_terminal(),
+            drawn: false,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn show(&mut self, s: &StatsSnapshot) {
+        match self.mode {
+            StatusMode::Off => {}
+            StatusMode::Json => {
+                eprintln!("{}", serde_json::to_string(s).unwrap_or_default());
+            }
+            StatusMode::Auto if self.tty => {
+                eprint!("\r\x1b[2K{}", s.line());
+                self.drawn = true;
+            }
+            StatusMode::Auto | StatusMode::Line => {
+                let every = if self.mode == StatusMode::Auto { 5 } else { 1 };
+                if self.last.elapsed() >= Duration::from_secs(every) {
+                    self.last = std::time::Instant::now();
+                    eprintln!("{}", s.line());
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+/// Run the pipeline until the source ends, --frames are done or Ctrl-C.
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.alpha),
+        "--alpha must be within 0..1"
+    );
+    let model = ModelArgs {
+        model: model_path(args.model.clone())?,
+        size: args.size,
+        threads: args.threads,
+        cache_dir: args.cache_dir.clone(),
+        no_cache: args.no_cache,
+    };
+    // the source is checked before the model compiles: a typo fails in a second
+    let spec =
+        SourceSpec::parse(&args.source).with_context(|| format!("source `{}`", args.source))?;
+    let head = match &args.head {
+        Some(h) => Some(
+            LinearHead::load(h, args.max_depth)
+                .with_context(|| format!("loading the head {}", h.display()))?,
+        ),
+        None => None,
+    };
+    let task = match (&head, args.task) {
+        (Some(LinearHead::Seg(_)), None | Some(Task::Seg)) => Task::Seg,
+        (Some(LinearHead::Depth(_)), None | Some(Task::Depth)) => Task::Depth,
+        (Some(h), Some(t)) => bail!(
+            "--task {t:?} does not fit the head {} (a {} head): drop --task or pick another head",
+            args.head
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            match h {
+                LinearHead::Seg(_) => "segmentation",
+                LinearHead::Depth(_) => "depth",
+            }
+        ),
+        (None, Some(Task::Depth)) => bail!(
+            "--task depth needs a depth head: --head dinov2_vits14_nyu_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
+        ),
+        (None, Some(Task::Seg)) => bail!(
+            "--task seg needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
+        ),
+        (None, t) => t.unwrap_or(Task::Pca),
+    };
+    let options = match &head {
+        Some(h) => head_options(h, &model)?,
+        None => model.options(),
+    };
+    let analysis = match head {
+        Some(LinearHead::Seg(s)) => Analysis::Seg(s),
+        Some(LinearHead::Depth(d)) => Analysis::Depth(d),
+        None if task == Task::Features => Analysis::Features,
+        None => Analysis::Pca,
+    };
+
+    let stats = SharedStats::default();
+    let title = format!(
+        "{} on {} ({})",
+        analysis.name(),
+        args.source,
+        model
+            .model
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let mut sinks = Vec::new();
+    let mut wheres = Vec::new();
+    for spec in &args.sinks {
+        let (s, w) = parse_sink(spec, &args, &title, &stats)?;
+        sinks.push(s);
+        wheres.extend(w);
+    }
+    let source = spec
+        .open()
+        .with_context(|| format!("opening the source `{}`", args.source))?;
+    let info = source.info();
+    let bb = model.load(&options)?;
+    let pre = bb.preprocessor(ResizeMode::Stretch)?;
+    tracing::info!(
+        "{} from {} ({}), backbone at {}",
+        analysis.name(),
+        info.description,
+        info.kind,
+        bb.resolution()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let presses = AtomicU32::new(0);
+        ctrlc::set_handler(move || {
+            if presses.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "\nstopping: finishing the frames in flight and closing every sink (Ctrl-C again to quit at once)"
+                );
+                stop.store(true, Ordering::Relaxed);
+            } else {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    // live sources and paced files: newest-wins, unless every frame is wanted
+    let paced = spec.pace != Pace::Fast;
+    let options = RunOptions {
+        max_frames: args.frames,
+        stop,
+        status_every: Duration::from_millis(500),
+        drop_frames: Some(!args.lossless && (info.live || paced)),
+        cadence: args.every.unwrap_or_default(),
+        stats,
+    };
+    let mut status = Status::new(args.status);
+    let report = dinoedge_stream::run(source, (bb, pre), analysis, sinks, options, |s| {
+        status.show(s)
+    });
+    status.end();
+    let report = report.context("the backbone or head failed; every sink was closed")?;
+    if args.status != StatusMode::Json {
+        eprintln!("{}", report.stats.line());
+    } else {
+        eprintln!(
+            "{}",
+            serde_json::to_string(&report.stats).unwrap_or_default()
+        );
+    }
+    for w in &wheres {
+        eprintln!("wrote {w}");
+    }
+    if report.stopped {
+        eprintln!("stopped by Ctrl-C; every sink was flushed");
+    }
+    let mut problems = Vec::new();
+    if !report.source_errors.is_empty() {
+        for e in &report.source_errors {
+            eprintln!("source error: {e}");
+        }
+        problems.push(format!(
+            "the source failed {} time(s) (last: {})",
+            report.source_errors.len(),
+            report
+                .source_errors
+                .last()
+                .map(String::as_str)
+                .unwrap_or("")
+        ));
+    }
+    if !report.sink_errors.is_empty() {
+        for e in &report.sink_errors {
+            eprintln!("sink error: {e}");
+        }
+        problems.push(format!(
+            "{} sink(s) failed; the other sinks' outputs are complete",
+            report.sink_errors.len()
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
