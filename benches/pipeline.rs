@@ -8,9 +8,9 @@
 //! 3. Memory over a 1,000-frame run (tiny model, so that it takes seconds): resident set and
 //!    its peak after 100, 500 and 1,000 frames.
 //!
-//! `cargo bench --bench pipeline` (fixtures from `../shared/fixtures`; FRAMES=N to change
-//! the number of frames timed, default 40; rates are over the last 32
-//! frames, so the first frame's warm-up is left out as it is for the backbone alone).
+//! `cargo bench --bench pipeline` (fixtures from `../shared/fixtures`; FRAMES=N frames per
+//! timing, default 60; ROUNDS=R rounds, default 3, medians reported). Every backbone is run
+//! once before it is timed.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -83,7 +83,7 @@ fn main() {
     let n: u64 = std::env::var("FRAMES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(60);
     let clip =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample/vtest_pedestrians.mjpeg");
     let mut src = dinoedge_camera::open(clip.to_str().unwrap()).unwrap();
@@ -105,81 +105,111 @@ fn main() {
         ..Default::default()
     };
     head.configure(&mut options, 12);
+    // loaded from the compile cache and run once, so that no timing includes a cold start
     let load = |model: &PathBuf, options: &BackboneOptions| {
-        let bb = Backbone::load(model, options).unwrap();
-        let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+        let mut bb = Backbone::load(model, options).unwrap();
+        let mut pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+        bb.run_image(&mut pre, &frames[0].to_image()).unwrap();
         (bb, pre)
     };
     let (w, h) = (frames[0].width, frames[0].height);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     println!(
-        "pipeline bench: ViT-S/14 fp32 at 224x224 + NYU linear depth head, {n} frames of the {w}x{h} sample clip, {} threads",
+        "pipeline bench: ViT-S/14 fp32 at 224x224 + NYU linear depth head, {n} frames of the {w}x{h} sample clip, {} threads, {rounds} rounds (median)",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
-
-    // 1. backbone alone
-    let (mut bb, mut pre) = load(&model, &options);
-    let img = frames[0].to_image();
-    bb.run_image(&mut pre, &img).unwrap(); // warm-up
-    let t = Instant::now();
-    for i in 0..n as usize {
-        let img = frames[i % frames.len()].to_image();
-        std::hint::black_box(bb.run_image(&mut pre, &img).unwrap());
-    }
-    let backbone_fps = n as f64 / t.elapsed().as_secs_f64();
-    println!("{:<52} {backbone_fps:>7.2} fps", "backbone alone");
-    drop(bb);
-
-    // 2. the pipeline
     let tmp = tempfile::tempdir().unwrap();
     let region: Region = "ahead=0.33,0.5,0.67,1".parse().unwrap();
-    for with_mcap in [false, true] {
-        let stats = SharedStats::default();
-        let mut sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(JsonLinesSink::new(
-                std::io::sink(),
-                "jsonl",
-                vec![region.clone()],
-            )),
-            Box::new(HttpSink::bind("127.0.0.1:0", "bench", stats.clone(), 0.5).unwrap()),
-        ];
-        if with_mcap {
-            sinks.push(Box::new(
-                McapSink::create(&tmp.path().join("bench.mcap"), true, 0.5).unwrap(),
-            ));
+    let configs = [
+        "backbone alone",
+        "pipeline: depth head, no sink",
+        "pipeline: depth head, JSON lines, live view",
+        "pipeline: depth head, JSON lines, live view, MCAP",
+    ];
+    // rounds interleave the configurations, so that a slow spell of a shared machine hits
+    // them alike
+    let mut fps = vec![Vec::new(); configs.len()];
+    let mut latency = vec![0f32; configs.len()];
+    for round in 0..rounds {
+        for (c, name) in configs.iter().enumerate() {
+            let (mut bb, mut pre) = load(&model, &options);
+            if c == 0 {
+                // 1. the backbone alone: preprocessing and the backbone in a loop
+                let t = Instant::now();
+                for i in 0..n as usize {
+                    let img = frames[i % frames.len()].to_image();
+                    std::hint::black_box(bb.run_image(&mut pre, &img).unwrap());
+                }
+                fps[c].push(n as f64 / t.elapsed().as_secs_f64());
+            } else {
+                // 2. the runner with the head and sinks on their own threads
+                let stats = SharedStats::default();
+                let mut sinks: Vec<Box<dyn Sink>> = vec![];
+                if c >= 2 {
+                    sinks.push(Box::new(JsonLinesSink::new(
+                        std::io::sink(),
+                        "jsonl",
+                        vec![region.clone()],
+                    )));
+                    sinks.push(Box::new(
+                        HttpSink::bind("127.0.0.1:0", "bench", stats.clone(), 0.5).unwrap(),
+                    ));
+                }
+                if c == 3 {
+                    sinks.push(Box::new(
+                        McapSink::create(&tmp.path().join("bench.mcap"), true, 0.5).unwrap(),
+                    ));
+                }
+                let source = Box::new(Memory {
+                    frames: frames.clone(),
+                    n,
+                    seq: 0,
+                });
+                let report = run(
+                    source,
+                    (bb, pre),
+                    Analysis::Depth(head.clone()),
+                    sinks,
+                    RunOptions {
+                        stats,
+                        ..RunOptions::default()
+                    },
+                    |_| {},
+                )
+                .unwrap();
+                let s = &report.stats;
+                fps[c].push(s.frames_out as f64 / s.seconds);
+                latency[c] = s.latency_ms[0];
+            }
+            println!(
+                "  round {}: {name:<50} {:>6.2} fps",
+                round + 1,
+                fps[c][round]
+            );
         }
-        let source = Box::new(Memory {
-            frames: frames.clone(),
-            n,
-            seq: 0,
-        });
-        let (bb, pre) = load(&model, &options);
-        let report = run(
-            source,
-            (bb, pre),
-            Analysis::Depth(head.clone()),
-            sinks,
-            RunOptions {
-                stats,
-                ..RunOptions::default()
-            },
-            |_| {},
-        )
-        .unwrap();
-        // the rate over the last 32 frames: the first frame's warm-up is left out, as it is
-        // for the backbone alone
-        let s = &report.stats;
-        let fps = s.fps_out;
-        let name = if with_mcap {
-            "pipeline: depth head, JSON lines, live view, MCAP"
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&fps[0]);
+    println!("{:<52} {base:>7.2} fps", configs[0]);
+    for (c, name) in configs.iter().enumerate().skip(1) {
+        let f = median(&fps[c]);
+        let lat = if c >= 2 {
+            format!(" (latency p50 {:.0} ms)", latency[c])
         } else {
-            "pipeline: depth head, JSON lines, live view"
+            String::new()
         };
         println!(
-            "{name:<52} {fps:>7.2} fps  = {:.1} % of the backbone alone (latency p50 {:.0} ms)",
-            100.0 * fps / backbone_fps,
-            s.latency_ms[0]
+            "{name:<52} {f:>7.2} fps  = {:.1} % of the backbone alone{lat}",
+            100.0 * f / base
         );
     }
 
@@ -197,12 +227,12 @@ fn main() {
         Box::new(McapSink::create(&tmp.path().join("long.mcap"), true, 0.5).unwrap()),
     ];
     let source = Box::new(Memory {
-        frames,
+        frames: frames.clone(),
         n: 1000,
         seq: 0,
     });
     let mut marks = Vec::new();
-    let mut next = 100;
+    let mut next = 100u64;
     run(
         source,
         load(&tiny, &options),
@@ -216,7 +246,11 @@ fn main() {
         |s| {
             if s.frames_out >= next {
                 marks.push((s.frames_out, rss_kb()));
-                next = if next == 100 { 500 } else { 1000 };
+                next = match next {
+                    100 => 500,
+                    500 => 1000,
+                    _ => u64::MAX,
+                };
             }
         },
     )

@@ -35,6 +35,13 @@ fn cmd(cache: &Path) -> Command {
     c
 }
 
+/// `--sink KIND:PATH` for each pair.
+fn sinks(c: &mut Command, sinks: &[(&str, &Path)]) {
+    for (kind, path) in sinks {
+        c.arg("--sink").arg(format!("{kind}:{}", path.display()));
+    }
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -76,23 +83,20 @@ fn clip_to_files_jsonl_and_mcap_then_mcap_back_in() {
         tmp.path().join("out.jsonl"),
     );
     let source = format!("{}?frames=5", sample().display());
-    let o = cmd(tmp.path())
-        .args([
-            "run", "--source", &source, "--size", "112x112", "--status", "json",
-        ])
-        .arg("--model")
-        .arg(small())
-        .arg("--head")
-        .arg(&head)
-        .arg("--sink")
-        .arg(format!("files:{}", files.display()))
-        .arg("--sink")
-        .arg(format!("mcap:{}", rec.display()))
-        .arg("--sink")
-        .arg(format!("jsonl:{}", lines.display()))
-        .args(["--region", "ahead=0.33,0.5,0.67,1"])
-        .output()
-        .unwrap();
+    let mut c = cmd(tmp.path());
+    c.args([
+        "run", "--source", &source, "--size", "112x112", "--status", "json",
+    ])
+    .arg("--model")
+    .arg(small())
+    .arg("--head")
+    .arg(&head)
+    .args(["--region", "ahead=0.33,0.5,0.67,1"]);
+    sinks(
+        &mut c,
+        &[("files", &files), ("mcap", &rec), ("jsonl", &lines)],
+    );
+    let o = c.output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
     // the files equal the model and head run directly on the same frames
@@ -203,22 +207,23 @@ fn a_failing_source_and_a_failing_sink_leave_the_other_outputs_complete() {
         tmp.path().join("cut.jsonl"),
         tmp.path().join("files"),
     );
-    let o = cmd(tmp.path())
-        .args(["run", "--task", "pca", "--status", "off", "--size", "56x56"])
+    let mut c = cmd(tmp.path());
+    c.args(["run", "--task", "pca", "--status", "off", "--size", "56x56"])
         .arg("--model")
         .arg(tiny())
         .arg("--source")
-        .arg(&cut)
-        .arg("--sink")
-        .arg(format!("mcap:{}", rec.display()))
-        .arg("--sink")
-        .arg(format!("jsonl:{}", lines.display()))
-        .arg("--sink")
-        .arg(format!("files:{}", files.display()))
-        // a disk that is full: fails at the first write
-        .args(["--sink", "jsonl:/dev/full"])
-        .output()
-        .unwrap();
+        .arg(&cut);
+    sinks(
+        &mut c,
+        &[
+            ("mcap", &rec),
+            ("jsonl", &lines),
+            ("files", &files),
+            // a disk that is full: fails at the first write
+            ("jsonl", Path::new("/dev/full")),
+        ],
+    );
+    let o = c.output().unwrap();
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(
@@ -308,6 +313,9 @@ fn ctrl_c_stops_cleanly_and_flushes_every_sink() {
             "pca",
             "--size",
             "56x56",
+            // the low-rate mode: the backbone on every 2nd frame, every frame to the sinks
+            "--every",
+            "2",
             "--sink",
             &sinks[0],
             "--sink",
@@ -337,12 +345,25 @@ fn ctrl_c_stops_cleanly_and_flushes_every_sink() {
         status.success(),
         "a Ctrl-C stop is a clean exit: {status:?}"
     );
-    // every sink is complete and agrees on the count
-    let n = json_lines(&lines).len();
+    // every sink is complete and agrees on the count: every frame in the JSON lines and the
+    // recording, one picture per result (from even frames only)
+    let json = json_lines(&lines);
+    let n = json.len();
     assert!(n >= 10);
     assert_eq!(mcap_topic(&rec, "/camera/image").len(), n);
+    let fresh = json.iter().filter(|l| l["fresh"] == true).count();
+    assert!(fresh >= 1 && fresh < n, "{fresh} results for {n} frames");
+    for l in &json {
+        if let Some(r) = l["result_seq"].as_u64() {
+            assert!(
+                r.is_multiple_of(2) && r <= l["seq"].as_u64().unwrap(),
+                "{l}"
+            );
+        }
+    }
+    assert_eq!(mcap_topic(&rec, "/dinoedge/result").len(), fresh);
     let pictures = std::fs::read_dir(&files).unwrap().count();
-    assert_eq!(pictures, n);
+    assert_eq!(pictures, fresh);
     for e in std::fs::read_dir(&files).unwrap() {
         image::open(e.unwrap().path()).unwrap();
     }

@@ -182,25 +182,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The backbone and the head on one frame.
-fn analyse(
+/// The backbone on one frame: its features and the time it took (preprocessing included).
+fn backbone_stage(
     backbone: &mut Backbone,
     pre: &mut Preprocessor,
-    analysis: &Analysis,
     frame: &Frame,
-) -> Result<Analysed> {
+) -> Result<(Features, Duration)> {
     let img = frame.to_image();
-    let (h, w) = (frame.height as usize, frame.width as usize);
     let t0 = Instant::now();
     let f = backbone.run_image(pre, &img)?;
-    let t1 = Instant::now();
+    Ok((f, t0.elapsed()))
+}
+
+/// The head on one frame's features.
+fn head_stage(
+    analysis: &Analysis,
+    frame: &Frame,
+    f: Features,
+    backbone: Duration,
+) -> Result<Analysed> {
+    let (h, w) = (frame.height as usize, frame.width as usize);
+    let t0 = Instant::now();
     let mut a = Analysed {
         seq: frame.seq,
         features: None,
         pca: None,
         depth: None,
         seg: None,
-        backbone: t1 - t0,
+        backbone,
         head: Duration::ZERO,
     };
     match analysis {
@@ -212,7 +221,7 @@ fn analyse(
         Analysis::Seg(s) => a.seg = Some((s.predict_features(&f, h, w)?, s.palette.clone())),
         Analysis::Depth(d) => a.depth = Some(d.predict_features(&f, h, w)?),
     }
-    a.head = t1.elapsed();
+    a.head = t0.elapsed();
     Ok(a)
 }
 
@@ -298,11 +307,14 @@ pub fn run(
             }
         };
 
-        // frames for the backbone: every one (lossless or newest-wins), or in the low-rate
-        // modes the chosen ones, newest-wins
+        // frames for the backbone: every one, or in the low-rate modes the chosen ones;
+        // newest-wins for live runs, lossless otherwise
         let low_rate = cadence != Cadence::EveryFrame;
-        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(live || low_rate);
+        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(live);
         let newest: Arc<Mutex<Option<Arc<Analysed>>>> = Arc::default();
+        // low rate, lossless (files): the source waits for each chosen frame's result, so
+        // that frame n carries the result of the last chosen frame up to n, exactly
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         // whoever hands frames to the sinks owns their queues: when it ends, they close
         let (src_txs, inf_txs) = if low_rate {
             (sink_txs, Vec::new())
@@ -329,6 +341,9 @@ pub fn run(
                                 Cadence::EveryNth(k) => f.seq.is_multiple_of(k.max(1)),
                             };
                             if to_backbone && !frame_tx.send(f.clone()) {
+                                break;
+                            }
+                            if to_backbone && low_rate && !live && done_rx.recv().is_err() {
                                 break;
                             }
                             if low_rate {
@@ -364,11 +379,12 @@ pub fn run(
             })
         };
 
-        // backbone and head
+        // the backbone on its own thread, the head on another: the next frame's backbone
+        // runs while the head finishes this one
+        let (feat_tx, feat_rx) = queue::<(Arc<Frame>, Features, Duration, u64)>(live);
         let inference = {
-            let (stats, done, internal) = (stats.clone(), done.clone(), internal_stop.clone());
-            let (newest, should_stop) = (newest.clone(), should_stop.clone());
-            let sink_txs = inf_txs;
+            let (stats, internal, should_stop) =
+                (stats.clone(), internal_stop.clone(), should_stop.clone());
             sc.spawn(move || -> Result<()> {
                 let result = (|| -> Result<()> {
                     while let Some((frame, dropped)) = frame_rx.recv() {
@@ -376,15 +392,37 @@ pub fn run(
                             break;
                         }
                         stats.dropped(dropped);
-                        let a = Arc::new(analyse(&mut backbone, &mut pre, &analysis, &frame)?);
+                        let (f, took) = backbone_stage(&mut backbone, &mut pre, &frame)?;
+                        if !feat_tx.send((frame, f, took, dropped)) {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })();
+                if result.is_err() {
+                    internal.store(true, Ordering::Relaxed);
+                }
+                result
+            })
+        };
+        let head = {
+            let (stats, done, internal) = (stats.clone(), done.clone(), internal_stop.clone());
+            let newest = newest.clone();
+            let sink_txs = inf_txs;
+            sc.spawn(move || -> Result<()> {
+                let result = (|| -> Result<()> {
+                    while let Some(((frame, f, took, before), lost)) = feat_rx.recv() {
+                        stats.dropped(lost);
+                        let a = Arc::new(head_stage(&analysis, &frame, f, took)?);
                         stats.analysed(a.backbone, a.head);
                         if low_rate {
                             *lock(&newest) = Some(a);
+                            let _ = done_tx.send(());
                         } else {
                             emit(
                                 &sink_txs,
                                 Output {
-                                    dropped_before: frame.dropped_before + dropped,
+                                    dropped_before: frame.dropped_before + before + lost,
                                     frame,
                                     result: Some(a),
                                     fresh: true,
@@ -416,9 +454,10 @@ pub fn run(
                 on_status(&stats.snapshot());
             }
         }
-        let r = inference.join().expect("inference thread panicked");
+        let backbone_result = inference.join().expect("backbone thread panicked");
+        let head_result = head.join().expect("head thread panicked");
         source_thread.join().expect("source thread panicked");
-        r
+        backbone_result.and(head_result)
     });
     let snap = stats.snapshot();
     on_status(&snap);

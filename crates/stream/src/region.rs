@@ -69,22 +69,26 @@ impl Region {
 }
 
 fn depth_summary(d: ArrayView2<f32>) -> Value {
-    let mut v: Vec<f32> = d
-        .iter()
-        .copied()
-        .filter(|x| x.is_finite() && *x > 0.0)
-        .collect();
+    let mut v = crate::render::valid_depths(d);
     if v.is_empty() {
         return json!({"valid_fraction": 0.0});
     }
-    v.sort_by(f32::total_cmp);
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
+    for &x in &v {
+        lo = lo.min(x);
+        hi = hi.max(x);
+        sum += x as f64;
+    }
+    let n = v.len();
+    // the median by selection, not a sort: this runs on every frame
+    let mid = n / 2;
+    let median = *v.select_nth_unstable_by(mid, f32::total_cmp).1;
     json!({
-        "nearest_m": v[0],
-        "median_m": v[v.len() / 2],
-        "mean_m": mean,
-        "farthest_m": v[v.len() - 1],
-        "valid_fraction": v.len() as f64 / d.len().max(1) as f64,
+        "nearest_m": lo,
+        "median_m": median,
+        "mean_m": sum / n as f64,
+        "farthest_m": hi,
+        "valid_fraction": n as f64 / d.len().max(1) as f64,
     })
 }
 
