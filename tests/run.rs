@@ -614,3 +614,52 @@ fn live_view_in_headless_chromium() {
         dir.display()
     );
 }
+
+#[test]
+fn run_explains_what_is_missing_or_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = sample();
+    let run = |extra: &[&str]| {
+        let o = cmd(tmp.path())
+            .args(["run", "--source"])
+            .arg(&clip)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        text(&o)
+    };
+    let t = run(&["--sink", "jsonl"]);
+    assert!(
+        t.contains("no model") && t.contains("DINOEDGE_MODEL"),
+        "{t}"
+    );
+    let model = tiny();
+    let m = model.to_str().unwrap();
+    let t = run(&["--model", m, "--sink", "ftp:x"]);
+    assert!(t.contains("unknown sink `ftp`"), "{t}");
+    let t = run(&["--model", m, "--sink", "mcap"]);
+    assert!(t.contains("give a file"), "{t}");
+    let t = run(&["--model", m, "--sink", "files:out?format=gif"]);
+    assert!(t.contains("format=gif"), "{t}");
+    let t = run(&["--model", m, "--sink", "jsonl", "--task", "depth"]);
+    assert!(t.contains("needs a depth head"), "{t}");
+    let t = run(&["--model", m, "--sink", "jsonl", "--region", "a=0,0,2,1"]);
+    assert!(t.contains("outside 0..1"), "{t}");
+    let t = run(&["--model", m, "--sink", "jsonl", "--every", "0"]);
+    assert!(t.contains("idle"), "{t}");
+    let o = cmd(tmp.path())
+        .args([
+            "run",
+            "--model",
+            m,
+            "--sink",
+            "jsonl",
+            "--source",
+            "nope.mjpeg",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nope.mjpeg"), "{}", text(&o));
+}
