@@ -359,6 +359,16 @@ fn bin_mass(z: f32) -> f32 {
     z.max(0.0) + 0.1
 }
 
+/// Depth of one row of bin logits: the bin centres weighted by their normalised mass.
+fn bins_depth(z: ndarray::ArrayView1<f32>, centres: &[f32]) -> f32 {
+    let s: f32 = z.iter().map(|&v| bin_mass(v)).sum();
+    z.iter()
+        .zip(centres)
+        .map(|(&v, c)| bin_mass(v) * c)
+        .sum::<f32>()
+        / s
+}
+
 /// Loss of a batch and `d loss / d logits`.
 fn loss_and_grad(
     z: &Array2<f32>,
@@ -394,15 +404,7 @@ fn loss_and_grad(
                 logp[i] = match objective {
                     Objective::SilogLog => z[(i, 0)],
                     Objective::SilogBins { centres } => {
-                        let zr = z.row(i);
-                        let s: f32 = zr.iter().map(|&v| bin_mass(v)).sum();
-                        let d: f32 = zr
-                            .iter()
-                            .zip(centres)
-                            .map(|(&v, c)| bin_mass(v) * c)
-                            .sum::<f32>()
-                            / s;
-                        d.max(1e-6).ln()
+                        bins_depth(z.row(i), centres).max(1e-6).ln()
                     }
                     Objective::CrossEntropy => unreachable!(),
                 };
@@ -463,14 +465,7 @@ fn metric(z: &Array2<f32>, target: ArrayView2<f32>, weight: &[f32], objective: &
         Objective::SilogBins { centres } => {
             let mut sum = 0f32;
             for i in 0..z.nrows() {
-                let zr = z.row(i);
-                let s: f32 = zr.iter().map(|&v| bin_mass(v)).sum();
-                let d: f32 = zr
-                    .iter()
-                    .zip(centres)
-                    .map(|(&v, c)| bin_mass(v) * c)
-                    .sum::<f32>()
-                    / s;
+                let d = bins_depth(z.row(i), centres);
                 let t = target[(i, 0)].exp();
                 sum += (d - t).abs() / t;
             }
