@@ -3,7 +3,8 @@
 //! 1. Backbone only: frames of the sample clip (decoded once, in memory) through
 //!    preprocessing and the backbone in a loop — the ceiling.
 //! 2. `dinoedge_stream::run` on the same frames with the NYU depth head and sinks: JSON lines
-//!    with a region summary, the live view (no viewer), and then also an MCAP recording.
+//!    with a region summary, the live view (no viewer), then also an MCAP recording, then also
+//!    the files sink (16-bit depth PNG, depth `.npy`, colour PNG per frame).
 //!    Everything after the backbone runs on other threads; the ratio says how well it hides.
 //! 3. Memory over a 1,000-frame run (tiny model, so that it takes seconds): resident set and
 //!    its peak after 100, 500 and 1,000 frames.
@@ -19,7 +20,8 @@ use dinoedge_camera::{Frame, FrameSource, SourceInfo};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
 use dinoedge_stream::{
-    Analysis, HttpSink, JsonLinesSink, McapSink, Region, RunOptions, SharedStats, Sink, run,
+    Analysis, FileSink, HttpSink, JsonLinesSink, McapSink, PictureFormat, Region, RunOptions,
+    SharedStats, Sink, run,
 };
 
 fn fixtures() -> PathBuf {
@@ -130,6 +132,7 @@ fn main() {
         "pipeline: depth head, no sink",
         "pipeline: depth head, JSON lines, live view",
         "pipeline: depth head, JSON lines, live view, MCAP",
+        "pipeline: depth head, JSON, live view, MCAP, files",
     ];
     // rounds interleave the configurations, so that a slow spell of a shared machine hits
     // them alike
@@ -160,9 +163,14 @@ fn main() {
                         HttpSink::bind("127.0.0.1:0", "bench", stats.clone(), 0.5).unwrap(),
                     ));
                 }
-                if c == 3 {
+                if c >= 3 {
                     sinks.push(Box::new(
                         McapSink::create(&tmp.path().join("bench.mcap"), true, 0.5).unwrap(),
+                    ));
+                }
+                if c == 4 {
+                    sinks.push(Box::new(
+                        FileSink::new(tmp.path().join("files"), PictureFormat::Png, 0.5).unwrap(),
                     ));
                 }
                 let source = Box::new(Memory {

@@ -37,6 +37,13 @@ enum Command {
     /// The live runner: frames from a camera, file, stream or recording through the backbone and
     /// a head to files, JSON lines, MCAP recordings and a live view in the browser.
     Run(Box<cmd::run::Args>),
+    /// How far one model is from another (int8 from fp32) on your images: feature cosine, and
+    /// with a head segmentation mIoU or depth AbsRel between their outputs.
+    Compare(cmd::compare::Args),
+    /// Download model files by name into the cache (progress, resume, sha256 check).
+    Fetch(cmd::fetch::FetchArgs),
+    /// The model files dinoedge knows and which of them are in the cache.
+    Models(cmd::fetch::ModelsArgs),
     /// Time the backbone alone (median of repeated runs), as one JSON line.
     Bench(cmd::bench::Args),
     /// List the V4L2 (USB) cameras on this machine and their formats, sizes and frame rates.
@@ -65,6 +72,9 @@ fn main() -> std::process::ExitCode {
         Command::Attention(a) => cmd::attention::run(a),
         Command::Run(a) => cmd::run::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
+        Command::Fetch(a) => cmd::fetch::run_fetch(a),
+        Command::Models(a) => cmd::fetch::run_models(a),
         Command::Predict(a) => cmd::predict::run(a),
         Command::TrainHead(a) => cmd::train_head::run(a),
         Command::EvalHead(a) => cmd::eval_head::run(a),

@@ -512,3 +512,241 @@ fn train_head_then_eval_head_and_predict_with_it() {
         "{t}"
     );
 }
+
+/// `dinoedge` with a model cache of its own (and no user manifest).
+fn dinoedge_models(args: &[&std::ffi::OsStr], models: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dinoedge"))
+        .args(args)
+        .env("DINOEDGE_MODELS_DIR", models)
+        .env("DINOEDGE_CACHE_DIR", models.join("compiled"))
+        .env_remove("DINOEDGE_MANIFEST")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn models_fetch_and_names_in_place_of_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    // nothing cached: the list says so; a name that is not downloaded says how to get it
+    let o = dinoedge_models(args!["models", "--json"], &models);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 20);
+    let int8 = rows.iter().find(|r| r["name"] == "vits14-int8").unwrap();
+    assert_eq!(int8["cached"], serde_json::Value::Null);
+    assert_eq!(
+        int8["source"],
+        "hf://onnx-community/dinov2-small/onnx/model_int8.onnx"
+    );
+    let o = dinoedge_models(args!["info", "vits14-int8"], &models);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("dinoedge fetch vits14-int8"),
+        "{}",
+        text(&o)
+    );
+
+    // put by hand where the offline message says: the name now works everywhere
+    let by_hand = PathBuf::from(int8["by_hand"].as_str().unwrap());
+    assert_eq!(by_hand, models.join("vits14-int8/model_int8.onnx"));
+    std::fs::create_dir_all(by_hand.parent().unwrap()).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny/dinov2-tiny/onnx/model_int8.onnx"),
+        &by_hand,
+    )
+    .unwrap();
+    let o = dinoedge_models(args!["info", "vits14-int8"], &models);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dinoedge_models(args!["fetch", "vits14-int8"], &models);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("in the cache"), "{}", text(&o));
+    let o = dinoedge_models(args!["models"], &models);
+    let table = text(&o);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("vits14-int8 "))
+        .unwrap();
+    assert!(line.contains("yes"), "{line}");
+
+    // unknown names are refused before anything is downloaded
+    let o = dinoedge_models(args!["fetch", "vits14-int8", "vits15"], &models);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no model called \"vits15\"") && text(&o).contains("vits14-nyu-linear"),
+        "{}",
+        text(&o)
+    );
+
+    // offline: which file, and where to put it by hand
+    let manifest = tmp.path().join("mine.toml");
+    std::fs::write(
+        &manifest,
+        "[[model]]\nname = \"my-head\"\nkind = \"head\"\ndescription = \"mine\"\nurl = \"http://127.0.0.1:9/my_head.pth\"\n",
+    )
+    .unwrap();
+    let o = dinoedge_models(
+        args!["fetch", "my-head", "--manifest", manifest, "--timeout", "2"],
+        &models,
+    );
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("http://127.0.0.1:9/my_head.pth"), "{t}");
+    assert!(
+        t.contains(&models.join("my-head/my_head.pth").display().to_string()),
+        "{t}"
+    );
+    assert!(t.contains("1 of 1 not fetched"), "{t}");
+}
+
+/// `compare --json` of two fixture models on `inputs`, as JSON.
+fn compare(
+    a: &str,
+    b: &str,
+    inputs: &[PathBuf],
+    extra: &[&str],
+    cache: &std::path::Path,
+) -> serde_json::Value {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "compare".into(),
+        fixtures().join(a).into(),
+        fixtures().join(b).into(),
+    ];
+    args.extend(inputs.iter().map(|p| p.clone().into_os_string()));
+    args.extend(extra.iter().map(|e| e.into()));
+    args.push("--json".into());
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let o = dinoedge(&args, cache);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn compare_int8_against_fp32_matches_onnxruntime() {
+    let cache = tempfile::tempdir().unwrap();
+    let parity: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/parity.json")).unwrap(),
+    )
+    .unwrap();
+    let x = fixtures().join("reference/inputs/pixel_values_224x224.npy");
+    // the fixtures' figures are onnxruntime's int8 output against PyTorch fp32 on this tensor
+    for file in ["model_int8", "model_quantized", "model_qdq"] {
+        let v = compare(
+            "dinov2-small/onnx/model.onnx",
+            &format!("dinov2-small/onnx/{file}.onnx"),
+            std::slice::from_ref(&x),
+            &[],
+            cache.path(),
+        );
+        let ort = &parity["dinov2-small"]["parity"]["224x224"]
+            [format!("ort_{file}_vs_torch_fp32_patch_tokens")];
+        let ort_cls = &parity["dinov2-small"]["parity"]["224x224"]
+            [format!("ort_{file}_vs_torch_fp32_cls_token")];
+        let all = &v["all"];
+        println!(
+            "{file}: dinoedge {} / ORT {}",
+            all["patch_cos_mean"], ort["cos_token_mean"]
+        );
+        for (ours, theirs) in [
+            (&all["patch_cos_mean"], &ort["cos_token_mean"]),
+            (&all["patch_cos_min"], &ort["cos_token_min"]),
+            (&all["cls_cos"], &ort_cls["cos_token_mean"]),
+        ] {
+            let (ours, theirs) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
+            assert!(
+                (ours - theirs).abs() <= 0.002,
+                "{file}: {ours} vs onnxruntime {theirs}"
+            );
+        }
+        assert_eq!(v["resolution"], "224x224");
+        assert!(
+            v["candidate"]["precision"]
+                .as_str()
+                .unwrap()
+                .contains("int8"),
+            "{}",
+            v["candidate"]
+        );
+    }
+}
+
+#[test]
+fn compare_with_heads_scores_outputs_against_the_reference() {
+    let cache = tempfile::tempdir().unwrap();
+    let images = [image(23), image(1)];
+    let voc = fixtures().join("heads/dinov2_vits14_voc2012_linear_head.pth");
+    let nyu = fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth");
+    let fp32 = "dinov2-small/onnx/model.onnx";
+    // a model against itself: identical, by every measure
+    let v = compare(
+        fp32,
+        fp32,
+        &images[..1],
+        &["--head", voc.to_str().unwrap()],
+        cache.path(),
+    );
+    assert_eq!(v["all"]["patch_cos_mean"].as_f64().unwrap(), 1.0);
+    assert_eq!(v["all"]["seg_miou"].as_f64().unwrap(), 1.0);
+    assert_eq!(v["all"]["max_abs"].as_f64().unwrap(), 0.0);
+    // int8 against fp32: close, not equal
+    let v = compare(
+        fp32,
+        "dinov2-small/onnx/model_int8.onnx",
+        &images,
+        &["--head", voc.to_str().unwrap()],
+        cache.path(),
+    );
+    let (miou, same) = (
+        v["all"]["seg_miou"].as_f64().unwrap(),
+        v["all"]["seg_pixel_agreement"].as_f64().unwrap(),
+    );
+    assert!(
+        miou > 0.8 && miou < 1.0 && same > 0.95,
+        "mIoU {miou}, pixels {same}"
+    );
+    assert_eq!(v["images"].as_array().unwrap().len(), 2);
+    let v = compare(
+        fp32,
+        "dinov2-small/onnx/model_int8.onnx",
+        &images,
+        &["--head", nyu.to_str().unwrap()],
+        cache.path(),
+    );
+    let rel = v["all"]["depth_abs_rel"].as_f64().unwrap();
+    assert!(rel > 0.0 && rel < 0.05, "AbsRel {rel}");
+    // the table for people
+    let o = dinoedge(
+        args![
+            "compare",
+            fixtures().join(fp32),
+            fixtures().join("dinov2-small/onnx/model_int8.onnx"),
+            image(23),
+            "--head",
+            nyu
+        ],
+        cache.path(),
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("depth AbsRel") && t.contains("all 1 image"),
+        "{t}"
+    );
+    // two different backbones do not compare
+    let o = dinoedge(
+        args![
+            "compare",
+            fixtures().join(fp32),
+            fixtures().join("tiny/dinov2-tiny/onnx/model.onnx"),
+            image(23)
+        ],
+        cache.path(),
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("only two versions of one backbone"),
+        "{}",
+        text(&o)
+    );
+}

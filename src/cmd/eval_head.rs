@@ -19,7 +19,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// The head: trained by `dinoedge train-head` (.safetensors) or released by DINOv2 (.pth).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
     head: PathBuf,
     /// Labelled folder (same layouts as train-head).
     data: PathBuf,

@@ -4,8 +4,10 @@ pub mod attention;
 pub mod bench;
 pub mod cameras;
 pub mod capture;
+pub mod compare;
 pub mod eval_head;
 pub mod features;
+pub mod fetch;
 pub mod info;
 pub mod pca;
 pub mod predict;
@@ -22,7 +24,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Arguments every command that runs the backbone takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// ONNX model file (e.g. dinov2-small/onnx/model_int8.onnx).
+    /// ONNX model file (e.g. dinov2-small/onnx/model_int8.onnx), or a name from `dinoedge models`
+    /// that is in the cache (vits14-int8).
+    #[arg(value_parser = fetch::model_ref)]
     pub model: PathBuf,
     /// Input size HxW, both multiples of 14 (default: the model's crop size, else 224x224).
     #[arg(long, short)]

@@ -19,7 +19,7 @@ pub struct Args {
     /// A released DINOv2 linear head: dinov2_vits14_{voc2012,ade20k}_linear_head.pth
     /// (segmentation) or dinov2_vits14_{nyu,kitti}_linear{,4}_head.pth (depth); or a head
     /// trained by `dinoedge train-head` (.safetensors).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
     head: PathBuf,
     /// Images (PNG or JPEG).
     #[arg(required = true, num_args = 1..)]

@@ -46,18 +46,18 @@ pub enum StatusMode {
 /// Arguments of `dinoedge run`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// ONNX model file (dinov2-small/onnx/model.onnx, or model_int8.onnx on small boards);
-    /// default: $DINOEDGE_MODEL.
-    #[arg(long, short = 'm', env = "DINOEDGE_MODEL")]
+    /// ONNX model file, or a name from `dinoedge models` once fetched (vits14, vits14-int8 on
+    /// small boards); default: $DINOEDGE_MODEL.
+    #[arg(long, short = 'm', env = "DINOEDGE_MODEL", value_parser = crate::cmd::fetch::model_ref)]
     model: Option<PathBuf>,
     /// Where frames come from: v4l2:///dev/video0, csi://0, clip.mjpeg, clip.mp4, frames/,
     /// run.mcap, rtsp://…, synthetic:// (see `dinoedge capture --help` for options such as
     /// ?loop&fps=10).
     #[arg(long, short = 'i')]
     source: String,
-    /// A linear head: DINOv2's released .pth (VOC/ADE20K segmentation, NYU/KITTI depth) or one
-    /// from `dinoedge train-head`. Sets the task.
-    #[arg(long)]
+    /// A linear head: DINOv2's released .pth (VOC/ADE20K segmentation, NYU/KITTI depth; or its
+    /// name once fetched, e.g. vits14-nyu-linear) or one from `dinoedge train-head`. Sets the task.
+    #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
     head: Option<PathBuf>,
     /// What to compute without a head (depth and seg need --head).
     #[arg(long, value_enum)]
@@ -126,15 +126,15 @@ fn parse_every(s: &str) -> Result<Cadence, String> {
 fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     let Some(p) = arg else {
         bail!(
-            "no model: pass --model PATH (or set DINOEDGE_MODEL) to a DINOv2 ONNX file, \
-             e.g. dinov2-small/onnx/model.onnx from https://huggingface.co/onnx-community/dinov2-small \
-             (model_int8.onnx on small boards)"
+            "no model: `dinoedge fetch vits14-int8` downloads DINOv2 ViT-S/14 (int8, for small \
+             boards; vits14 is fp32), then pass --model vits14-int8 (or set DINOEDGE_MODEL); \
+             --model also takes the path of any DINOv2 ONNX file"
         );
     };
     if !p.is_file() {
         bail!(
-            "model {} not found: download DINOv2 ViT-S/14 ONNX (https://huggingface.co/onnx-community/dinov2-small, \
-             onnx/model.onnx) and pass its path with --model or DINOEDGE_MODEL",
+            "model {} not found: `dinoedge fetch vits14-int8` downloads DINOv2 ViT-S/14 and \
+             `--model vits14-int8` uses it (`dinoedge models` lists the others)",
             p.display()
         );
     }

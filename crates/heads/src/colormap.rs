@@ -35,6 +35,29 @@ impl Colormap {
     }
 }
 
+/// Steps in [`Colormap::table`].
+pub const TABLE_STEPS: usize = 1024;
+
+impl Colormap {
+    /// The map as a table of [`TABLE_STEPS`] colours from 0 to 1, built once per map (for
+    /// per-pixel colouring: evaluating the continuous map costs ~1 µs a call).
+    pub fn table(self) -> &'static [[u8; 3]] {
+        use std::sync::OnceLock;
+        static TABLES: [OnceLock<Vec<[u8; 3]>>; 4] = [const { OnceLock::new() }; 4];
+        let slot = match self {
+            Colormap::Turbo => 0,
+            Colormap::Viridis => 1,
+            Colormap::Inferno => 2,
+            Colormap::Gray => 3,
+        };
+        TABLES[slot].get_or_init(|| {
+            (0..TABLE_STEPS)
+                .map(|i| self.rgb(i as f32 / (TABLE_STEPS - 1) as f32))
+                .collect()
+        })
+    }
+}
+
 impl FromStr for Colormap {
     type Err = HeadsError;
     fn from_str(s: &str) -> Result<Self, HeadsError> {

@@ -1,7 +1,7 @@
 //! Evaluation metrics: mIoU and pixel accuracy for segmentation; RMSE, AbsRel and δ<1.25
-//! for depth (the metrics of DINOv2's and mmseg's evaluations).
+//! for depth (the metrics of DINOv2's and mmseg's evaluations); feature agreement of two backbones.
 
-use ndarray::ArrayView2;
+use ndarray::{ArrayView1, ArrayView2, ArrayView3, Axis};
 
 use crate::dataset::IGNORE;
 
@@ -191,10 +191,130 @@ impl DepthScores {
     }
 }
 
+/// How close a second backbone's features are to a first one's (an int8 model against its
+/// fp32 original): cosine similarity of each patch token, over images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureAgreement {
+    cos_sum: f64,
+    tokens: u64,
+    cos_min: f64,
+    cls_sum: f64,
+    max_abs: f32,
+    images: usize,
+}
+
+impl Default for FeatureAgreement {
+    fn default() -> Self {
+        FeatureAgreement {
+            cos_sum: 0.0,
+            tokens: 0,
+            cos_min: 1.0,
+            cls_sum: 0.0,
+            max_abs: 0.0,
+            images: 0,
+        }
+    }
+}
+
+/// The agreement of two backbones' features, on one image or a set.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct AgreementSummary {
+    /// Mean cosine similarity of the patch tokens.
+    pub patch_cos_mean: f64,
+    /// Lowest cosine similarity of any patch token.
+    pub patch_cos_min: f64,
+    /// Cosine similarity of the CLS tokens (mean over images).
+    pub cls_cos: f64,
+    /// Largest absolute difference of any patch feature.
+    pub max_abs: f32,
+    /// Images.
+    pub images: usize,
+}
+
+fn cosine<'a>(a: impl Iterator<Item = &'a f32>, b: impl Iterator<Item = &'a f32>) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        1.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
+    }
+}
+
+impl FeatureAgreement {
+    /// Add one image: patch grids `[h, w, C]` and CLS tokens `[C]` of the reference `a` and
+    /// of `b`. Returns this image's own agreement.
+    pub fn add(
+        &mut self,
+        a: ArrayView3<f32>,
+        b: ArrayView3<f32>,
+        a_cls: ArrayView1<f32>,
+        b_cls: ArrayView1<f32>,
+    ) -> AgreementSummary {
+        assert_eq!(a.dim(), b.dim(), "patch grids of different shapes");
+        let mut one = FeatureAgreement::default();
+        for (ta, tb) in a.lanes(Axis(2)).into_iter().zip(b.lanes(Axis(2))) {
+            let c = cosine(ta.iter(), tb.iter());
+            one.cos_sum += c;
+            one.cos_min = one.cos_min.min(c);
+            one.tokens += 1;
+        }
+        one.max_abs = a
+            .iter()
+            .zip(b.iter())
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        one.cls_sum = cosine(a_cls.iter(), b_cls.iter());
+        one.images = 1;
+        self.cos_sum += one.cos_sum;
+        self.tokens += one.tokens;
+        self.cos_min = self.cos_min.min(one.cos_min);
+        self.cls_sum += one.cls_sum;
+        self.max_abs = self.max_abs.max(one.max_abs);
+        self.images += 1;
+        one.summary()
+    }
+
+    /// Over every image so far (the token mean is over all tokens of all images).
+    pub fn summary(&self) -> AgreementSummary {
+        AgreementSummary {
+            patch_cos_mean: self.cos_sum / self.tokens.max(1) as f64,
+            patch_cos_min: self.cos_min,
+            cls_cos: self.cls_sum / self.images.max(1) as f64,
+            max_abs: self.max_abs,
+            images: self.images,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn feature_agreement_by_hand() {
+        let a = ndarray::Array3::from_shape_vec((1, 2, 2), vec![1.0, 0.0, 0.0, 2.0]).unwrap();
+        // token 0 the same direction (cos 1), token 1 at 90 degrees (cos 0)
+        let b = ndarray::Array3::from_shape_vec((1, 2, 2), vec![3.0, 0.0, 2.0, 0.0]).unwrap();
+        let cls = array![1.0f32, 1.0];
+        let mut f = FeatureAgreement::default();
+        let one = f.add(a.view(), b.view(), cls.view(), cls.view());
+        assert!((one.patch_cos_mean - 0.5).abs() < 1e-12);
+        assert!(one.patch_cos_min.abs() < 1e-12);
+        assert!((one.cls_cos - 1.0).abs() < 1e-12);
+        assert_eq!(one.max_abs, 2.0);
+        // a second, identical image: the mean is over all four tokens
+        f.add(a.view(), a.view(), cls.view(), (-&cls).view());
+        let s = f.summary();
+        assert!((s.patch_cos_mean - 0.75).abs() < 1e-12);
+        assert!(s.cls_cos.abs() < 1e-12, "1 and -1 average to 0");
+        assert_eq!(s.images, 2);
+    }
 
     #[test]
     fn iou_and_accuracy_by_hand() {

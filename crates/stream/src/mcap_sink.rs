@@ -194,7 +194,10 @@ impl Sink for McapSink {
         }
         if let Some(d) = &a.depth {
             let (h, w) = d.dim();
-            let data: Vec<u8> = d.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut data = vec![0u8; d.len() * 4];
+            for (b, v) in data.chunks_exact_mut(4).zip(d.iter()) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
             self.log_foxglove(
                 "/dinoedge/depth",
                 &RawImage {

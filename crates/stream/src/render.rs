@@ -46,9 +46,16 @@ pub(crate) fn valid_depths(d: ArrayView2<f32>) -> Vec<f32> {
 }
 
 /// The 2nd and 98th percentiles of the finite positive depths (a colour range that one stray
-/// pixel does not flatten).
+/// pixel does not flatten). Taken from at most ~16k pixels spread evenly over the map: a colour
+/// range needs no more, and this runs on every frame of every sink that shows depth.
 pub fn depth_range(d: ArrayView2<f32>) -> (f32, f32) {
-    let mut v = valid_depths(d);
+    let step = (d.len() / 16_384).max(1);
+    let mut v: Vec<f32> = d
+        .iter()
+        .step_by(step)
+        .copied()
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
     if v.is_empty() {
         return (0.0, 1.0);
     }
@@ -103,9 +110,23 @@ pub fn render(out: &Output, view: View, alpha: f32) -> RgbImage {
     }
 }
 
-/// JPEG bytes of `img` at `quality` (1–100).
-pub fn jpeg(img: &RgbImage, quality: u8) -> image::ImageResult<Vec<u8>> {
+/// JPEG bytes of `img` at `quality` (1–100), 4:2:0 like a camera's MJPEG.
+///
+/// `jpeg-encoder` with its SIMD paths: 336x252 in ~0.5 ms here against ~6 ms with `image`'s
+/// encoder, which matters on two cores where every sink's CPU is taken from the backbone.
+pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, jpeg_encoder::EncodingError> {
+    let (w, h) = img.dimensions();
+    let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
+        (Ok(w), Ok(h)) => (w, h),
+        _ => {
+            return Err(jpeg_encoder::EncodingError::Write(format!(
+                "{w}x{h} is larger than JPEG allows (65535x65535)"
+            )));
+        }
+    };
     let mut buf = Vec::with_capacity(img.len() / 8);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality).encode_image(img)?;
+    let mut enc = jpeg_encoder::Encoder::new(&mut buf, quality.clamp(1, 100));
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)?;
     Ok(buf)
 }
