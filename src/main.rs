@@ -40,6 +40,8 @@ enum Command {
     /// How far one model is from another (int8 from fp32) on your images: feature cosine, and
     /// with a head segmentation mIoU or depth AbsRel between their outputs.
     Compare(cmd::compare::Args),
+    /// Which board this is, its profile, SoC temperature and throttling flags.
+    Board(cmd::board::Args),
     /// Download model files by name into the cache (progress, resume, sha256 check).
     Fetch(cmd::fetch::FetchArgs),
     /// The model files dinoedge knows and which of them are in the cache.
@@ -73,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cmd::run::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Board(a) => cmd::board::run(a),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Models(a) => cmd::fetch::run_models(a),
         Command::Predict(a) => cmd::predict::run(a),

@@ -750,3 +750,36 @@ fn compare_with_heads_scores_outputs_against_the_reference() {
         text(&o)
     );
 }
+
+#[test]
+fn board_reports_a_raspberry_pi_from_its_files() {
+    let root = tempfile::tempdir().unwrap();
+    for (rel, content) in [
+        ("proc/device-tree/model", "Raspberry Pi 5 Model B Rev 1.0\0"),
+        ("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n"),
+        ("sys/class/thermal/thermal_zone0/temp", "84000\n"),
+        (
+            "sys/devices/platform/soc/soc:firmware/get_throttled",
+            "0x50005\n",
+        ),
+    ] {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let o = dinoedge(args!["board", "--root", root.path(), "--json"], root.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["board"], "Raspberry Pi 5 Model B Rev 1.0");
+    assert_eq!(v["profile"], "rpi5");
+    assert_eq!(v["temperature_c"], 84.0);
+    assert_eq!(v["throttled_flags"], "0x50005");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
+    // this machine, as it is: never an error
+    let o = dinoedge(args!["board"], root.path());
+    assert!(
+        o.status.success() && text(&o).contains("board:"),
+        "{}",
+        text(&o)
+    );
+}

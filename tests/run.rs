@@ -648,6 +648,23 @@ fn run_explains_what_is_missing_or_wrong() {
     assert!(t.contains("outside 0..1"), "{t}");
     let t = run(&["--model", m, "--sink", "jsonl", "--every", "0"]);
     assert!(t.contains("idle"), "{t}");
+    // GPIO: a typo in a rule, then (here, off a Raspberry Pi) the missing GPIO, before any frame
+    let t = run(&["--model", m, "--sink", "jsonl", "--gpio", "17=blink"]);
+    assert!(t.contains("unknown action") && t.contains("forms:"), "{t}");
+    let t = run(&[
+        "--model",
+        m,
+        "--sink",
+        "jsonl",
+        "--region",
+        "ahead=0.3,0.5,0.7,1",
+        "--gpio",
+        "17=high:nearest(ahead)<0.8",
+    ]);
+    assert!(
+        t.contains("Raspberry Pi") && !t.contains("\"frame\""),
+        "{t}"
+    );
     let o = cmd(tmp.path())
         .args([
             "run",

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod board;
 pub mod cameras;
 pub mod capture;
 pub mod compare;

@@ -11,8 +11,8 @@ use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{ResizeMode, Resolution};
 use dinoedge_stream::{
-    Analysis, Cadence, FileSink, HttpSink, JsonLinesSink, McapSink, PictureFormat, Region,
-    RunOptions, SharedStats, Sink, StatsSnapshot,
+    Analysis, Cadence, FileSink, GpioSink, HttpSink, JsonLinesSink, McapSink, PictureFormat,
+    Region, RunOptions, SharedStats, Sink, StatsSnapshot,
 };
 
 use super::{ModelArgs, head_options};
@@ -86,6 +86,14 @@ pub struct Args {
     /// frame (repeatable), e.g. ahead=0.33,0.5,0.67,1 for the nearest depth in front.
     #[arg(long = "region")]
     regions: Vec<Region>,
+    /// A GPIO rule (repeatable; Raspberry Pi, build with `--features rpi`):
+    /// `17=high:nearest(ahead)<0.8`, `18=pwm:proximity(ahead,0.3,2)`,
+    /// `22=high:class(person)>0.05`, `27=snapshot` (BCM pin numbers; regions from --region).
+    #[arg(long = "gpio")]
+    gpio: Vec<String>,
+    /// Where a snapshot button's pictures go.
+    #[arg(long, default_value = "snapshots")]
+    snapshot_dir: PathBuf,
     /// Opacity of segmentation over the frame (0..1).
     #[arg(long, default_value_t = 0.5)]
     alpha: f32,
@@ -360,12 +368,26 @@ pub fn run(args: Args) -> Result<()> {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let mut sinks = Vec::new();
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut wheres = Vec::new();
     for spec in &args.sinks {
         let (s, w) = parse_sink(spec, &args, &title, &stats)?;
         sinks.push(s);
         wheres.extend(w);
+    }
+    if !args.gpio.is_empty() {
+        // the rules first (a typo is reported as such), then the pins (off a Pi: an error)
+        let rules = dinoedge_board::RuleSet::parse(&args.gpio)?;
+        let pins = dinoedge_board::open_pins(&rules)?;
+        let s = GpioSink::new(
+            rules,
+            pins,
+            args.regions.clone(),
+            args.snapshot_dir.clone(),
+            args.alpha,
+        )?;
+        sinks.push(Box::new(s));
+        wheres.push(format!("GPIO ({} rules)", args.gpio.len()));
     }
     let source = spec
         .open()
@@ -406,6 +428,8 @@ pub fn run(args: Args) -> Result<()> {
         drop_frames: Some(!args.lossless && (info.live || paced)),
         cadence: args.every.unwrap_or_default(),
         stats,
+        // the board's temperature and throttling in the stats, warnings when it throttles
+        ..RunOptions::default()
     };
     let mut status = Status::new(args.status);
     let report = dinoedge_stream::run(source, (bb, pre), analysis, sinks, options, |s| {

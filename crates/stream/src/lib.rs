@@ -11,6 +11,7 @@
 //! Foxglove schemas ([`McapSink`]) and a live view in the browser ([`HttpSink`]).
 #![warn(missing_docs)]
 
+pub mod gpio_sink;
 pub mod http;
 pub mod mcap_sink;
 pub mod pipeline;
@@ -19,13 +20,14 @@ pub mod render;
 pub mod sink;
 pub mod stats;
 
+pub use gpio_sink::GpioSink;
 pub use http::HttpSink;
 pub use mcap_sink::McapSink;
 pub use pipeline::{Analysed, Analysis, Cadence, Output, RunOptions, RunReport, run};
 pub use region::Region;
 pub use render::View;
 pub use sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
-pub use stats::{SharedStats, SinkState, StatsSnapshot};
+pub use stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
 
 /// Errors of the runner.
 #[derive(Debug, thiserror::Error)]

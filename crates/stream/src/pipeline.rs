@@ -21,7 +21,7 @@ use ndarray::Array2;
 
 use crate::Result;
 use crate::sink::Sink;
-use crate::stats::{SharedStats, SinkState, StatsSnapshot};
+use crate::stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
 
 /// What runs on each frame after the backbone.
 pub enum Analysis {
@@ -108,6 +108,11 @@ pub struct RunOptions {
     pub cadence: Cadence,
     /// Where the numbers are kept (share it with a sink that shows them).
     pub stats: SharedStats,
+    /// Where the board's sensors are read at each status (`/`; a sample tree in tests; `None`:
+    /// not read). Temperature and throttling go into the stats; new warnings are logged.
+    pub board_root: Option<std::path::PathBuf>,
+    /// SoC temperature that warns, °C.
+    pub hot_c: f32,
 }
 
 impl Default for RunOptions {
@@ -118,6 +123,8 @@ impl Default for RunOptions {
             status_every: Duration::from_secs(1),
             drop_frames: None,
             cadence: Cadence::EveryFrame,
+            board_root: Some("/".into()),
+            hot_c: 80.0,
             stats: SharedStats::default(),
         }
     }
@@ -443,6 +450,20 @@ pub fn run(
         };
 
         let mut last = Instant::now();
+        let mut warned: Vec<String> = Vec::new();
+        let mut read_board = || {
+            if let Some(root) = &options.board_root {
+                let b =
+                    BoardSnapshot::from_health(&dinoedge_board::read_health(root), options.hot_c);
+                // each warning once while it lasts, again if it comes back
+                for w in b.warnings.iter().filter(|w| !warned.contains(w)) {
+                    tracing::warn!("board: {w}");
+                }
+                warned = b.warnings.clone();
+                stats.set_board(b);
+            }
+        };
+        read_board();
         loop {
             let finished = done.load(Ordering::Relaxed) && source_thread.is_finished();
             if finished {
@@ -451,6 +472,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(20));
             if last.elapsed() >= options.status_every {
                 last = Instant::now();
+                read_board();
                 on_status(&stats.snapshot());
             }
         }

@@ -105,6 +105,7 @@ pub struct Stats {
     head: Samples,
     latency: Samples,
     sinks: Vec<SinkStats>,
+    board: Option<BoardSnapshot>,
 }
 
 impl Default for Stats {
@@ -120,6 +121,7 @@ impl Default for Stats {
             head: Samples::default(),
             latency: Samples::default(),
             sinks: Vec::new(),
+            board: None,
         }
     }
 }
@@ -172,6 +174,35 @@ pub struct StatsSnapshot {
     pub latency_ms: [f32; 3],
     /// Each sink.
     pub sinks: Vec<SinkSnapshot>,
+    /// The board's temperature and throttling, when the run reads them.
+    pub board: Option<BoardSnapshot>,
+}
+
+/// What the board's sensors said at the last status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BoardSnapshot {
+    /// SoC temperature, °C.
+    pub temperature_c: Option<f32>,
+    /// The SoC is throttled or its clock capped now (Raspberry Pi firmware flags).
+    pub throttled_now: bool,
+    /// The supply is too low now (Raspberry Pi).
+    pub under_voltage_now: bool,
+    /// What the user should be told.
+    pub warnings: Vec<String>,
+}
+
+impl BoardSnapshot {
+    /// From a reading; temperatures at or above `hot_c` warn.
+    pub fn from_health(h: &dinoedge_board::Health, hot_c: f32) -> BoardSnapshot {
+        BoardSnapshot {
+            temperature_c: h.temperature_c,
+            throttled_now: h
+                .throttling
+                .is_some_and(|t| t.throttled_now() || t.freq_capped_now()),
+            under_voltage_now: h.throttling.is_some_and(|t| t.under_voltage_now()),
+            warnings: h.warnings(hot_c),
+        }
+    }
 }
 
 /// [`Stats`] behind a lock, cheap to clone and share between threads.
@@ -286,8 +317,14 @@ impl SharedStats {
                         state: k.state.clone(),
                     })
                     .collect(),
+                board: s.board.clone(),
             }
         })
+    }
+
+    /// Keep the board's latest reading.
+    pub fn set_board(&self, board: BoardSnapshot) {
+        self.with(|s| s.board = Some(board));
     }
 }
 
@@ -310,8 +347,29 @@ impl StatsSnapshot {
         } else {
             String::new()
         };
+        let board = match &self.board {
+            Some(b) => {
+                let mut v: Vec<String> = b
+                    .temperature_c
+                    .map(|t| format!("SoC {t:.0} °C"))
+                    .into_iter()
+                    .collect();
+                if b.throttled_now {
+                    v.push("THROTTLED".into());
+                }
+                if b.under_voltage_now {
+                    v.push("UNDER-VOLTAGE".into());
+                }
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    format!(" | {}", v.join(", "))
+                }
+            }
+            None => String::new(),
+        };
         format!(
-            "{} in ({:.1} fps), {} out ({:.1} fps){analysed}, {} dropped | backbone {:.1} ms, head {:.1} ms, {} | latency p50 {:.0} p95 {:.0} p99 {:.0} ms",
+            "{} in ({:.1} fps), {} out ({:.1} fps){analysed}, {} dropped | backbone {:.1} ms, head {:.1} ms, {} | latency p50 {:.0} p95 {:.0} p99 {:.0} ms{board}",
             self.frames_in,
             self.fps_in,
             self.frames_out,

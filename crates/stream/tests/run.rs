@@ -165,6 +165,19 @@ fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
     ];
     let source =
         dinoedge_camera::open("synthetic://?width=64&height=48&frames=10&pace=fast").unwrap();
+    let board = tempfile::tempdir().unwrap();
+    for (rel, text) in [
+        ("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n"),
+        ("sys/class/thermal/thermal_zone0/temp", "82500\n"),
+        (
+            "sys/devices/platform/soc/soc:firmware/get_throttled",
+            "0x60006\n",
+        ),
+    ] {
+        let p = board.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
     let report = run(
         source,
         (bb, pre),
@@ -174,6 +187,8 @@ fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
             cadence: Cadence::EveryNth(3),
             // lossless, so that the count is exact
             drop_frames: Some(false),
+            // a Raspberry Pi's sensors: hot, throttled now
+            board_root: Some(board.path().into()),
             ..RunOptions::default()
         },
         |_| {},
@@ -181,6 +196,14 @@ fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
     .unwrap();
     assert_eq!(report.stats.frames_out, 10, "{}", report.stats.line());
     assert_eq!(report.stats.frames_analysed, 4, "{}", report.stats.line());
+    let b = report.stats.board.as_ref().unwrap();
+    assert_eq!(b.temperature_c, Some(82.5));
+    assert!(b.throttled_now && !b.under_voltage_now);
+    assert!(
+        report.stats.line().ends_with("| SoC 82 °C, THROTTLED"),
+        "{}",
+        report.stats.line()
+    );
     let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
