@@ -783,3 +783,117 @@ fn board_reports_a_raspberry_pi_from_its_files() {
         text(&o)
     );
 }
+
+#[test]
+fn board_profiles_and_their_units_reach_the_runner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("firmware-configs");
+    let settings = |args: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        a.push(std::ffi::OsStr::new("--print-settings"));
+        let o = dinoedge_models(&a, &models);
+        (
+            o.status.success(),
+            text(&o),
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).ok(),
+        )
+    };
+    // before the models are there, the profile says which to fetch
+    let (ok, t, _) = settings(&["run", "--board", "rpi5"]);
+    assert!(!ok && t.contains("dinoedge fetch vits14-int8"), "{t}");
+    // the files, put where `dinoedge fetch` would (the fixtures stand in for the real ones)
+    for (dir, file, fixture) in [
+        (
+            "vits14-int8",
+            "model_int8.onnx",
+            "tiny/dinov2-tiny/onnx/model_int8.onnx",
+        ),
+        ("vits14", "model.onnx", "tiny/dinov2-tiny/onnx/model.onnx"),
+        (
+            "vits14-nyu-linear",
+            "dinov2_vits14_nyu_linear_head.pth",
+            "heads/dinov2_vits14_nyu_linear_head.pth",
+        ),
+    ] {
+        std::fs::create_dir_all(models.join(dir)).unwrap();
+        std::fs::copy(fixtures().join(fixture), models.join(dir).join(file)).unwrap();
+    }
+    for (name, _) in dinoedge_board::profile::BUILTIN {
+        let p = dinoedge_board::Profile::builtin(name).unwrap();
+        // the unit's command line, as systemd would run it
+        let unit = std::fs::read_to_string(root.join(name).join("dinoedge.service")).unwrap();
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        let argv: Vec<&str> = exec.split_whitespace().skip(1).collect();
+        let (ok, t, v) = settings(&argv);
+        assert!(ok, "{name}: {exec}: {t}");
+        let v = v.unwrap();
+        // every [run] key arrived
+        let r = &p.run;
+        assert_eq!(
+            v["model"].as_str().unwrap(),
+            models
+                .join(p.model())
+                .join(if p.model() == "vits14" {
+                    "model.onnx"
+                } else {
+                    "model_int8.onnx"
+                })
+                .to_str()
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            v["head"]
+                .as_str()
+                .unwrap()
+                .ends_with("dinov2_vits14_nyu_linear_head.pth"),
+            "{name}"
+        );
+        assert_eq!(v["source"], r.camera.as_str(), "{name}");
+        assert_eq!(v["sinks"], serde_json::json!(r.sinks), "{name}");
+        assert_eq!(v["listen"], r.listen.as_deref().unwrap(), "{name}");
+        assert_eq!(v["threads"], r.threads, "{name}");
+        assert_eq!(v["size"], r.resolution.as_str(), "{name}");
+        let every = match r.every.as_deref() {
+            Some("idle") => "WhenIdle".to_string(),
+            Some("1") => "EveryFrame".to_string(),
+            Some(k) => format!("EveryNth({k})"),
+            None => unreachable!(),
+        };
+        assert_eq!(v["every"], every.as_str(), "{name}");
+        assert_eq!(v["gpio"], serde_json::json!(r.gpio), "{name}");
+    }
+    // flags win over the profile
+    let (ok, t, v) = settings(&[
+        "run",
+        "--board",
+        "rpi4",
+        "--source",
+        "synthetic://",
+        "--threads",
+        "1",
+        "--sink",
+        "jsonl",
+        "--every",
+        "2",
+    ]);
+    assert!(ok, "{t}");
+    let v = v.unwrap();
+    assert_eq!(
+        (v["source"].as_str(), v["threads"].as_u64()),
+        (Some("synthetic://"), Some(1))
+    );
+    assert_eq!(
+        (v["sinks"].clone(), v["every"].as_str()),
+        (serde_json::json!(["jsonl"]), Some("EveryNth(2)"))
+    );
+    let (ok, t, _) = settings(&["run", "--board", "rpi9"]);
+    assert!(
+        !ok && t.contains("rpi4, rpi5, jetson-orin-nano, x86"),
+        "{t}"
+    );
+}

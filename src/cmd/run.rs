@@ -54,7 +54,7 @@ pub struct Args {
     /// run.mcap, rtsp://…, synthetic:// (see `dinoedge capture --help` for options such as
     /// ?loop&fps=10).
     #[arg(long, short = 'i')]
-    source: String,
+    source: Option<String>,
     /// A linear head: DINOv2's released .pth (VOC/ADE20K segmentation, NYU/KITTI depth; or its
     /// name once fetched, e.g. vits14-nyu-linear) or one from `dinoedge train-head`. Sets the task.
     #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
@@ -65,12 +65,19 @@ pub struct Args {
     /// Where results go (repeat for several): `files:DIR` (`?format=jpg` for JPEG
     /// overlays), `jsonl` (stdout) or `jsonl:FILE`, `mcap:FILE.mcap` (`?overwrite`),
     /// `http` (the live view on --listen) or `http:ADDR`.
-    #[arg(long = "sink", short = 'o', required = true)]
+    #[arg(long = "sink", short = 'o')]
     sinks: Vec<String>,
-    /// Address of the live view. The default only accepts this machine; 0.0.0.0:8080
-    /// exposes it to the network.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// Address of the live view (default 127.0.0.1:8080: only this machine; 0.0.0.0:8080
+    /// exposes it to the network).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Take defaults from a board profile: rpi4, rpi5, jetson-orin-nano, x86, `auto` (the
+    /// detected board), or a profile.toml (firmware-configs/). Flags given here win.
+    #[arg(long)]
+    board: Option<String>,
+    /// Print the settings the run would use (after the profile and the flags) as JSON, and exit.
+    #[arg(long)]
+    print_settings: bool,
     /// The backbone runs on every N-th frame, or with `idle` on the newest frame whenever it
     /// is free; every frame still reaches the sinks with the newest result drawn over it.
     #[arg(long, value_parser = parse_every)]
@@ -232,7 +239,7 @@ fn parse_sink(
         "http" | "view" => {
             unknown(&[])?;
             let addr = if target.is_empty() {
-                args.listen.as_str()
+                args.listen.as_deref().unwrap_or(DEFAULT_LISTEN)
             } else {
                 target.trim_start_matches("//")
             };
@@ -301,8 +308,81 @@ impl Status {
     }
 }
 
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Fill what the flags leave open from the board profile (`--board`).
+fn apply_board(mut args: Args) -> Result<Args> {
+    let Some(spec) = &args.board else {
+        return Ok(args);
+    };
+    let p = dinoedge_board::Profile::load(spec)?;
+    let r = &p.run;
+    if args.model.is_none() {
+        args.model = Some(
+            crate::cmd::fetch::model_ref(p.model())
+                .map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?,
+        );
+    }
+    if args.head.is_none()
+        && args.task.is_none()
+        && let Some(h) = &r.head
+    {
+        args.head = Some(
+            crate::cmd::fetch::model_ref(h).map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?,
+        );
+    }
+    args.threads = args.threads.or(Some(r.threads));
+    if args.size.is_none() {
+        args.size = Some(
+            r.resolution
+                .parse()
+                .map_err(|e| anyhow::anyhow!("board {spec}: run.resolution: {e}"))?,
+        );
+    }
+    args.source = args.source.or_else(|| Some(r.camera.clone()));
+    if args.sinks.is_empty() {
+        args.sinks = r.sinks.clone();
+    }
+    args.listen = args.listen.or_else(|| r.listen.clone());
+    if args.every.is_none()
+        && let Some(e) = &r.every
+    {
+        args.every = Some(parse_every(e).map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?);
+    }
+    if args.gpio.is_empty() {
+        args.gpio = r.gpio.clone();
+    }
+    Ok(args)
+}
+
 /// Run the pipeline until the source ends, --frames are done or Ctrl-C.
 pub fn run(args: Args) -> Result<()> {
+    let args = apply_board(args)?;
+    if args.print_settings {
+        let v = serde_json::json!({
+            "board": args.board,
+            "model": args.model,
+            "head": args.head,
+            "source": args.source,
+            "sinks": args.sinks,
+            "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+            "threads": args.threads,
+            "size": args.size.map(|s| s.to_string()),
+            "every": args.every.map(|e| format!("{e:?}")),
+            "gpio": args.gpio,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let Some(source) = args.source.clone() else {
+        bail!(
+            "no source: --source URI (v4l2:///dev/video0, csi://0, clip.mp4, frames/, run.mcap, …) or --board NAME"
+        );
+    };
+    anyhow::ensure!(
+        !args.sinks.is_empty(),
+        "no sink: --sink http (the live view), files:DIR, jsonl, mcap:FILE.mcap — or --board NAME"
+    );
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.alpha),
         "--alpha must be within 0..1"
@@ -315,8 +395,7 @@ pub fn run(args: Args) -> Result<()> {
         no_cache: args.no_cache,
     };
     // the source is checked before the model compiles: a typo fails in a second
-    let spec =
-        SourceSpec::parse(&args.source).with_context(|| format!("source `{}`", args.source))?;
+    let spec = SourceSpec::parse(&source).with_context(|| format!("source `{source}`"))?;
     let head = match &args.head {
         Some(h) => Some(
             LinearHead::load(h, args.max_depth)
@@ -361,7 +440,7 @@ pub fn run(args: Args) -> Result<()> {
     let title = format!(
         "{} on {} ({})",
         analysis.name(),
-        args.source,
+        source,
         model
             .model
             .file_name()
@@ -391,7 +470,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let source = spec
         .open()
-        .with_context(|| format!("opening the source `{}`", args.source))?;
+        .with_context(|| format!("opening the source `{source}`"))?;
     let info = source.info();
     let bb = model.load(&options)?;
     let pre = bb.preprocessor(ResizeMode::Stretch)?;

@@ -8,6 +8,7 @@
 //!   region is under a threshold, a PWM duty that follows proximity, a pin per class present)
 //!   and input pins that trigger snapshots; parsed with clear errors, evaluated against any
 //!   [`gpio::Pins`] backend.
+//! - [`profile`]: the board profiles of `firmware-configs/` (`dinoedge run --board NAME`).
 //!
 //! Everything reads files under a root directory (`/` on a board), so it is tested on sample
 //! sysfs trees.
@@ -15,12 +16,14 @@
 pub mod detect;
 pub mod gpio;
 pub mod health;
+pub mod profile;
 #[cfg(feature = "rpi")]
 pub mod rpi;
 
 pub use detect::{Board, detect, detect_at};
 pub use gpio::{Pins, Rule, RuleSet};
 pub use health::{Health, Throttling, read_health};
+pub use profile::Profile;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,14 @@ pub enum BoardError {
         first: String,
         /// The second rule.
         second: String,
+    },
+    /// A board profile does not parse or is inconsistent.
+    #[error("board profile {origin}: {reason}")]
+    Profile {
+        /// The profile's name or path.
+        origin: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The GPIO backend failed (no GPIO on this machine, a pin in use, no permission).
     #[error("GPIO: {0}")]

@@ -1,0 +1,179 @@
+//! Board profiles (`firmware-configs/<board>/profile.toml`): the defaults of
+//! `dinoedge run --board NAME`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{BoardError, Result, RuleSet};
+
+/// The profiles built into dinoedge, by name.
+pub const BUILTIN: [(&str, &str); 4] = [
+    (
+        "rpi4",
+        include_str!("../../../firmware-configs/rpi4/profile.toml"),
+    ),
+    (
+        "rpi5",
+        include_str!("../../../firmware-configs/rpi5/profile.toml"),
+    ),
+    (
+        "jetson-orin-nano",
+        include_str!("../../../firmware-configs/jetson-orin-nano/profile.toml"),
+    ),
+    (
+        "x86",
+        include_str!("../../../firmware-configs/x86/profile.toml"),
+    ),
+];
+
+/// A board profile.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// How to build for the board.
+    pub board: BoardSection,
+    /// `dinoedge run`'s defaults on it.
+    pub run: RunSection,
+}
+
+/// `[board]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardSection {
+    /// What the profile was written for.
+    pub description: String,
+    /// The Rust target triple.
+    pub target: String,
+    /// The `-C target-cpu` for the board's cores.
+    pub target_cpu: String,
+    /// The build command.
+    pub build: String,
+}
+
+/// The backbone's precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Dynamic int8 (`vits14-int8`).
+    Int8,
+    /// fp32 (`vits14`).
+    Fp32,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Which backbone file (when `--model` is not given).
+    pub precision: Precision,
+    /// `--threads`.
+    pub threads: usize,
+    /// `--size` (`HxW`).
+    pub resolution: String,
+    /// `--source`.
+    pub camera: String,
+    /// `--head`.
+    pub head: Option<String>,
+    /// `--sink`, each.
+    pub sinks: Vec<String>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--every` (`1`, `N` or `idle`).
+    pub every: Option<String>,
+    /// `--gpio` rules.
+    #[serde(default)]
+    pub gpio: Vec<String>,
+}
+
+impl Profile {
+    /// Parse and check a profile; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Profile> {
+        let err = |reason: String| BoardError::Profile {
+            origin: origin.to_string(),
+            reason,
+        };
+        let p: Profile = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let r = &p.run;
+        let sides: Vec<Option<u32>> = r.resolution.split('x').map(|v| v.parse().ok()).collect();
+        if !matches!(sides[..], [Some(h), Some(w)] if h > 0 && w > 0 && h % 14 == 0 && w % 14 == 0)
+        {
+            return Err(err(format!(
+                "run.resolution {:?}: HxW, both multiples of 14 (e.g. 224x224)",
+                r.resolution
+            )));
+        }
+        if r.threads == 0 {
+            return Err(err("run.threads: at least 1".into()));
+        }
+        if r.sinks.is_empty() {
+            return Err(err("run.sinks: at least one (e.g. [\"http\"])".into()));
+        }
+        if let Some(e) = &r.every
+            && e != "idle"
+            && !e.parse::<u64>().is_ok_and(|k| k >= 1)
+        {
+            return Err(err(format!("run.every {e:?}: a count ≥ 1 or \"idle\"")));
+        }
+        RuleSet::parse(&r.gpio).map_err(|e| err(e.to_string()))?;
+        let b = &p.board;
+        if !b.build.contains(&b.target)
+            || !b.build.contains(&format!("target-cpu={}", b.target_cpu))
+        {
+            return Err(err(format!(
+                "board.build must build for board.target ({}) with -C target-cpu={}",
+                b.target, b.target_cpu
+            )));
+        }
+        Ok(p)
+    }
+
+    /// A built-in profile by name.
+    pub fn builtin(name: &str) -> Result<Profile> {
+        let (_, text) =
+            BUILTIN
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| BoardError::Profile {
+                    origin: name.to_string(),
+                    reason: format!(
+                        "no such board; built in: {}, or a path to a profile.toml, or auto",
+                        BUILTIN.map(|(n, _)| n).join(", ")
+                    ),
+                })?;
+        Profile::parse(text, name)
+    }
+
+    /// `auto` (the detected board's profile), a built-in name, or a path to a `profile.toml`.
+    pub fn load(spec: &str) -> Result<Profile> {
+        if spec == "auto" {
+            let board = crate::detect();
+            let name = board.profile().ok_or_else(|| BoardError::Profile {
+                origin: "auto".into(),
+                reason: format!(
+                    "no profile for this machine ({}); name one: {}",
+                    board.describe(),
+                    BUILTIN.map(|(n, _)| n).join(", ")
+                ),
+            })?;
+            return Profile::builtin(name);
+        }
+        if spec.ends_with(".toml") || spec.contains('/') {
+            let path = Path::new(spec);
+            let text = std::fs::read_to_string(path).map_err(|e| BoardError::Profile {
+                origin: spec.to_string(),
+                reason: e.to_string(),
+            })?;
+            return Profile::parse(&text, spec);
+        }
+        Profile::builtin(spec)
+    }
+
+    /// The backbone's name in `dinoedge models` for this profile's precision.
+    pub fn model(&self) -> &'static str {
+        match self.run.precision {
+            Precision::Int8 => "vits14-int8",
+            Precision::Fp32 => "vits14",
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The board profiles of `firmware-configs/`: each parses and is consistent; mistakes are named.
+
+use dinoedge_board::Profile;
+use dinoedge_board::profile::{BUILTIN, Precision};
+
+#[test]
+fn every_builtin_profile_parses_and_matches_its_folder() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../firmware-configs");
+    for (name, text) in BUILTIN {
+        let p = Profile::builtin(name).unwrap();
+        // the built-in copy is the file in the folder
+        let on_disk = std::fs::read_to_string(root.join(name).join("profile.toml")).unwrap();
+        assert_eq!(text, on_disk, "{name}");
+        assert_eq!(
+            Profile::load(root.join(name).join("profile.toml").to_str().unwrap()).unwrap(),
+            p
+        );
+        assert!(
+            p.board.target == "aarch64-unknown-linux-gnu" || name == "x86",
+            "{name}"
+        );
+        assert!(p.model().starts_with("vits14"));
+        // the folder has the rest: a README, a unit, boot lines
+        for f in ["README.md", "dinoedge.service"] {
+            assert!(root.join(name).join(f).is_file(), "{name}/{f}");
+        }
+        let unit = std::fs::read_to_string(root.join(name).join("dinoedge.service")).unwrap();
+        assert!(unit.contains(&format!("run --board {name} ")), "{name}");
+        assert!(unit.contains("Restart=on-failure") && unit.contains("WantedBy=multi-user.target"));
+    }
+    assert_eq!(
+        Profile::builtin("rpi4").unwrap().run.precision,
+        Precision::Int8
+    );
+    assert_eq!(Profile::builtin("x86").unwrap().model(), "vits14");
+    // every folder is built in
+    let mut folders: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let mut names: Vec<&str> = BUILTIN.map(|(n, _)| n).to_vec();
+    names.sort();
+    assert_eq!(folders, names);
+}
+
+#[test]
+fn profile_mistakes_are_named() {
+    let good = Profile::builtin("rpi5").unwrap();
+    let text = BUILTIN[1].1;
+    let cases = [
+        (
+            text.replace("threads = 4", "threads = 4\ncolour = 1"),
+            "unknown field `colour`",
+        ),
+        (
+            text.replace("\"224x224\"", "\"225x224\""),
+            "multiples of 14",
+        ),
+        (text.replace("threads = 4", "threads = 0"), "at least 1"),
+        (
+            text.replace("precision = \"int8\"", "precision = \"int4\""),
+            "unknown variant",
+        ),
+        (
+            text.replace("every = \"1\"", "every = \"sometimes\""),
+            "run.every",
+        ),
+        (
+            text.replace("target-cpu=cortex-a76'", "target-cpu=cortex-a72'"),
+            "target-cpu=cortex-a76",
+        ),
+        (
+            text.replace("every = \"1\"", "every = \"1\"\ngpio = [\"17=blink\"]"),
+            "unknown action",
+        ),
+    ];
+    for (t, want) in cases {
+        let e = Profile::parse(&t, "mine.toml").unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("mine.toml"), "{want}: {e}");
+    }
+    assert_eq!(Profile::parse(text, "x").unwrap(), good);
+    let e = Profile::load("rpi6").unwrap_err().to_string();
+    assert!(e.contains("rpi4, rpi5, jetson-orin-nano, x86"), "{e}");
+    let e = Profile::load("nowhere/profile.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nowhere/profile.toml"), "{e}");
+}
