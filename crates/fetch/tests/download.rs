@@ -171,7 +171,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         Mode::Stall => {
             conn.write_all(&part[..1000.min(part.len())])?;
             conn.flush()?;
-            std::thread::sleep(Duration::from_secs(6));
+            std::thread::sleep(Duration::from_secs(30));
         }
         _ => conn.write_all(part)?,
     }

@@ -59,6 +59,8 @@ impl GpioSink {
     ) -> Result<GpioSink> {
         let mut all = vec![Region::frame()];
         all.extend(regions);
+        // only the regions a rule reads are summarised per result
+        all.retain(|x| rules.rules().any(|r| r.region() == Some(x.name.as_str())));
         for r in rules.rules() {
             if let Some(name) = r.region()
                 && !all.iter().any(|x| x.name == name)
@@ -96,7 +98,7 @@ impl GpioSink {
     }
 }
 
-fn gpio_err(e: dinoedge_board::BoardError) -> StreamError {
+fn gpio_err(e: impl std::fmt::Display) -> StreamError {
     sink_err("gpio", e)
 }
 
@@ -122,15 +124,15 @@ impl Sink for GpioSink {
             .snapshot_requested(self.pins.as_mut())
             .map_err(gpio_err)?
         {
-            std::fs::create_dir_all(&self.snapshots).map_err(|e| sink_err("gpio", e))?;
+            std::fs::create_dir_all(&self.snapshots).map_err(gpio_err)?;
             for view in [View::Camera, View::Result] {
                 let path = self.snapshots.join(format!(
                     "snapshot_{:06}_{}.jpg",
                     out.frame.seq,
                     view.name()
                 ));
-                let bytes = jpeg(&render(out, view, self.alpha), 90).map_err(gpio_err_any)?;
-                std::fs::write(&path, bytes).map_err(|e| sink_err("gpio", e))?;
+                let bytes = jpeg(&render(out, view, self.alpha), 90).map_err(gpio_err)?;
+                std::fs::write(&path, bytes).map_err(gpio_err)?;
             }
             self.taken += 1;
             tracing::info!(
@@ -146,10 +148,6 @@ impl Sink for GpioSink {
         // leave nothing switched on after the run
         self.rules.apply(None, self.pins.as_mut()).map_err(gpio_err)
     }
-}
-
-fn gpio_err_any(e: impl std::fmt::Display) -> StreamError {
-    sink_err("gpio", e)
 }
 
 #[cfg(test)]
