@@ -468,8 +468,21 @@ fn live_view_serves_several_viewers_and_a_stalled_one_does_not_hold_it_up() {
     for c in &counts {
         assert!(*c >= 10, "a viewer got only {c} pictures: {counts:?}");
     }
-    // the stalled viewer was skipped, not waited for: the whole run went through
-    assert_eq!(json_lines(&lines).len(), 150);
+    // the stalled viewer was skipped, not waited for: the whole run went through to the last
+    // frame. (A live source's sinks take the newest frame: one busy moment of a 2-core machine
+    // can cost a sink a frame or two, so not an exact count; a pipeline held up by the stalled
+    // viewer would lose most of them.)
+    let got = json_lines(&lines);
+    assert!(
+        got.len() >= 140,
+        "{} of 150 frames reached the JSON sink",
+        got.len()
+    );
+    assert_eq!(
+        got.last().unwrap()["seq"],
+        149,
+        "the run reached its last frame"
+    );
     // (that a viewer whose socket is full is skipped, deterministically:
     // crates/stream/tests/http.rs)
 }
