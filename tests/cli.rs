@@ -866,7 +866,21 @@ fn board_profiles_and_their_units_reach_the_runner() {
         };
         assert_eq!(v["every"], every.as_str(), "{name}");
         assert_eq!(v["gpio"], serde_json::json!(r.gpio), "{name}");
+        assert_eq!(
+            v["runtime"],
+            r.runtime.as_deref().unwrap_or("cpu"),
+            "{name}"
+        );
     }
+    // the Jetson's profile asks for its GPU, where the binary has CUDA and the board a driver
+    assert_eq!(
+        dinoedge_board::Profile::builtin("jetson-orin-nano")
+            .unwrap()
+            .run
+            .runtime
+            .as_deref(),
+        Some("cuda-or-cpu")
+    );
     // flags win over the profile
     let (ok, t, v) = settings(&[
         "run",
@@ -880,9 +894,12 @@ fn board_profiles_and_their_units_reach_the_runner() {
         "jsonl",
         "--every",
         "2",
+        "--runtime",
+        "cpu",
     ]);
     assert!(ok, "{t}");
     let v = v.unwrap();
+    assert_eq!(v["runtime"], "cpu");
     assert_eq!(
         (v["source"].as_str(), v["threads"].as_u64()),
         (Some("synthetic://"), Some(1))
@@ -894,6 +911,75 @@ fn board_profiles_and_their_units_reach_the_runner() {
     let (ok, t, _) = settings(&["run", "--board", "rpi9"]);
     assert!(
         !ok && t.contains("rpi4, rpi5, jetson-orin-nano, x86"),
+        "{t}"
+    );
+}
+
+#[test]
+fn runtime_cuda_without_a_gpu_says_why_and_cuda_or_cpu_runs_on_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = dinoedge(
+        args!["info", tiny_reg(), "--size", "28", "--runtime", "cuda"],
+        tmp.path(),
+    );
+    let t = text(&o);
+    if cfg!(feature = "cuda") {
+        if o.status.success() {
+            // a GPU is here
+            assert!(t.contains("[cuda, "), "{t}");
+            return;
+        }
+        assert!(t.contains("no usable NVIDIA GPU here"), "{t}");
+        // tract-cuda's reason: the driver library, its initialisation, its version or a library
+        assert!(t.contains("CUDA driver") || t.contains("dlopen"), "{t}");
+    } else {
+        assert!(!o.status.success(), "{t}");
+        assert!(
+            t.contains("built without CUDA") && t.contains("--features cuda"),
+            "{t}"
+        );
+    }
+    assert!(
+        t.contains("runtime `cpu`") && t.contains("cuda-or-cpu"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+
+    let o = dinoedge(
+        args![
+            "info",
+            tiny_reg(),
+            "--size",
+            "28",
+            "--runtime",
+            "cuda-or-cpu",
+            "--json"
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["load"]["runtime"], "cpu", "{v}");
+    let note = v["load"]["runtime_note"].as_str().unwrap();
+    assert!(note.starts_with("CUDA unavailable, on the CPU"), "{note}");
+    assert!(t.contains("note: CUDA unavailable"), "{t}");
+
+    // `dinoedge board` says the same
+    let o = dinoedge(args!["board", "--json"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if cfg!(feature = "cuda") {
+        assert_eq!(v["cuda"], "unavailable", "{v}");
+        assert!(v["cuda_reason"].as_str().unwrap().contains("CUDA"), "{v}");
+    } else {
+        assert_eq!(v["cuda"], "not built", "{v}");
+    }
+
+    let o = dinoedge(args!["bench", tiny_reg(), "--runtime", "tpu"], tmp.path());
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("unknown runtime \"tpu\": cpu, cuda or cuda-or-cpu"),
         "{t}"
     );
 }

@@ -47,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
     };
     let out = serde_json::json!({
-        "runtime": "tract 0.23.9",
+        "runtime": format!("tract 0.23.9 {}", bb.runtime()),
         "model": bb.info().path,
         "precision": bb.precision().to_string(),
         "size": r.to_string(),

@@ -19,6 +19,14 @@ pub fn run(args: Args) -> Result<()> {
     let health = dinoedge_board::read_health(&args.root);
     let warnings = health.warnings(80.0);
     let gpio = cfg!(feature = "rpi");
+    let cuda = dinoedge_model::cuda_status();
+    let cuda_text = match &cuda {
+        dinoedge_model::CudaStatus::Ready => "ready (run --runtime cuda)".to_string(),
+        dinoedge_model::CudaStatus::NotBuilt => {
+            "not built in (build with --features cuda, for NVIDIA GPUs)".to_string()
+        }
+        dinoedge_model::CudaStatus::Unavailable(why) => format!("built in, but unavailable: {why}"),
+    };
     if args.json {
         let v = serde_json::json!({
             "board": board.describe(),
@@ -29,6 +37,15 @@ pub fn run(args: Args) -> Result<()> {
             "throttled_flags": health.throttling.map(|t| format!("{:#x}", t.0)),
             "warnings": warnings,
             "gpio_support": gpio,
+            "cuda": match &cuda {
+                dinoedge_model::CudaStatus::Ready => "ready",
+                dinoedge_model::CudaStatus::NotBuilt => "not built",
+                dinoedge_model::CudaStatus::Unavailable(_) => "unavailable",
+            },
+            "cuda_reason": match &cuda {
+                dinoedge_model::CudaStatus::Unavailable(why) => Some(why.as_str()),
+                _ => None,
+            },
         });
         println!("{v}");
         return Ok(());
@@ -56,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
             (false, _) => "not built in (build with --features rpi on a Raspberry Pi)",
         }
     );
+    println!("CUDA:        {cuda_text}");
     for w in warnings {
         println!("warning:     {w}");
     }

@@ -38,6 +38,9 @@ pub struct Args {
     /// Backbone threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where both backbones run: `cpu`, `cuda` or `cuda-or-cpu` (see `dinoedge run --help`).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_runtime)]
+    runtime: dinoedge_model::Runtime,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -114,6 +117,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         cache_dir: None,
         no_cache: false,
+        runtime: args.runtime,
     };
     let (ma, mb) = (model(&args.reference), model(&args.candidate));
     let options = |m: &ModelArgs| match &head {

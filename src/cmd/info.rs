@@ -122,6 +122,8 @@ pub fn run(args: Args) -> Result<()> {
         json["load"] = serde_json::json!({
             "size": first.resolution().to_string(),
             "threads": first.threads(),
+            "runtime": first.runtime().name(),
+            "runtime_note": r1.runtime_note,
             "compile_s": cold.map(|d| d.as_secs_f64()),
             "cached_s": warm.map(|d| d.as_secs_f64()),
             "cache_entry": r1.cache_entry,
@@ -134,10 +136,11 @@ pub fn run(args: Args) -> Result<()> {
                     .unwrap_or("-".into())
             };
             println!(
-                "load at {}    first start (compile) {}, cached start {} [{} threads, {} plan nodes]",
+                "load at {}    first start (compile) {}, cached start {} [{}, {} threads, {} plan nodes]",
                 first.resolution(),
                 fmt(cold),
                 fmt(warm),
+                first.runtime(),
                 first.threads(),
                 first.plan_nodes()
             );

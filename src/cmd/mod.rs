@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use dinoedge_heads::LinearHead;
-use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ModelInfo, ResizeMode, Resolution};
+use dinoedge_model::{
+    Backbone, BackboneOptions, CacheMode, ModelInfo, ResizeMode, Resolution, Runtime,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments every command that runs the backbone takes.
@@ -41,6 +43,10 @@ pub struct ModelArgs {
     /// Neither read nor write the compile cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Where the backbone runs: `cpu`, `cuda` (an NVIDIA GPU, built with `--features cuda`),
+    /// or `cuda-or-cpu` (the GPU where there is one, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_runtime)]
+    pub runtime: Runtime,
 }
 
 impl ModelArgs {
@@ -57,6 +63,7 @@ impl ModelArgs {
                     .map(CacheMode::Dir)
                     .unwrap_or_default()
             },
+            runtime: self.runtime,
             ..Default::default()
         }
     }
@@ -72,15 +79,23 @@ impl ModelArgs {
         let bb = bb?;
         let r = bb.load_report();
         tracing::info!(
-            "loaded {} at {} in {:.2?} ({:?}; {} threads)",
+            "loaded {} at {} in {:.2?} ({:?}; {}, {} threads)",
             bb.info().variant(),
             bb.resolution(),
             r.total,
             r.source,
+            bb.runtime(),
             bb.threads()
         );
         if let Some(note) = &r.cache_note {
             tracing::info!("{note}");
+        }
+        // once per process (`info` loads twice, `compare` two models)
+        static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Some(note) = &r.runtime_note
+            && !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!("note: {note}");
         }
         Ok(bb)
     }
@@ -112,6 +127,11 @@ pub fn head_options(head: &LinearHead, model: &ModelArgs) -> Result<BackboneOpti
         options.resolution = trained.and_then(|m| m.get("resolution")?.parse().ok());
     }
     Ok(options)
+}
+
+/// Parse `--runtime`.
+pub fn parse_runtime(s: &str) -> Result<Runtime, String> {
+    s.parse::<Runtime>().map_err(|e| e.to_string())
 }
 
 /// Parse `--resize`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
-use dinoedge_model::{ResizeMode, Resolution};
+use dinoedge_model::{ResizeMode, Resolution, Runtime};
 use dinoedge_stream::{
     Analysis, Cadence, FileSink, GpioSink, HttpSink, JsonLinesSink, McapSink, PictureFormat,
     Region, RunOptions, SharedStats, Sink, StatsSnapshot,
@@ -122,6 +122,11 @@ pub struct Args {
     /// Neither read nor write the compile cache.
     #[arg(long)]
     no_cache: bool,
+    /// Where the backbone runs: `cpu`, `cuda` (an NVIDIA GPU, built with `--features cuda`),
+    /// or `cuda-or-cpu` (the GPU where there is one, else the CPU; default: the board
+    /// profile's, else `cpu`).
+    #[arg(long, value_parser = super::parse_runtime)]
+    runtime: Option<Runtime>,
 }
 
 fn parse_every(s: &str) -> Result<Cadence, String> {
@@ -332,6 +337,14 @@ fn apply_board(mut args: Args) -> Result<Args> {
         );
     }
     args.threads = args.threads.or(Some(r.threads));
+    if args.runtime.is_none()
+        && let Some(rt) = &r.runtime
+    {
+        args.runtime = Some(
+            rt.parse()
+                .map_err(|e| anyhow::anyhow!("board {spec}: run.runtime: {e}"))?,
+        );
+    }
     if args.size.is_none() {
         args.size = Some(
             r.resolution
@@ -367,6 +380,7 @@ pub fn run(args: Args) -> Result<()> {
             "sinks": args.sinks,
             "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
             "threads": args.threads,
+            "runtime": args.runtime.unwrap_or_default().name(),
             "size": args.size.map(|s| s.to_string()),
             "every": args.every.map(|e| format!("{e:?}")),
             "gpio": args.gpio,
@@ -393,6 +407,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         cache_dir: args.cache_dir.clone(),
         no_cache: args.no_cache,
+        runtime: args.runtime.unwrap_or_default(),
     };
     // the source is checked before the model compiles: a typo fails in a second
     let spec = SourceSpec::parse(&source).with_context(|| format!("source `{source}`"))?;
@@ -475,11 +490,12 @@ pub fn run(args: Args) -> Result<()> {
     let bb = model.load(&options)?;
     let pre = bb.preprocessor(ResizeMode::Stretch)?;
     tracing::info!(
-        "{} from {} ({}), backbone at {}",
+        "{} from {} ({}), backbone at {} on {}",
         analysis.name(),
         info.description,
         info.kind,
-        bb.resolution()
+        bb.resolution(),
+        bb.runtime()
     );
 
     let stop = Arc::new(AtomicBool::new(false));

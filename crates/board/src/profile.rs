@@ -69,6 +69,8 @@ pub struct RunSection {
     pub precision: Precision,
     /// `--threads`.
     pub threads: usize,
+    /// `--runtime` (`cpu`, `cuda`, `cuda-or-cpu`; default `cpu`).
+    pub runtime: Option<String>,
     /// `--size` (`HxW`).
     pub resolution: String,
     /// `--source`.
@@ -102,6 +104,11 @@ impl Profile {
                 "run.resolution {:?}: HxW, both multiples of 14 (e.g. 224x224)",
                 r.resolution
             )));
+        }
+        if let Some(rt) = &r.runtime
+            && !["cpu", "cuda", "cuda-or-cpu"].contains(&rt.as_str())
+        {
+            return Err(err(format!("run.runtime {rt:?}: cpu, cuda or cuda-or-cpu")));
         }
         if r.threads == 0 {
             return Err(err("run.threads: at least 1".into()));

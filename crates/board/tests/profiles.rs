@@ -76,6 +76,10 @@ fn profile_mistakes_are_named() {
             text.replace("every = \"1\"", "every = \"1\"\ngpio = [\"17=blink\"]"),
             "unknown action",
         ),
+        (
+            text.replace("threads = 4", "threads = 4\nruntime = \"gpu\""),
+            "run.runtime \"gpu\": cpu, cuda or cuda-or-cpu",
+        ),
     ];
     for (t, want) in cases {
         let e = Profile::parse(&t, "mine.toml").unwrap_err().to_string();

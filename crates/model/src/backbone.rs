@@ -16,6 +16,7 @@ use crate::features::{BlockFeatures, Features, TokenLayout, layer_norm};
 use crate::graph::{GraphInfo, Precision};
 use crate::preprocess::{Normalization, Preprocessor, ResizeMode};
 use crate::resolution::Resolution;
+use crate::runtime::{CudaStatus, Runtime, cuda_status};
 
 /// What to compile, chosen at load time.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,8 @@ pub struct BackboneOptions {
     pub threads: Option<usize>,
     /// Compile cache.
     pub cache: CacheMode,
+    /// Where the backbone runs (tract's CPU runtime unless asked otherwise).
+    pub runtime: Runtime,
 }
 
 impl Default for BackboneOptions {
@@ -46,6 +49,7 @@ impl Default for BackboneOptions {
             attention: false,
             threads: None,
             cache: CacheMode::Auto,
+            runtime: Runtime::Cpu,
         }
     }
 }
@@ -180,6 +184,11 @@ pub struct LoadReport {
     /// How many of tract's operators were replaced by dinoedge's faster ones
     /// (see [`crate::ops`]).
     pub dinoedge_ops: usize,
+    /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
+    /// `CudaOrCpu`: that one resolves to one of the two).
+    pub runtime: Runtime,
+    /// Why `cuda-or-cpu` ended up on the CPU, when it did.
+    pub runtime_note: Option<String>,
 }
 
 /// Where the decluttered graph came from.
@@ -270,6 +279,7 @@ impl Backbone {
         };
         let mut blocks = options.blocks.clone();
         blocks.dedup();
+        let (runtime, runtime_note) = resolve_runtime(options.runtime)?;
 
         // The tensors the compiled graph exposes, in this order.
         let mut taps = vec![g.tokens_output.clone()];
@@ -277,8 +287,10 @@ impl Backbone {
         if options.attention {
             taps.push(g.attention_probs[g.num_blocks - 1].clone());
         }
-        let fast_ops =
-            std::env::var_os("DINOEDGE_TRACT_OPS_ONLY").is_none_or(|v| v.is_empty() || v == "0");
+        // dinoedge's operators are CPU kernels: on CUDA the graph keeps tract's own, the ones
+        // tract-cuda knows how to place.
+        let fast_ops = runtime == Runtime::Cpu
+            && std::env::var_os("DINOEDGE_TRACT_OPS_ONLY").is_none_or(|v| v.is_empty() || v == "0");
         let options_key = format!(
             "{resolution} batch {} taps [{}]{}",
             options.batch,
@@ -296,6 +308,8 @@ impl Backbone {
             cache_entry: None,
             cache_note: None,
             dinoedge_ops: 0,
+            runtime,
+            runtime_note,
         };
         let nnef = nnef_framework;
 
@@ -417,22 +431,6 @@ impl Backbone {
         };
 
         let t = Instant::now();
-        let mut optimized = model
-            .into_optimized()
-            .map_err(|e| ModelError::tract("optimise the model", e))?;
-        // tract forms its static quantisers while optimising: swap those now.
-        if fast_ops {
-            crate::ops::swap_static_quantizers(&mut optimized);
-        }
-        report.dinoedge_ops = optimized
-            .nodes()
-            .iter()
-            .filter(|n| {
-                n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
-                    .is_some()
-                    || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
-            })
-            .count();
         let executor = if threads == 1 {
             Executor::SingleThread
         } else {
@@ -442,8 +440,29 @@ impl Backbone {
             executor: Some(executor),
             ..RunOptions::default()
         };
-        let plan = TypedSimplePlan::new_with_options(optimized, &run_options)
-            .map_err(|e| ModelError::tract("build the execution plan", e))?;
+        let plan = match runtime {
+            Runtime::Cuda => cuda_plan(model, &run_options)?,
+            _ => {
+                let mut optimized = model
+                    .into_optimized()
+                    .map_err(|e| ModelError::tract("optimise the model", e))?;
+                // tract forms its static quantisers while optimising: swap those now.
+                if fast_ops {
+                    crate::ops::swap_static_quantizers(&mut optimized);
+                }
+                report.dinoedge_ops = optimized
+                    .nodes()
+                    .iter()
+                    .filter(|n| {
+                        n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
+                            .is_some()
+                            || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
+                    })
+                    .count();
+                TypedSimplePlan::new_with_options(optimized, &run_options)
+                    .map_err(|e| ModelError::tract("build the execution plan", e))?
+            }
+        };
         let state = plan
             .spawn()
             .map_err(|e| ModelError::tract("start the model", e))?;
@@ -506,9 +525,14 @@ impl Backbone {
         self.info.graph.precision
     }
 
-    /// Threads the backbone runs on.
+    /// Threads the backbone runs on (on CUDA: for the operators that stay on the CPU).
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`].
+    pub fn runtime(&self) -> Runtime {
+        self.report.runtime
     }
 
     /// How loading went.
@@ -714,6 +738,42 @@ impl Backbone {
     pub fn plan_nodes(&self) -> usize {
         self.plan.model().nodes().len()
     }
+}
+
+/// The runtime `asked` resolves to here, and why `cuda-or-cpu` fell back to the CPU.
+fn resolve_runtime(asked: Runtime) -> Result<(Runtime, Option<String>)> {
+    match (asked, cuda_status()) {
+        (Runtime::Cpu, _) => Ok((Runtime::Cpu, None)),
+        (_, CudaStatus::Ready) => Ok((Runtime::Cuda, None)),
+        (Runtime::Cuda, CudaStatus::NotBuilt) => Err(ModelError::CudaNotBuilt),
+        (Runtime::Cuda, CudaStatus::Unavailable(reason)) => {
+            Err(ModelError::CudaUnavailable { reason })
+        }
+        (Runtime::CudaOrCpu, status) => {
+            let why = match status {
+                CudaStatus::NotBuilt => "this dinoedge was built without the `cuda` feature".into(),
+                CudaStatus::Unavailable(reason) => reason,
+                CudaStatus::Ready => unreachable!("matched above"),
+            };
+            tracing::info!("CUDA cannot run here ({why}): the backbone runs on the CPU");
+            Ok((
+                Runtime::Cpu,
+                Some(format!("CUDA unavailable, on the CPU: {why}")),
+            ))
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_plan(model: TypedModel, options: &RunOptions) -> Result<Arc<TypedSimplePlan>> {
+    crate::runtime::cuda_plan(model, options)
+        .map_err(|e| ModelError::tract("build the CUDA plan", e))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_plan(_model: TypedModel, _options: &RunOptions) -> Result<Arc<TypedSimplePlan>> {
+    // `resolve_runtime` never picks CUDA in a build without it.
+    Err(ModelError::CudaNotBuilt)
 }
 
 /// The NNEF dialect of the compile cache: tract-core, the ONNX and transformer extensions,

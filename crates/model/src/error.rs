@@ -87,6 +87,19 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// The CUDA runtime was asked for, but this binary was built without it.
+    #[error(
+        "runtime `cuda`: this dinoedge was built without CUDA; rebuild it with `--features cuda`, or run on the CPU (runtime `cpu`, or `cuda-or-cpu` to use a GPU only where there is one)"
+    )]
+    CudaNotBuilt,
+    /// The CUDA runtime was asked for, but there is no usable NVIDIA GPU here.
+    #[error(
+        "runtime `cuda`: no usable NVIDIA GPU here: {reason}\nRun on the CPU instead with runtime `cpu`, or `cuda-or-cpu` to fall back to it by itself"
+    )]
+    CudaUnavailable {
+        /// What tract-cuda found missing (driver library, device, version, a library).
+        reason: String,
+    },
     /// tract failed while analysing, optimising or running the graph.
     #[error("tract could not {stage}: {message}")]
     Tract {

@@ -32,6 +32,7 @@ pub mod graph;
 pub mod ops;
 pub mod preprocess;
 pub mod resolution;
+pub mod runtime;
 
 pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;
@@ -40,3 +41,4 @@ pub use features::{BlockFeatures, Features, TokenLayout, Tokens};
 pub use graph::{GraphInfo, Precision};
 pub use preprocess::{Normalization, Placement, Preprocessor, ResizeMode, load_rgb};
 pub use resolution::Resolution;
+pub use runtime::{CUDA_BUILT, CudaStatus, Runtime, cuda_status};
