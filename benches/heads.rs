@@ -75,7 +75,7 @@ fn heads(c: &mut Criterion) {
 
 /// One epoch of segmentation-head training (AdamW, batches of 512) on `rows` random rows.
 fn train_epoch(c: &mut Criterion) {
-    use dinoedge_heads::train::{Objective, Rows, TrainOptions, train};
+    use dinoedge_train::trainer::{Objective, Rows, TrainOptions, train};
     let mut group = c.benchmark_group("train");
     group.sample_size(10);
     for (size, n) in [(224usize, 7168usize), (448, 28672)] {

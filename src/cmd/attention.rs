@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dinoedge_heads::{Colormap, attention_grid};
 use dinoedge_model::{ResizeMode, load_rgb};
+use dinoedge_render::{Colormap, attention_grid};
 
 use super::{ModelArgs, parse_resize};
 

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use dinoedge_heads::LinearHead;
-use dinoedge_heads::metrics::{AgreementSummary, Confusion, DepthScores, FeatureAgreement};
 use dinoedge_model::{Backbone, Features, ResizeMode, Resolution, load_rgb};
+use dinoedge_train::metrics::{AgreementSummary, Confusion, DepthScores, FeatureAgreement};
 use ndarray::Array4;
 
 use super::{ModelArgs, head_options, progress};

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dinoedge_heads::dataset::{Dataset, DepthFormat};
-use dinoedge_heads::featcache::{Extractor, FeatureCache, FeatureSpec};
-use dinoedge_heads::fit::{Evaluation, Progress, Task};
 use dinoedge_heads::{DepthOutput, LinearHead};
 use dinoedge_model::{Backbone, ModelInfo, ResizeMode, Resolution};
+use dinoedge_train::dataset::{Dataset, DepthFormat};
+use dinoedge_train::featcache::{Extractor, FeatureCache, FeatureSpec};
+use dinoedge_train::fit::{Evaluation, Progress, Task};
 
 use super::ModelArgs;
 use super::train_head::{DataArgs, features_bar};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dinoedge_heads::overlay::{tile, upsample};
-use dinoedge_heads::{PcaView, pca_images};
 use dinoedge_model::{ResizeMode, load_rgb};
+use dinoedge_render::overlay::{tile, upsample};
+use dinoedge_render::{PcaView, pca_images};
 
 use super::{ModelArgs, finish, out_dir, parse_resize, progress, stem};
 

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dinoedge_heads::output::{class_png, depth_color, depth_mm_png, with_depth_legend};
-use dinoedge_heads::overlay::{blend, tile};
-use dinoedge_heads::{Colormap, LinearHead};
+use dinoedge_heads::LinearHead;
 use dinoedge_model::{ResizeMode, load_rgb};
+use dinoedge_render::Colormap;
+use dinoedge_render::output::{class_png, depth_color, depth_mm_png, with_depth_legend};
+use dinoedge_render::overlay::{blend, tile};
 
 use super::{ModelArgs, finish, head_options, out_dir, progress, stem};
 

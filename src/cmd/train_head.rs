@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use dinoedge_heads::dataset::{Dataset, DepthFormat, MaskFormat};
-use dinoedge_heads::featcache::{Extractor, FeatureCache, FeatureSpec};
-use dinoedge_heads::fit::{Evaluation, Progress, Task};
-use dinoedge_heads::train::TrainOptions;
 use dinoedge_heads::{DepthOutput, LinearHead, Palette};
 use dinoedge_model::{Backbone, ModelInfo, ResizeMode};
+use dinoedge_train::dataset::{Dataset, DepthFormat, MaskFormat};
+use dinoedge_train::featcache::{Extractor, FeatureCache, FeatureSpec};
+use dinoedge_train::fit::{Evaluation, Progress, Task};
+use dinoedge_train::trainer::TrainOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;

@@ -1,36 +1,23 @@
 //! # dinoedge-heads
 //!
-//! What sits on the frozen DINOv2 features: DINOv2's released linear segmentation and depth
-//! heads read from their `.pth` checkpoints ([`linear`], [`pth`]), the two views every DINOv2
-//! user looks at first — the principal-component picture of the patch features and the last
-//! block's per-head attention — and the colour maps, palettes and overlays they are drawn with.
+//! Loading and running heads on frozen DINOv2 features: DINOv2's released linear segmentation
+//! and depth heads read from their `.pth` checkpoints ([`pth`]), heads trained by dinoedge read
+//! from `.safetensors` ([`st`]), both run by [`linear`] at the backbone's patch grid and
+//! upsampled to the image ([`resize`]), with the class names and colours of a head ([`palette`]).
 //!
-//! Heads are also trained here, on the board: labelled folders ([`dataset`]), an on-disk
-//! feature cache so the backbone runs once per image ([`featcache`]), the trainer
-//! ([`train`]), and the metrics of evaluation ([`metrics`]).
+//! May depend on: `dinoedge-model` (the features a head reads). Not on the training code
+//! (`dinoedge-train`, which builds on this crate) nor on the pictures (`dinoedge-render`): the
+//! live runner links this crate and the pictures, never the trainer.
 #![warn(missing_docs)]
 
-pub mod attention;
-pub mod colormap;
-pub mod dataset;
-pub mod featcache;
-pub mod fit;
 pub mod linear;
-pub mod metrics;
-pub mod output;
-pub mod overlay;
 pub mod palette;
-pub mod pca;
 pub mod pth;
 pub mod resize;
 pub mod st;
-pub mod train;
 
-pub use attention::attention_grid;
-pub use colormap::Colormap;
 pub use linear::{DepthHead, DepthOutput, LinearHead, SegHead, SegOutput};
 pub use palette::Palette;
-pub use pca::{Pca, PcaView, pca_images};
 
 /// Errors of the heads crate.
 #[derive(Debug, thiserror::Error)]

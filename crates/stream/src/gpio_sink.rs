@@ -8,9 +8,9 @@ use dinoedge_board::gpio::Measures;
 use dinoedge_board::{Pins, RuleSet};
 use serde_json::Value;
 
-use crate::pipeline::Output;
 use crate::region::Region;
 use crate::render::{View, jpeg, render};
+use crate::result::Output;
 use crate::sink::{Sink, sink_err};
 use crate::{Result, StreamError};
 
@@ -112,7 +112,7 @@ impl Sink for GpioSink {
             let summaries = Summaries(
                 self.regions
                     .iter()
-                    .map(|r| (r.name.clone(), r.summarise(a)))
+                    .map(|r| (r.name.clone(), r.summarise(&a.analysed)))
                     .collect(),
             );
             self.rules
@@ -159,7 +159,7 @@ mod tests {
     use ndarray::Array2;
 
     use super::*;
-    use crate::pipeline::Analysed;
+    use crate::result::{Analysed, FrameResult};
 
     /// Output levels, PWM duties and the input's levels to play back.
     type State = (HashMap<u8, bool>, HashMap<u8, f32>, Vec<bool>);
@@ -189,12 +189,9 @@ mod tests {
         let depth = Array2::from_shape_fn((h, w), |(_, x)| if x < w / 2 { near_left } else { 5.0 });
         Output {
             frame: Arc::new(Frame::new(vec![128; w * h * 3], w as u32, h as u32, seq)),
-            result: Some(Arc::new(Analysed {
+            result: Some(Arc::new(FrameResult {
                 seq,
-                features: None,
-                pca: None,
-                depth: Some(depth),
-                seg: None,
+                analysed: Analysed::Depth(depth),
                 backbone: Duration::ZERO,
                 head: Duration::ZERO,
             })),

@@ -23,8 +23,8 @@ use std::time::Duration;
 use dinoedge_camera::{Frame, LatestSender, latest};
 use tiny_http::{Header, Request, Response, Server};
 
-use crate::pipeline::{Analysed, Output};
 use crate::render::{View, jpeg, render};
+use crate::result::{FrameResult, Output};
 use crate::sink::{Sink, sink_err};
 use crate::stats::SharedStats;
 use crate::{Result, StreamError};
@@ -41,7 +41,7 @@ struct Client {
 }
 
 /// The newest output's frame, result and freshness.
-type Newest = (Arc<Frame>, Option<Arc<Analysed>>, bool);
+type Newest = (Arc<Frame>, Option<Arc<FrameResult>>, bool);
 
 /// What the server threads and the sink share.
 struct Hub {

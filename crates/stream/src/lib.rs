@@ -17,15 +17,17 @@ pub mod mcap_sink;
 pub mod pipeline;
 pub mod region;
 pub mod render;
+pub mod result;
 pub mod sink;
 pub mod stats;
 
 pub use gpio_sink::GpioSink;
 pub use http::HttpSink;
 pub use mcap_sink::McapSink;
-pub use pipeline::{Analysed, Analysis, Cadence, Output, RunOptions, RunReport, run};
+pub use pipeline::{Analysis, Cadence, RunOptions, RunReport, run};
 pub use region::Region;
 pub use render::View;
+pub use result::{Analysed, FrameResult, Output};
 pub use sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
 pub use stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
 
@@ -41,6 +43,9 @@ pub enum StreamError {
     /// A head failed.
     #[error(transparent)]
     Heads(#[from] dinoedge_heads::HeadsError),
+    /// Drawing a result failed.
+    #[error(transparent)]
+    Render(#[from] dinoedge_render::RenderError),
     /// A sink failed.
     #[error("sink {name}: {reason}")]
     Sink {

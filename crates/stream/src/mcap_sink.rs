@@ -23,8 +23,8 @@ use foxglove::bytes::Bytes;
 use foxglove::schemas::{CompressedImage, RawImage, Timestamp};
 use mcap::records::MessageHeader;
 
-use crate::pipeline::Output;
 use crate::render::{View, jpeg, render};
+use crate::result::{Analysed, Output};
 use crate::sink::{Sink, sink_err};
 use crate::{Result, StreamError};
 
@@ -178,7 +178,7 @@ impl Sink for McapSink {
         let Some(a) = out.result.as_deref().filter(|_| out.fresh) else {
             return Ok(());
         };
-        if a.seg.is_some() || a.depth.is_some() || a.pca.is_some() {
+        if !matches!(a.analysed, Analysed::Features(_)) {
             let pic = render(out, View::Result, self.alpha);
             let bytes = jpeg(&pic, self.quality).map_err(|e| self.err(e))?;
             self.log_foxglove(
@@ -192,7 +192,7 @@ impl Sink for McapSink {
                 t,
             )?;
         }
-        if let Some(d) = &a.depth {
+        if let Analysed::Depth(d) = &a.analysed {
             let (h, w) = d.dim();
             let mut data = vec![0u8; d.len() * 4];
             for (b, v) in data.chunks_exact_mut(4).zip(d.iter()) {
@@ -212,7 +212,7 @@ impl Sink for McapSink {
                 t,
             )?;
         }
-        if let Some((seg, _)) = &a.seg {
+        if let Analysed::Seg(seg, _) = &a.analysed {
             let (h, w) = seg.labels.dim();
             let data: Vec<u8> = seg.labels.iter().copied().collect();
             self.log_foxglove(

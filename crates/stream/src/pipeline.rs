@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dinoedge_camera::{Frame, FrameSource, LatestReceiver, LatestSender, latest};
-use dinoedge_heads::{DepthHead, PcaView, SegHead, SegOutput, pca_images};
+use dinoedge_heads::{DepthHead, SegHead};
 use dinoedge_model::{Backbone, Features, Preprocessor};
-use image::RgbImage;
-use ndarray::Array2;
+use dinoedge_render::{PcaView, RenderError, pca_images};
 
 use crate::Result;
+use crate::result::{Analysed, FrameResult, Output};
 use crate::sink::Sink;
 use crate::stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
 
@@ -45,38 +45,6 @@ impl Analysis {
             Analysis::Depth(_) => "depth",
         }
     }
-}
-
-/// The result of the backbone and the head on one frame.
-pub struct Analysed {
-    /// Sequence number of the frame it was computed on.
-    pub seq: u64,
-    /// Features, for [`Analysis::Features`].
-    pub features: Option<Features>,
-    /// The PCA picture at patch resolution, for [`Analysis::Pca`].
-    pub pca: Option<RgbImage>,
-    /// Depth in metres at the frame's size.
-    pub depth: Option<Array2<f32>>,
-    /// Classes at the frame's size, and the head's palette.
-    pub seg: Option<(SegOutput, dinoedge_heads::Palette)>,
-    /// Time in the backbone (with preprocessing).
-    pub backbone: Duration,
-    /// Time in the head.
-    pub head: Duration,
-}
-
-/// One frame on its way to the sinks, shared by all of them.
-pub struct Output {
-    /// The frame.
-    pub frame: Arc<Frame>,
-    /// The newest result: this frame's own, or in the low-rate modes the last one finished
-    /// (`None` until the first one is).
-    pub result: Option<Arc<Analysed>>,
-    /// Whether this is the first output to carry `result` (sinks that store results, such as
-    /// files, write them only then).
-    pub fresh: bool,
-    /// Frames dropped before this one, at the source and in the hand-overs.
-    pub dropped_before: u64,
 }
 
 /// Which frames the backbone sees.
@@ -207,29 +175,27 @@ fn head_stage(
     frame: &Frame,
     f: Features,
     backbone: Duration,
-) -> Result<Analysed> {
+) -> Result<FrameResult> {
     let (h, w) = (frame.height as usize, frame.width as usize);
     let t0 = Instant::now();
-    let mut a = Analysed {
-        seq: frame.seq,
-        features: None,
-        pca: None,
-        depth: None,
-        seg: None,
-        backbone,
-        head: Duration::ZERO,
-    };
-    match analysis {
-        Analysis::Features => a.features = Some(f),
+    let analysed = match analysis {
+        Analysis::Features => Analysed::Features(f),
         Analysis::Pca => {
-            let view = PcaView::default();
-            a.pca = pca_images(&[f.patches().view()], view)?.pop();
+            let picture = pca_images(&[f.patches().view()], PcaView::default())?
+                .into_iter()
+                .next()
+                .ok_or_else(|| RenderError::Empty("no PCA picture".into()))?;
+            Analysed::Pca(picture)
         }
-        Analysis::Seg(s) => a.seg = Some((s.predict_features(&f, h, w)?, s.palette.clone())),
-        Analysis::Depth(d) => a.depth = Some(d.predict_features(&f, h, w)?),
-    }
-    a.head = t0.elapsed();
-    Ok(a)
+        Analysis::Seg(s) => Analysed::Seg(s.predict_features(&f, h, w)?, s.palette.clone()),
+        Analysis::Depth(d) => Analysed::Depth(d.predict_features(&f, h, w)?),
+    };
+    Ok(FrameResult {
+        seq: frame.seq,
+        analysed,
+        backbone,
+        head: t0.elapsed(),
+    })
 }
 
 /// Run `source` through `backbone` and `analysis` into `sinks` until the source ends,
@@ -318,7 +284,7 @@ pub fn run(
         // newest-wins for live runs, lossless otherwise
         let low_rate = cadence != Cadence::EveryFrame;
         let (frame_tx, frame_rx) = queue::<Arc<Frame>>(live);
-        let newest: Arc<Mutex<Option<Arc<Analysed>>>> = Arc::default();
+        let newest: Arc<Mutex<Option<Arc<FrameResult>>>> = Arc::default();
         // low rate, lossless (files): the source waits for each chosen frame's result, so
         // that frame n carries the result of the last chosen frame up to n, exactly
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();

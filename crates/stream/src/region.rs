@@ -4,7 +4,7 @@
 use ndarray::{ArrayView2, s};
 use serde_json::{Value, json};
 
-use crate::pipeline::Analysed;
+use crate::result::Analysed;
 
 /// A rectangle in fractions of the frame (0,0 top left; 1,1 bottom right), with a name.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,33 +39,48 @@ impl Region {
     /// of each class present.
     pub fn summarise(&self, a: &Analysed) -> Value {
         let mut v = json!({"region": self.name});
-        if let Some(d) = &a.depth {
-            let (rows, cols) = self.pixels(d.nrows(), d.ncols());
-            v["depth"] = depth_summary(d.slice(s![rows, cols]));
-        }
-        if let Some((seg, palette)) = &a.seg {
-            let (rows, cols) = self.pixels(seg.labels.nrows(), seg.labels.ncols());
-            let part = seg.labels.slice(s![rows, cols]);
-            let mut counts = [0u64; 256];
-            for &l in part.iter() {
-                counts[l as usize] += 1;
+        match a {
+            Analysed::Depth(d) => {
+                let (rows, cols) = self.pixels(d.nrows(), d.ncols());
+                v["depth"] = depth_summary(d.slice(s![rows, cols]));
             }
-            let n = part.len().max(1) as f64;
-            v["classes"] = counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(k, c)| {
-                    let mut e = json!({"class": k, "fraction": *c as f64 / n});
-                    if let Some(name) = palette.names.get(k) {
-                        e["name"] = json!(name);
-                    }
-                    e
-                })
-                .collect();
+            Analysed::Seg(seg, palette) => {
+                v["classes"] = class_summary(
+                    self.pixels(seg.labels.nrows(), seg.labels.ncols()),
+                    seg,
+                    palette,
+                )
+            }
+            Analysed::Features(_) | Analysed::Pca(_) => {}
         }
         v
     }
+}
+
+/// The fraction of each class present in `(rows, cols)` of `seg`, with the palette's names.
+fn class_summary(
+    (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+    seg: &dinoedge_heads::SegOutput,
+    palette: &dinoedge_heads::Palette,
+) -> Value {
+    let part = seg.labels.slice(s![rows, cols]);
+    let mut counts = [0u64; 256];
+    for &l in part.iter() {
+        counts[l as usize] += 1;
+    }
+    let n = part.len().max(1) as f64;
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(k, c)| {
+            let mut e = json!({"class": k, "fraction": *c as f64 / n});
+            if let Some(name) = palette.names.get(k) {
+                e["name"] = json!(name);
+            }
+            e
+        })
+        .collect()
 }
 
 fn depth_summary(d: ArrayView2<f32>) -> Value {

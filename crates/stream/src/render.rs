@@ -1,14 +1,14 @@
 //! Pictures of a result for people: the camera, the result over it, the class map. Shared by
 //! the file, HTTP and MCAP sinks so they all show the same thing.
 
-use dinoedge_heads::Colormap;
-use dinoedge_heads::output::depth_color;
-use dinoedge_heads::overlay::blend;
+use dinoedge_render::Colormap;
+use dinoedge_render::output::depth_color;
+use dinoedge_render::overlay::blend;
 use image::RgbImage;
 use image::imageops::{FilterType, resize};
 use ndarray::ArrayView2;
 
-use crate::pipeline::{Analysed, Output};
+use crate::result::{Analysed, Output};
 
 /// A picture a sink can show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,17 +70,18 @@ pub fn depth_range(d: ArrayView2<f32>) -> (f32, f32) {
 
 /// The result alone as a picture at `w`×`h`, or `None` for features (nothing to show).
 pub fn result_picture(a: &Analysed, w: u32, h: u32) -> Option<RgbImage> {
-    let pic = if let Some((seg, palette)) = &a.seg {
-        palette.colorize(seg.labels.view())
-    } else if let Some(d) = &a.depth {
-        let (lo, hi) = depth_range(d.view());
-        depth_color(d.view(), Colormap::Turbo, lo, hi)
-    } else if let Some(p) = &a.pca {
-        // blocky to 4x, then smooth: patch pictures read best that way
-        let (pw, ph) = p.dimensions();
-        resize(p, pw * 4, ph * 4, FilterType::Nearest)
-    } else {
-        return None;
+    let pic = match a {
+        Analysed::Seg(seg, palette) => palette.colorize(seg.labels.view()),
+        Analysed::Depth(d) => {
+            let (lo, hi) = depth_range(d.view());
+            depth_color(d.view(), Colormap::Turbo, lo, hi)
+        }
+        Analysed::Pca(p) => {
+            // blocky to 4x, then smooth: patch pictures read best that way
+            let (pw, ph) = p.dimensions();
+            resize(p, pw * 4, ph * 4, FilterType::Nearest)
+        }
+        Analysed::Features(_) => return None,
     };
     Some(if pic.dimensions() == (w, h) {
         pic
@@ -99,8 +100,10 @@ pub fn render(out: &Output, view: View, alpha: f32) -> RgbImage {
         View::Result => {
             let (w, h) = frame.dimensions();
             match out.result.as_deref() {
-                Some(a) => match result_picture(a, w, h) {
-                    Some(pic) if a.seg.is_some() => blend(&frame, &pic, alpha),
+                Some(a) => match result_picture(&a.analysed, w, h) {
+                    Some(pic) if matches!(a.analysed, Analysed::Seg(..)) => {
+                        blend(&frame, &pic, alpha)
+                    }
                     Some(pic) => pic,
                     None => frame,
                 },

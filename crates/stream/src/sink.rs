@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dinoedge_heads::output::{class_png, depth_mm_png};
+use dinoedge_render::output::{class_png, depth_mm_png};
 
-use crate::pipeline::Output;
 use crate::region::Region;
 use crate::render::{View, jpeg, render};
+use crate::result::{Analysed, Output};
 use crate::{Result, StreamError};
 
 /// A consumer of results.
@@ -88,23 +88,22 @@ impl Sink for FileSink {
                 }
             }
         };
-        if let Some((seg, _)) = &a.seg {
-            save_png(&class_png(seg.labels.view()), &p("classes.png")).map_err(|e| err(&e))?;
-            picture("overlay")?;
+        match &a.analysed {
+            Analysed::Seg(seg, _) => {
+                save_png(&class_png(seg.labels.view()), &p("classes.png")).map_err(|e| err(&e))?;
+                picture("overlay")
+            }
+            Analysed::Depth(d) => {
+                save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
+                ndarray_npy::write_npy(p("depth.npy"), d).map_err(|e| err(&e))?;
+                picture("depth")
+            }
+            Analysed::Pca(_) => picture("pca"),
+            Analysed::Features(f) => {
+                ndarray_npy::write_npy(p("patches.npy"), f.patches()).map_err(|e| err(&e))?;
+                ndarray_npy::write_npy(p("cls.npy"), f.cls()).map_err(|e| err(&e))
+            }
         }
-        if let Some(d) = &a.depth {
-            save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
-            ndarray_npy::write_npy(p("depth.npy"), d).map_err(|e| err(&e))?;
-            picture("depth")?;
-        }
-        if a.pca.is_some() {
-            picture("pca")?;
-        }
-        if let Some(f) = &a.features {
-            ndarray_npy::write_npy(p("patches.npy"), f.patches()).map_err(|e| err(&e))?;
-            ndarray_npy::write_npy(p("cls.npy"), f.cls()).map_err(|e| err(&e))?;
-        }
-        Ok(())
     }
 }
 
@@ -171,12 +170,15 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
             v["fresh"] = out.fresh.into();
             v["backbone_ms"] = (a.backbone.as_secs_f64() * 1e3).into();
             v["head_ms"] = (a.head.as_secs_f64() * 1e3).into();
-            if a.depth.is_some() || a.seg.is_some() {
-                v["regions"] = self.regions.iter().map(|r| r.summarise(a)).collect();
-            }
-            if let Some(f) = &a.features {
-                let (h, w, c) = f.patches().dim();
-                v["patch_grid"] = serde_json::json!([h, w, c]);
+            match &a.analysed {
+                m @ (Analysed::Depth(_) | Analysed::Seg(..)) => {
+                    v["regions"] = self.regions.iter().map(|r| r.summarise(m)).collect();
+                }
+                Analysed::Features(f) => {
+                    let (h, w, c) = f.patches().dim();
+                    v["patch_grid"] = serde_json::json!([h, w, c]);
+                }
+                Analysed::Pca(_) => {}
             }
         }
         let name = self.name();

@@ -1,0 +1,57 @@
+//! What the runner hands its sinks: a frame and the newest result there is for it. Its own
+//! module, below both the pipeline (which makes these) and the sinks and pictures (which read
+//! them), so neither imports the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dinoedge_camera::Frame;
+use dinoedge_heads::{Palette, SegOutput};
+use dinoedge_model::Features;
+use image::RgbImage;
+use ndarray::Array2;
+
+/// What came out of the head on one frame: one case per [`crate::Analysis`].
+pub enum Analysed {
+    /// The features (patch grid, CLS, …), for [`crate::Analysis::Features`].
+    Features(Features),
+    /// The PCA picture at patch resolution, for [`crate::Analysis::Pca`].
+    Pca(RgbImage),
+    /// Depth in metres at the frame's size.
+    Depth(Array2<f32>),
+    /// Classes at the frame's size, and the head's palette.
+    Seg(SegOutput, Palette),
+}
+
+impl Analysed {
+    /// Whether the result is a map over the image (depth or classes), which regions summarise.
+    pub fn is_map(&self) -> bool {
+        matches!(self, Analysed::Depth(_) | Analysed::Seg(..))
+    }
+}
+
+/// The result of the backbone and the head on one frame, with its times.
+pub struct FrameResult {
+    /// Sequence number of the frame it was computed on.
+    pub seq: u64,
+    /// What the head made of it.
+    pub analysed: Analysed,
+    /// Time in the backbone (with preprocessing).
+    pub backbone: Duration,
+    /// Time in the head.
+    pub head: Duration,
+}
+
+/// One frame on its way to the sinks, shared by all of them.
+pub struct Output {
+    /// The frame.
+    pub frame: Arc<Frame>,
+    /// The newest result: this frame's own, or in the low-rate modes the last one finished
+    /// (`None` until the first one is).
+    pub result: Option<Arc<FrameResult>>,
+    /// Whether this is the first output to carry `result` (sinks that store results, such as
+    /// files, write them only then).
+    pub fresh: bool,
+    /// Frames dropped before this one, at the source and in the hand-overs.
+    pub dropped_before: u64,
+}

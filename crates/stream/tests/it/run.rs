@@ -1,0 +1,225 @@
+//! The runner end to end on the fixture backbone: an image-folder source through the NYU
+//! depth head into a file sink, a JSON-lines sink and a sink that fails.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use dinoedge_heads::LinearHead;
+use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution, load_rgb};
+use dinoedge_stream::Output;
+use dinoedge_stream::{
+    Analysis, Cadence, FileSink, JsonLinesSink, PictureFormat, Region, RunOptions, Sink,
+    StreamError, run,
+};
+use dinoedge_testkit::fixtures;
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Failing(u32);
+impl Sink for Failing {
+    fn name(&self) -> String {
+        "failing".into()
+    }
+    fn write(&mut self, _: &Output) -> Result<(), StreamError> {
+        self.0 += 1;
+        if self.0 == 2 {
+            return Err(StreamError::Sink {
+                name: "failing".into(),
+                reason: "disk full".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn image_folder_through_depth_head_to_files_and_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("in");
+    std::fs::create_dir(&images).unwrap();
+    for n in [0, 1, 8] {
+        std::fs::copy(
+            fixtures().join(format!("images/voc2012_val_vainf/{n}_image.png")),
+            images.join(format!("{n}.png")),
+        )
+        .unwrap();
+    }
+    let LinearHead::Depth(head) = LinearHead::load(
+        &fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth"),
+        None,
+    )
+    .unwrap() else {
+        panic!("depth head")
+    };
+    let mut options = BackboneOptions {
+        resolution: Some(Resolution::new(112, 112)),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    head.configure(&mut options, 12);
+    let model = fixtures().join("dinov2-small/onnx/model.onnx");
+    let load = || {
+        let bb = Backbone::load(&model, &options).unwrap();
+        let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+        (bb, pre)
+    };
+    let out = tmp.path().join("out");
+    let json = Shared::default();
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(FileSink::new(out.clone(), PictureFormat::Png, 0.5).unwrap()),
+        Box::new(JsonLinesSink::new(
+            json.clone(),
+            "jsonl",
+            vec!["low=0.25,0.5,0.75,1".parse::<Region>().unwrap()],
+        )),
+        Box::new(Failing(0)),
+    ];
+    let source = dinoedge_camera::open(images.to_str().unwrap()).unwrap();
+    let mut statuses = 0;
+    let report = run(
+        source,
+        load(),
+        Analysis::Depth(head.clone()),
+        sinks,
+        RunOptions::default(),
+        |_| statuses += 1,
+    )
+    .unwrap();
+    println!("{}", report.stats.line());
+    assert_eq!((report.stats.frames_in, report.stats.frames_out), (3, 3));
+    assert!(statuses >= 1);
+    assert_eq!(report.sink_errors.len(), 1, "{:?}", report.sink_errors);
+    assert!(report.sink_errors[0].contains("disk full"));
+    let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["seq"], 2);
+    // every frame written by the file sink, equal to the head run directly; the JSON
+    // summaries agree with the depth map
+    let (mut bb, mut pre) = load();
+    for (seq, n) in [0, 1, 8].iter().enumerate() {
+        let img = load_rgb(&images.join(format!("{n}.png"))).unwrap();
+        let f = bb.run_image(&mut pre, &img).unwrap();
+        let want = head.predict_features(&f, 513, 513).unwrap();
+        let got: ndarray::Array2<f32> =
+            ndarray_npy::read_npy(out.join(format!("frame_{seq:06}_depth.npy"))).unwrap();
+        assert_eq!(got, want);
+        assert!(out.join(format!("frame_{seq:06}_depth_mm.png")).is_file());
+        assert!(out.join(format!("frame_{seq:06}_depth.png")).is_file());
+        let regions = &lines[seq]["regions"];
+        let nearest = |r: &serde_json::Value| r["depth"]["nearest_m"].as_f64().unwrap() as f32;
+        assert_eq!(regions[0]["region"], "frame");
+        assert_eq!(
+            nearest(&regions[0]),
+            want.fold(f32::INFINITY, |a, &b| a.min(b))
+        );
+        // lower middle: rows 256.. (513 * 0.5 floored), columns 128..385
+        let low = want.slice(ndarray::s![256.., 128..385]);
+        assert_eq!(regions[1]["region"], "low");
+        assert_eq!(
+            nearest(&regions[1]),
+            low.fold(f32::INFINITY, |a, &b| a.min(b))
+        );
+    }
+}
+
+/// The low-rate mode: every frame reaches the sinks with the newest result, the backbone
+/// runs on every 3rd; files are written once per result.
+#[test]
+fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let json = Shared::default();
+    let out = tmp.path().join("pca");
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(JsonLinesSink::new(json.clone(), "jsonl", vec![])),
+        Box::new(FileSink::new(out.clone(), PictureFormat::Jpeg, 0.5).unwrap()),
+    ];
+    let source =
+        dinoedge_camera::open("synthetic://?width=64&height=48&frames=10&pace=fast").unwrap();
+    let board = tempfile::tempdir().unwrap();
+    for (rel, text) in [
+        ("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n"),
+        ("sys/class/thermal/thermal_zone0/temp", "82500\n"),
+        (
+            "sys/devices/platform/soc/soc:firmware/get_throttled",
+            "0x60006\n",
+        ),
+    ] {
+        let p = board.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let report = run(
+        source,
+        (bb, pre),
+        Analysis::Pca,
+        sinks,
+        RunOptions {
+            cadence: Cadence::EveryNth(3),
+            // lossless, so that the count is exact
+            drop_frames: Some(false),
+            // a Raspberry Pi's sensors: hot, throttled now
+            board_root: Some(board.path().into()),
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.stats.frames_out, 10, "{}", report.stats.line());
+    assert_eq!(report.stats.frames_analysed, 4, "{}", report.stats.line());
+    let b = report.stats.board.as_ref().unwrap();
+    assert_eq!(b.temperature_c, Some(82.5));
+    assert!(b.throttled_now && !b.under_voltage_now);
+    assert!(
+        report.stats.line().ends_with("| SoC 82 °C, THROTTLED"),
+        "{}",
+        report.stats.line()
+    );
+    let text = String::from_utf8(json.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    // lossless: frame n carries the result of frame 3 * (n / 3), fresh on 0, 3, 6, 9
+    for (n, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], n as u64);
+        assert_eq!(l["result_seq"], (n / 3 * 3) as u64, "{l}");
+        assert_eq!(l["fresh"], n % 3 == 0, "{l}");
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "frame_000000_pca.jpg",
+            "frame_000003_pca.jpg",
+            "frame_000006_pca.jpg",
+            "frame_000009_pca.jpg"
+        ]
+    );
+}

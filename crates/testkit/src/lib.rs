@@ -1,0 +1,107 @@
+//! # dinoedge-testkit
+//!
+//! What every dinoedge test suite needs and none should copy: where the shared fixtures
+//! (`../shared/fixtures`, or `$DINOEDGE_FIXTURES`) and media (`../shared/media`, or
+//! `$DINOEDGE_MEDIA`) are, reading their reference arrays, and comparing arrays.
+//!
+//! A dev-dependency only: it depends on nothing of dinoedge's, so any crate's tests may use it
+//! without a cycle, and nothing shipped links it.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, ArrayView, ArrayView2, Axis, Dimension};
+
+/// The workspace root (where the top `Cargo.toml` is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `$var`, else `../shared/<name>` beside the checkout; checked for its `README.md`.
+fn shared(var: &str, name: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared").join(name));
+    assert!(
+        dir.join("README.md").is_file(),
+        "{name} not found at {}: put the shared {name} beside the checkout or set {var}",
+        dir.display()
+    );
+    dir
+}
+
+/// The fixtures folder: `../shared/fixtures` (or `$DINOEDGE_FIXTURES`).
+pub fn fixtures() -> PathBuf {
+    shared("DINOEDGE_FIXTURES", "fixtures")
+}
+
+/// A file of the fixtures: `dinov2-small/onnx/model.onnx`, `heads/…`, `images/…`.
+pub fn fixture(rel: &str) -> PathBuf {
+    fixtures().join(rel)
+}
+
+/// A file of the shared media (`../shared/media`, or `$DINOEDGE_MEDIA`); it must exist.
+pub fn media(name: &str) -> PathBuf {
+    let p = shared("DINOEDGE_MEDIA", "media").join(name);
+    assert!(p.is_file(), "{} not found in the shared media", p.display());
+    p
+}
+
+/// The repository's sample clip (`assets/sample/vtest_pedestrians.mjpeg`).
+pub fn sample_clip() -> PathBuf {
+    workspace_root().join("assets/sample/vtest_pedestrians.mjpeg")
+}
+
+/// A reference array of the fixtures, by its path under `reference/`.
+pub fn npy<T: ndarray_npy::ReadableElement>(rel: &str) -> ArrayD<T> {
+    let p = fixtures().join("reference").join(rel);
+    ndarray_npy::read_npy(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Largest absolute difference of two arrays of the same shape.
+pub fn max_abs<D1: Dimension, D2: Dimension>(a: ArrayView<f32, D1>, b: ArrayView<f32, D2>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Per-row cosine similarities of two `[T, D]` matrices.
+pub fn token_cosines(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Vec<f64> {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.axis_iter(Axis(0))
+        .zip(b.axis_iter(Axis(0)))
+        .map(|(x, y)| {
+            let (mut d, mut nx, mut ny) = (0f64, 0f64, 0f64);
+            for (p, q) in x.iter().zip(y.iter()) {
+                d += *p as f64 * *q as f64;
+                nx += (*p as f64).powi(2);
+                ny += (*q as f64).powi(2);
+            }
+            d / (nx.sqrt() * ny.sqrt())
+        })
+        .collect()
+}
+
+/// Mean per-row cosine of two `[T, D]` matrices.
+pub fn mean_cosine(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f64 {
+    let c = token_cosines(a, b);
+    c.iter().sum::<f64>() / c.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn comparisons() {
+        let a = array![[1.0f32, 0.0], [0.0, 2.0]];
+        let b = array![[1.5f32, 0.0], [0.0, -2.0]];
+        assert_eq!(max_abs(a.view(), b.view()), 4.0);
+        let c = token_cosines(a.view(), b.view());
+        assert!((c[0] - 1.0).abs() < 1e-12 && (c[1] + 1.0).abs() < 1e-12);
+        assert!(mean_cosine(a.view(), a.view()) > 0.999_999);
+    }
+}
