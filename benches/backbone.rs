@@ -13,12 +13,8 @@ use dinoedge_model::{
 use ndarray::Array4;
 
 fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("DINOEDGE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    dir.join("dinov2-small/onnx/model.onnx")
-        .is_file()
-        .then_some(dir)
+    dinoedge_testkit::fixtures_if_present()
+        .filter(|dir| dir.join("dinov2-small/onnx/model.onnx").is_file())
 }
 
 fn backbone(c: &mut Criterion) {

@@ -4,17 +4,10 @@
 //!
 //! `cargo bench --bench decode` (media from `../shared/media` or `$DINOEDGE_MEDIA`).
 
-use std::path::PathBuf;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dinoedge_camera::decode::{Chroma, YuvColor, jpeg_to_rgb, planar_to_rgb, yuyv_to_rgb};
 
-fn media(name: &str) -> PathBuf {
-    std::env::var_os("DINOEDGE_MEDIA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/media"))
-        .join(name)
-}
+use dinoedge_testkit::media;
 
 /// A real photo at 1280x720.
 fn photo_720p() -> image::RgbImage {

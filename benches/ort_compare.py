@@ -10,6 +10,10 @@ For each file and thread count it prints the median latency of both runtimes and
 ratio tract / onnxruntime (below 1.0: dinoedge is faster). The two runtimes alternate
 file by file, so a busy neighbour on a shared machine slows both alike. Use --json to
 get the table as JSON as well.
+
+`--before OTHER_BINARY` times a second dinoedge build (the one before a change) in the same
+run, so a before/after table has one machine state. The first line says which CPU this is
+(the int8 kernels differ between AVX2, AVX-512 VNNI and AMX machines).
 """
 
 import argparse
@@ -61,6 +65,23 @@ def time_tract(binary, path, size, threads, runs, warmup):
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
 
 
+def cpu_line():
+    """The CPU's model name and the instruction sets the int8 kernels care about."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown CPU":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"]
+    isa = [f for f in wanted if f in flags]
+    return f"{name} x{os.cpu_count()} ({' '.join(isa) or 'baseline'})"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=os.environ.get("DINOEDGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -70,6 +91,7 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", help="substring of the file names to keep")
+    ap.add_argument("--before", help="another dinoedge binary, timed in the same run")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     try:
@@ -82,7 +104,12 @@ def main():
     size = tuple(int(v) for v in a.size.lower().split("x"))
     fixtures = Path(a.fixtures)
     rows = []
-    print(f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>10}")
+    print(f"# {cpu_line()}; size {a.size}; median of {a.runs} runs after {a.warmup}")
+    before = Path(a.before) if a.before else None
+    head = f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>10}"
+    if before:
+        head += f" {'before ms':>10} {'before/ort':>10}"
+    print(head)
     for label, rel in FILES:
         if a.only and a.only not in rel:
             continue
@@ -94,8 +121,14 @@ def main():
             ort_ms = time_ort(path, size, t, a.runs, a.warmup)
             tract_ms = time_tract(binary, path, size, t, a.runs, a.warmup)
             ratio = tract_ms / ort_ms
-            rows.append(dict(model=label, file=rel, threads=t, size=a.size, ort_ms=ort_ms, tract_ms=tract_ms, ratio=ratio))
-            print(f"{label:28} {t:>7} {ort_ms:>15.1f} {tract_ms:>12.1f} {ratio:>10.2f}", flush=True)
+            row = dict(model=label, file=rel, threads=t, size=a.size, ort_ms=ort_ms, tract_ms=tract_ms, ratio=ratio)
+            line = f"{label:28} {t:>7} {ort_ms:>15.1f} {tract_ms:>12.1f} {ratio:>10.2f}"
+            if before:
+                before_ms = time_tract(before, path, size, t, a.runs, a.warmup)
+                row.update(before_ms=before_ms, before_ratio=before_ms / ort_ms)
+                line += f" {before_ms:>10.1f} {before_ms / ort_ms:>10.2f}"
+            rows.append(row)
+            print(line, flush=True)
     if a.json:
         print(json.dumps(rows, indent=2))
 

@@ -24,11 +24,7 @@ use dinoedge_stream::{
     SharedStats, Sink, run,
 };
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("DINOEDGE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
+use dinoedge_testkit::fixtures;
 
 /// The clip's frames from memory, round and round, `n` in all (a file-like source: every
 /// frame is processed).
@@ -86,8 +82,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let clip =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample/vtest_pedestrians.mjpeg");
+    let clip = dinoedge_testkit::sample_clip();
     let mut src = dinoedge_camera::open(clip.to_str().unwrap()).unwrap();
     let mut frames = Vec::new();
     while let Some(f) = src.next_frame().unwrap() {

@@ -120,13 +120,15 @@ pub fn run(args: Args) -> Result<()> {
         runtime: args.runtime,
     };
     let (ma, mb) = (model(&args.reference), model(&args.candidate));
-    let options = |m: &ModelArgs| match &head {
-        Some(h) => head_options(h, m),
+    // each file read once: the head is checked against it, then it compiles
+    let (ia, ib) = (ma.read()?, mb.read()?);
+    let options = |m: &ModelArgs, info: &dinoedge_model::ModelInfo| match &head {
+        Some(h) => head_options(h, info, m),
         None => Ok(m.options()),
     };
-    let (oa, ob) = (options(&ma)?, options(&mb)?);
-    let mut a = ma.load(&oa)?;
-    let mut b = mb.load(&ob)?;
+    let (oa, ob) = (options(&ma, &ia)?, options(&mb, &ib)?);
+    let mut a = ma.load_info(ia, &oa)?;
+    let mut b = mb.load_info(ib, &ob)?;
     ensure!(
         a.resolution() == b.resolution(),
         "the models run at different sizes ({} and {}): pass --size",

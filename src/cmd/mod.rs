@@ -68,13 +68,29 @@ impl ModelArgs {
         }
     }
 
+    /// Read and analyse the model file (no compilation).
+    pub fn read(&self) -> Result<ModelInfo> {
+        ModelInfo::read(&self.model).with_context(|| format!("reading {}", self.model.display()))
+    }
+
     /// Load the backbone with a spinner while it compiles.
     pub fn load(&self, options: &BackboneOptions) -> Result<Backbone> {
+        self.compile_with_spinner(|| Backbone::load(&self.model, options))
+    }
+
+    /// Compile a model already read with [`ModelArgs::read`] (the file is not parsed again).
+    pub fn load_info(&self, info: ModelInfo, options: &BackboneOptions) -> Result<Backbone> {
+        self.compile_with_spinner(|| Backbone::from_model_info(info, options))
+    }
+
+    fn compile_with_spinner(
+        &self,
+        compile: impl FnOnce() -> dinoedge_model::Result<Backbone>,
+    ) -> Result<Backbone> {
         let spinner =
             ProgressBar::new_spinner().with_message(format!("loading {}", self.model.display()));
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-        let bb = Backbone::load(&self.model, options)
-            .with_context(|| format!("loading {}", self.model.display()));
+        let bb = compile().with_context(|| format!("loading {}", self.model.display()));
         spinner.finish_and_clear();
         let bb = bb?;
         let r = bb.load_report();
@@ -104,9 +120,11 @@ impl ModelArgs {
 /// Backbone options for running `head` on `model`: the head checked against the backbone's
 /// width, the blocks and attention it reads asked for, and a trained head's resolution
 /// unless `--size` says otherwise.
-pub fn head_options(head: &LinearHead, model: &ModelArgs) -> Result<BackboneOptions> {
-    let info = ModelInfo::read(&model.model)
-        .with_context(|| format!("reading {}", model.model.display()))?;
+pub fn head_options(
+    head: &LinearHead,
+    info: &ModelInfo,
+    model: &ModelArgs,
+) -> Result<BackboneOptions> {
     let (dim, depth_blocks) = (info.graph.embed_dim, info.graph.num_blocks);
     let mut options = model.options();
     match head {

@@ -49,9 +49,10 @@ pub fn run(args: Args) -> Result<()> {
     let head = LinearHead::load(&args.head, args.max_depth)
         .with_context(|| format!("loading the head {}", args.head.display()))?;
     // a trained head runs at the resolution it was trained at unless told otherwise
-    let options = head_options(&head, &args.model)?;
+    let info = args.model.read()?;
+    let options = head_options(&head, &info, &args.model)?;
     out_dir(&args.out)?;
-    let mut bb = args.model.load(&options)?;
+    let mut bb = args.model.load_info(info, &options)?;
     // heads predict over the whole frame: the image is stretched to the input size
     let mut pre = bb.preprocessor(ResizeMode::Stretch)?;
     let pb = progress(args.images.len(), "predicting");

@@ -11,8 +11,8 @@ use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{ResizeMode, Resolution, Runtime};
 use dinoedge_stream::{
-    Analysis, Cadence, FileSink, GpioSink, HttpSink, JsonLinesSink, McapSink, PictureFormat,
-    Region, RunOptions, SharedStats, Sink, StatsSnapshot,
+    Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, SharedStats, Sink,
+    SinkContext, SinkSpec, StatsSnapshot,
 };
 
 use super::{ModelArgs, head_options};
@@ -161,112 +161,6 @@ fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Split `kind:rest?query` sink specs.
-fn parse_sink(
-    spec: &str,
-    args: &Args,
-    title: &str,
-    stats: &SharedStats,
-) -> Result<(Box<dyn Sink>, Option<String>)> {
-    let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
-    let (target, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let flags: Vec<&str> = query.split('&').filter(|q| !q.is_empty()).collect();
-    let unknown = |allowed: &[&str]| -> Result<()> {
-        if let Some(f) = flags
-            .iter()
-            .find(|f| !allowed.contains(&f.split('=').next().unwrap_or("")))
-        {
-            bail!(
-                "sink `{spec}`: unknown option `{f}` (this sink takes: {})",
-                if allowed.is_empty() {
-                    "none".to_string()
-                } else {
-                    allowed.join(", ")
-                }
-            );
-        }
-        Ok(())
-    };
-    let need = |what: &str| -> Result<()> {
-        if target.is_empty() {
-            bail!(
-                "sink `{spec}`: give {what}, e.g. `{kind}:{}`",
-                example(kind)
-            );
-        }
-        Ok(())
-    };
-    Ok(match kind {
-        "files" | "dir" => {
-            need("a directory")?;
-            unknown(&["format"])?;
-            let format = match flags.iter().find_map(|f| f.strip_prefix("format=")) {
-                None | Some("png") => PictureFormat::Png,
-                Some("jpg" | "jpeg") => PictureFormat::Jpeg,
-                Some(o) => bail!("sink `{spec}`: format={o}: use png or jpg"),
-            };
-            let s = FileSink::new(PathBuf::from(target), format, args.alpha)
-                .with_context(|| format!("sink `{spec}`"))?;
-            (Box::new(s), Some(format!("files in {target}")))
-        }
-        "jsonl" | "json" => {
-            unknown(&[])?;
-            if target.is_empty() || target == "-" {
-                let s = JsonLinesSink::new(std::io::stdout(), "jsonl", args.regions.clone());
-                (Box::new(s), None)
-            } else {
-                let f = std::fs::File::create(target)
-                    .with_context(|| format!("sink `{spec}`: creating {target}"))?;
-                let s = JsonLinesSink::new(
-                    std::io::BufWriter::new(f),
-                    &format!("jsonl:{target}"),
-                    args.regions.clone(),
-                );
-                (Box::new(s), Some(format!("JSON lines in {target}")))
-            }
-        }
-        "mcap" => {
-            need("a file")?;
-            unknown(&["overwrite"])?;
-            let s = McapSink::create(
-                std::path::Path::new(target),
-                flags.contains(&"overwrite"),
-                args.alpha,
-            )
-            .with_context(|| format!("sink `{spec}`"))?;
-            (
-                Box::new(s),
-                Some(format!(
-                    "MCAP recording {target} (open it in Foxglove, or run it again with --source {target})"
-                )),
-            )
-        }
-        "http" | "view" => {
-            unknown(&[])?;
-            let addr = if target.is_empty() {
-                args.listen.as_deref().unwrap_or(DEFAULT_LISTEN)
-            } else {
-                target.trim_start_matches("//")
-            };
-            let s = HttpSink::bind(addr, title, stats.clone(), args.alpha)
-                .with_context(|| format!("sink `{spec}`"))?;
-            let url = format!("http://{}/", s.addr());
-            eprintln!("live view: {url}");
-            (Box::new(s), Some(format!("live view at {url}")))
-        }
-        other => bail!(
-            "unknown sink `{other}` in `{spec}`: use files:DIR, jsonl[:FILE], mcap:FILE.mcap or http[:ADDR]"
-        ),
-    })
-}
-
-fn example(kind: &str) -> &'static str {
-    match kind {
-        "mcap" => "run.mcap",
-        _ => "out/",
-    }
-}
-
 /// Shows the numbers as the run goes.
 struct Status {
     mode: StatusMode,
@@ -312,8 +206,6 @@ impl Status {
         }
     }
 }
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// Fill what the flags leave open from the board profile (`--board`).
 fn apply_board(mut args: Args) -> Result<Args> {
@@ -401,6 +293,12 @@ pub fn run(args: Args) -> Result<()> {
         (0.0..=1.0).contains(&args.alpha),
         "--alpha must be within 0..1"
     );
+    // every sink spec checked before the model loads: a typo costs nothing
+    let sink_specs = args
+        .sinks
+        .iter()
+        .map(|s| SinkSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let model = ModelArgs {
         model: model_path(args.model.clone())?,
         size: args.size,
@@ -440,8 +338,9 @@ pub fn run(args: Args) -> Result<()> {
         ),
         (None, t) => t.unwrap_or(Task::Pca),
     };
+    let model_info = model.read()?;
     let options = match &head {
-        Some(h) => head_options(h, &model)?,
+        Some(h) => head_options(h, &model_info, &model)?,
         None => model.options(),
     };
     let analysis = match head {
@@ -464,8 +363,18 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut wheres = Vec::new();
-    for spec in &args.sinks {
-        let (s, w) = parse_sink(spec, &args, &title, &stats)?;
+    let cx = SinkContext {
+        alpha: args.alpha,
+        regions: &args.regions,
+        listen: args.listen.as_deref(),
+        title: &title,
+        stats: &stats,
+    };
+    for spec in &sink_specs {
+        let (s, w) = spec.open(&cx)?;
+        if let (SinkSpec::Http { .. }, Some(w)) = (spec, &w) {
+            eprintln!("live view: {}", w.trim_start_matches("live view at "));
+        }
         sinks.push(s);
         wheres.extend(w);
     }
@@ -487,7 +396,7 @@ pub fn run(args: Args) -> Result<()> {
         .open()
         .with_context(|| format!("opening the source `{source}`"))?;
     let info = source.info();
-    let bb = model.load(&options)?;
+    let bb = model.load_info(model_info, &options)?;
     let pre = bb.preprocessor(ResizeMode::Stretch)?;
     tracing::info!(
         "{} from {} ({}), backbone at {} on {}",

@@ -295,7 +295,13 @@ impl Backbone {
             "{resolution} batch {} taps [{}]{}",
             options.batch,
             taps.join(", "),
-            if fast_ops { "" } else { " tract-ops-only" }
+            // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
+            // are rebuilt once, so they pick up its newer fusions
+            if fast_ops {
+                " dinoedge-ops 2"
+            } else {
+                " tract-ops-only"
+            }
         );
 
         let mut report = LoadReport {
@@ -457,6 +463,7 @@ impl Backbone {
                         n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
                             .is_some()
                             || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
+                            || n.op_as::<crate::ops::DequantizeI32>().is_some()
                     })
                     .count();
                 TypedSimplePlan::new_with_options(optimized, &run_options)
@@ -849,6 +856,11 @@ fn compile(
     };
     if swapped > 0 {
         tracing::debug!("{swapped} quantizers swapped for dinoedge's vectorised ones");
+    }
+    if fast_ops {
+        let fused = crate::ops::fuse_dequantize(&mut model)
+            .map_err(|e| ModelError::tract("fuse the int8 products' epilogues", e))?;
+        tracing::debug!("{fused} int8 product epilogues fused");
     }
     Ok(model)
 }

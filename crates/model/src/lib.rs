@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod features;
 pub mod graph;
+pub mod kernels;
 pub mod ops;
 pub mod preprocess;
 pub mod resolution;

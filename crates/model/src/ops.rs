@@ -10,6 +10,8 @@
 //!
 //! [`FastQuantizeLinearI8`] does the same for tract-core's `QuantizeLinearI8`, the static
 //! quantiser of QDQ files (182 of them in ViT-S, ~26% of a QDQ run on AVX2).
+//!
+//! The loops themselves are in [`crate::kernels`] (dispatched to AVX2 / AVX-512 at run time).
 
 use tract_core::internal::*;
 use tract_nnef::internal::{
@@ -22,25 +24,7 @@ pub struct FastDynamicQuantizeLinearU8;
 
 /// Scale and zero point of a tensor, as ONNX defines them (range extended to include 0).
 pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
-    const LANES: usize = 16;
-    let mut lo = [0f32; LANES];
-    let mut hi = [0f32; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
-        for i in 0..LANES {
-            lo[i] = lo[i].min(c[i]);
-            hi[i] = hi[i].max(c[i]);
-        }
-    }
-    let (mut min, mut max) = (0f32, 0f32);
-    for i in 0..LANES {
-        min = min.min(lo[i]);
-        max = max.max(hi[i]);
-    }
-    for v in chunks.remainder() {
-        min = min.min(*v);
-        max = max.max(*v);
-    }
+    let (min, max) = crate::kernels::min_max_with_zero(xs);
     let scale = (max - min) / 255.0;
     let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
     (scale, zero_point)
@@ -49,25 +33,68 @@ pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
 /// `y = saturate(round_ties_even(x / scale) + zero_point)`, bit-identical to the scalar
 /// definition (including `scale == 0`, where every value maps to the zero point).
 pub fn quantize_u8(scale: f32, zero_point: u8, xs: &[f32], ys: &mut [u8]) {
-    let zp = zero_point as f32;
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = (round_saturating(*x / scale) + zp).clamp(0.0, 255.0) as u8;
-    }
+    crate::kernels::quantize_u8(scale, zero_point, xs, ys)
 }
 
-/// `round_ties_even(q)` for the quantisers: NaN gives 0 (as Rust's `as i32` does) and the
-/// value is first clamped to ±1024, beyond which every 8-bit result saturates anyway. Within
-/// that range, adding and subtracting 1.5·2²³ rounds to an integer, ties to even, exactly,
-/// with plain float adds the compiler vectorises.
-#[inline(always)]
-fn round_saturating(q: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    let q = if q.is_nan() {
-        0.0
-    } else {
-        q.clamp(-1024.0, 1024.0)
-    };
-    (q + MAGIC) - MAGIC
+/// The innermost dimension (the unit work is split on), 1 for a scalar.
+fn row_len(shape: &[usize]) -> usize {
+    shape.last().copied().filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// Below this many elements dinoedge's element-wise operators stay on one thread: at ~0.1 ns
+/// an element, handing 2^18 of them to another thread costs about what it saves (measured on
+/// ViT-S at 224, whose 257x384 activations ran slower split over two threads than on one).
+const PARALLEL_ELEMENTS: usize = 1 << 18;
+
+/// Split `ys` (rows of `row_len`) over the backbone's threads when it is large enough.
+fn par_rows<Y: Send>(
+    ys: &mut [Y],
+    row_len: usize,
+    f: impl Fn(usize, &mut [Y]) -> TractResult<()> + Sync + Send,
+) -> TractResult<()> {
+    if ys.is_empty() {
+        return Ok(());
+    }
+    if ys.len() < PARALLEL_ELEMENTS {
+        return f(0, ys);
+    }
+    tract_linalg::multithread::par_chunks_mut(ys, row_len, ys.len(), f)
+}
+
+/// `f` over matching blocks of whole rows of `xs` and `ys`, on the backbone's threads (tract's
+/// executor; inline on one thread or a small tensor). Each element depends only on its own
+/// input, so the result does not depend on the split.
+fn par_map<Y: Send>(
+    xs: &[f32],
+    ys: &mut [Y],
+    row_len: usize,
+    f: impl Fn(&[f32], &mut [Y]) + Sync + Send,
+) -> TractResult<()> {
+    ensure!(xs.len() == ys.len(), "input and output sizes differ");
+    par_rows(ys, row_len, |first_row, chunk| {
+        let start = first_row * row_len;
+        f(&xs[start..start + chunk.len()], chunk);
+        Ok(())
+    })
+}
+
+/// `min(0, xs)` and `max(0, xs)` in parallel parts (min and max are exact, so the parts'
+/// order does not matter).
+fn par_min_max(xs: &[f32]) -> TractResult<(f32, f32)> {
+    let parts = (xs.len() / (PARALLEL_ELEMENTS / 2)).clamp(1, 64);
+    let len = xs.len().div_ceil(parts);
+    let mut found = vec![(0f32, 0f32); parts];
+    tract_linalg::multithread::par_chunks_mut(&mut found, 1, xs.len(), |first, chunk| {
+        for (i, r) in chunk.iter_mut().enumerate() {
+            let lo = ((first + i) * len).min(xs.len());
+            let hi = ((first + i + 1) * len).min(xs.len());
+            *r = crate::kernels::min_max_with_zero(&xs[lo..hi]);
+        }
+        Ok(())
+    })?;
+    Ok(found
+        .iter()
+        .fold((0f32, 0f32), |(a, b), (c, d)| (a.min(*c), b.max(*d))))
 }
 
 impl Op for FastDynamicQuantizeLinearU8 {
@@ -85,14 +112,16 @@ impl EvalOp for FastDynamicQuantizeLinearU8 {
         let input = inputs[0].cast_to::<f32>()?;
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
-        let (scale, zero_point) = scale_and_zero_point(xs);
+        let (min, max) = par_min_max(xs)?;
+        let scale = (max - min) / 255.0;
+        let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
         let mut dst = unsafe { Tensor::uninitialized_dt(u8::datum_type(), input.shape())? };
-        quantize_u8(
-            scale,
-            zero_point,
+        par_map(
             xs,
             dst.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
-        );
+            row_len(input.shape()),
+            |x, y| quantize_u8(scale, zero_point, x, y),
+        )?;
         Ok(tvec!(
             dst.into_tvalue(),
             tensor0(scale).into_tvalue(),
@@ -132,10 +161,7 @@ impl std::hash::Hash for FastQuantizeLinearI8 {
 
 /// The loop of [`FastQuantizeLinearI8`].
 pub fn quantize_i8(scale: f32, zero_point: i8, xs: &[f32], ys: &mut [i8]) {
-    let zp = zero_point as f32;
-    for (x, y) in xs.iter().zip(ys.iter_mut()) {
-        *y = (round_saturating(*x * scale) + zp).clamp(-128.0, 127.0) as i8;
-    }
+    crate::kernels::quantize_i8(scale, zero_point, xs, ys)
 }
 
 impl Op for FastQuantizeLinearI8 {
@@ -161,12 +187,12 @@ impl EvalOp for FastQuantizeLinearI8 {
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
         let mut dst = unsafe { Tensor::uninitialized_dt(i8::datum_type(), input.shape())? };
-        quantize_i8(
-            self.scale,
-            self.zero_point,
+        par_map(
             xs,
             dst.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?,
-        );
+            row_len(input.shape()),
+            |x, y| quantize_i8(self.scale, self.zero_point, x, y),
+        )?;
         Ok(tvec!(dst.into_tvalue()))
     }
 }
@@ -220,8 +246,160 @@ pub fn swap_dynamic_quantizers(model: &mut TypedModel) -> usize {
     n
 }
 
+/// The epilogue of a dynamic-int8 product, `Cast(i32 → f32) → Mul(scale) → Add(bias)`, as one
+/// operator: inputs `(acc: i32 [.., N], scale: f32 scalar, bias: f32 const of N)`, one pass
+/// instead of three (tract does not fuse an i32 → f32 cast into its int8 kernels), rounded
+/// exactly as the three are.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct DequantizeI32;
+
+impl Op for DequantizeI32 {
+    fn name(&self) -> StaticName {
+        "DinoedgeDequantizeI32".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DequantizeI32 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (acc, scale, bias) = (&inputs[0], &inputs[1], &inputs[2]);
+        let acc_plain = acc.try_as_plain_ram()?;
+        let xs = acc_plain.as_slice::<i32>()?;
+        let scale = *scale
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .first()
+            .context("empty scale")?;
+        let bias_plain = bias.try_as_plain_ram()?;
+        let bias = bias_plain.as_slice::<f32>()?;
+        let n = row_len(acc.shape());
+        ensure!(bias.len() == n, "bias of {} for rows of {n}", bias.len());
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), acc.shape())? };
+        {
+            let mut plain = dst.try_as_plain_ram_mut()?;
+            let ys = plain.as_slice_mut::<f32>()?;
+            ensure!(xs.len() == ys.len(), "input and output sizes differ");
+            par_rows(ys, n, |first_row, chunk| {
+                let start = first_row * n;
+                let acc = &xs[start..start + chunk.len()];
+                crate::kernels::dequantize_i32(acc, scale, bias, chunk);
+                Ok(())
+            })?;
+        }
+        Ok(tvec!(dst.into_tvalue()))
+    }
+}
+
+impl TypedOp for DequantizeI32 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut y = inputs[0].without_value();
+        y.datum_type = f32::datum_type();
+        Ok(tvec!(y))
+    }
+
+    as_op!();
+}
+
+/// The node that alone reads `outlet`, when nothing else (an output among them) does.
+fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
+    let succ = model.outlet_successors(outlet);
+    let is_output = model.outputs.contains(&outlet);
+    (succ.len() == 1 && !is_output).then(|| model.node(succ[0].node))
+}
+
+/// A binary op named `name` (`Mul`, `Add`) with no output type of its own: the input that is
+/// not `from`.
+fn other_operand(node: &TypedNode, name: &str, from: OutletId) -> Option<OutletId> {
+    use tract_core::ops::binary::TypedBinOp;
+    let op = node.op_as::<TypedBinOp>()?;
+    if op.0.name() != name || op.1.is_some() || node.inputs.len() != 2 {
+        return None;
+    }
+    match (node.inputs[0] == from, node.inputs[1] == from) {
+        (true, false) => Some(node.inputs[1]),
+        (false, true) => Some(node.inputs[0]),
+        _ => None,
+    }
+}
+
+/// One `Cast(i32 → f32) → Mul(scalar) → Add(const of the last dimension)` chain, as
+/// `(cast, add, acc, scale, bias)`.
+fn dequant_chain(
+    model: &TypedModel,
+    cast: &TypedNode,
+) -> Option<(usize, usize, OutletId, OutletId, OutletId)> {
+    let c = cast.op_as::<tract_core::ops::cast::Cast>()?;
+    let acc = *cast.inputs.first()?;
+    let acc_fact = model.outlet_fact(acc).ok()?;
+    if c.to != f32::datum_type() || acc_fact.datum_type != i32::datum_type() {
+        return None;
+    }
+    let dims = acc_fact.shape.as_concrete()?.to_vec();
+    let n = *dims.last()?;
+    let cast_out = OutletId::new(cast.id, 0);
+    let mul = sole_reader(model, cast_out)?;
+    let scale = other_operand(mul, "Mul", cast_out)?;
+    let scale_fact = model.outlet_fact(scale).ok()?;
+    if scale_fact.datum_type != f32::datum_type() || scale_fact.shape.volume() != TDim::from(1) {
+        return None;
+    }
+    let mul_out = OutletId::new(mul.id, 0);
+    let add = sole_reader(model, mul_out)?;
+    let bias = other_operand(add, "Add", mul_out)?;
+    let bias_fact = model.outlet_fact(bias).ok()?;
+    let bias_dims = bias_fact.shape.as_concrete()?;
+    let per_column =
+        bias_dims.last() == Some(&n) && bias_dims.iter().rev().skip(1).all(|d| *d == 1);
+    let out_dims = model
+        .outlet_fact(OutletId::new(add.id, 0))
+        .ok()?
+        .shape
+        .as_concrete()?
+        .to_vec();
+    (bias_fact.datum_type == f32::datum_type()
+        && bias_fact.konst.is_some()
+        && per_column
+        && bias_dims.len() <= dims.len()
+        && out_dims == dims)
+        .then_some((cast.id, add.id, acc, scale, bias))
+}
+
+/// Replace every `Cast(i32 → f32) → Mul(scale) → Add(bias)` after an int8 product (the ONNX
+/// dynamic-quantisation pattern) by one [`DequantizeI32`]. Returns how many were fused.
+pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
+    let chains: Vec<_> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| dequant_chain(model, n))
+        .collect();
+    for (cast, add, acc, scale, bias) in &chains {
+        let mut patch = TypedModelPatch::default();
+        let inputs = patch.taps(model, [acc, scale, bias])?;
+        let name = format!("{}.dequantize", model.node(*cast).name);
+        let bias_fact = model.outlet_fact(*bias)?.clone();
+        let n = bias_fact.shape.volume();
+        // the bias as a flat vector of the last dimension
+        let flat = patch.wire_node(
+            format!("{name}.bias"),
+            AxisOp::Reshape(0, bias_fact.shape.iter().cloned().collect(), tvec![n]),
+            &[inputs[2]],
+        )?;
+        let out = patch.wire_node(name, DequantizeI32, &[inputs[0], inputs[1], flat[0]])?;
+        patch.shunt_outside(model, OutletId::new(*add, 0), out[0])?;
+        patch.apply(model)?;
+    }
+    if !chains.is_empty() {
+        model.compact()?;
+    }
+    Ok(chains.len())
+}
+
 const NNEF_ID: &str = "dinoedge_dynamic_quantize_linear_u8";
 const NNEF_Q_I8: &str = "dinoedge_quantize_linear_i8";
+const NNEF_DEQ_I32: &str = "dinoedge_dequantize_i32";
 
 /// Register dinoedge's operators in an NNEF registry (for the compile cache).
 pub fn register(registry: &mut Registry) {
@@ -247,6 +425,36 @@ pub fn register(registry: &mut Registry) {
         load_q_i8,
     );
     registry.register_dumper(dump_q_i8);
+    registry.register_primitive(
+        NNEF_DEQ_I32,
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Scalar.tensor().named("scale"),
+            TypeName::Scalar.tensor().named("bias"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        load_dequantize_i32,
+    );
+    registry.register_dumper(dump_dequantize_i32);
+}
+
+fn dump_dequantize_i32(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    _op: &DequantizeI32,
+) -> TractResult<Option<Arc<tract_nnef::internal::RValue>>> {
+    let inputs: Vec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
+    Ok(Some(invocation(NNEF_DEQ_I32, &inputs, &[])))
+}
+
+fn load_dequantize_i32(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+) -> TractResult<Value> {
+    let input = invocation.named_arg_as(builder, "input")?;
+    let scale = invocation.named_arg_as(builder, "scale")?;
+    let bias = invocation.named_arg_as(builder, "bias")?;
+    builder.wire(DequantizeI32, &[input, scale, bias])
 }
 
 fn dump_q_i8(
@@ -321,6 +529,79 @@ mod tests {
         let mut got = vec![0u8; xs.len()];
         quantize_u8(scale, zp, xs, &mut got);
         assert_eq!(got, want, "{xs:?}");
+    }
+
+    /// `acc: i32 [2, 3], scale: f32 []` → Cast → Mul → Add(bias [3]); with `tap_cast` the
+    /// cast's output is also a model output (so the chain must not be fused).
+    fn epilogue_model(tap_cast: bool) -> TypedModel {
+        use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
+        let mut m = TypedModel::default();
+        let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
+        let scale = m.add_source("scale", f32::fact([0usize; 0])).unwrap();
+        let bias = m
+            .add_const("bias", tensor2(&[[0.5f32, -1.25, 3.0]]))
+            .unwrap();
+        let c = m
+            .wire_node("cast", cast(f32::datum_type()), &[acc])
+            .unwrap();
+        let scale_b = m.wire_node("scale_axes", AxisOp::Add(0), &[scale]).unwrap();
+        let scale_b = m
+            .wire_node("scale_axes2", AxisOp::Add(0), &scale_b)
+            .unwrap();
+        let mul = m
+            .wire_node(
+                "mul",
+                TypedBinOp(Box::new(math::Mul), None),
+                &[c[0], scale_b[0]],
+            )
+            .unwrap();
+        let add = m
+            .wire_node(
+                "add",
+                TypedBinOp(Box::new(math::Add), None),
+                &[bias, mul[0]],
+            )
+            .unwrap();
+        let mut outputs = vec![add[0]];
+        if tap_cast {
+            outputs.push(c[0]);
+        }
+        m.select_output_outlets(&outputs).unwrap();
+        m
+    }
+
+    fn run(m: TypedModel) -> Vec<f32> {
+        let plan = m.into_runnable().unwrap();
+        let acc = tensor2(&[[7i32, -300, 0], [i32::MAX, 12345, -1]]);
+        let out = plan
+            .run(tvec![acc.into(), tensor0(0.0123f32).into()])
+            .unwrap();
+        out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn dequantize_epilogue_fuses_bit_for_bit() {
+        let want = run(epilogue_model(false));
+        let mut fused = epilogue_model(false);
+        assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
+        assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
+        assert!(
+            !fused
+                .nodes()
+                .iter()
+                .any(|n| n.op_is::<tract_core::ops::cast::Cast>())
+        );
+        let got = run(fused);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        // a chain whose intermediate is read elsewhere stays as it is
+        let mut tapped = epilogue_model(true);
+        assert_eq!(fuse_dequantize(&mut tapped).unwrap(), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod region;
 pub mod render;
 pub mod result;
 pub mod sink;
+pub mod sink_spec;
 pub mod stats;
 
 pub use gpio_sink::GpioSink;
@@ -29,6 +30,7 @@ pub use region::Region;
 pub use render::View;
 pub use result::{Analysed, FrameResult, Output};
 pub use sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
+pub use sink_spec::{DEFAULT_LISTEN, SinkContext, SinkSpec};
 pub use stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
 
 /// Errors of the runner.
@@ -46,6 +48,14 @@ pub enum StreamError {
     /// Drawing a result failed.
     #[error(transparent)]
     Render(#[from] dinoedge_render::RenderError),
+    /// A `--sink` specification is malformed.
+    #[error("sink `{spec}`: {reason}")]
+    InvalidSink {
+        /// The specification as given.
+        spec: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// A sink failed.
     #[error("sink {name}: {reason}")]
     Sink {

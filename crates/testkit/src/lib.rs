@@ -35,6 +35,14 @@ pub fn fixtures() -> PathBuf {
     shared("DINOEDGE_FIXTURES", "fixtures")
 }
 
+/// The fixtures folder when it is there (benches skip without it instead of failing).
+pub fn fixtures_if_present() -> Option<PathBuf> {
+    let dir = std::env::var_os("DINOEDGE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/fixtures"));
+    dir.join("README.md").is_file().then_some(dir)
+}
+
 /// A file of the fixtures: `dinov2-small/onnx/model.onnx`, `heads/…`, `images/…`.
 pub fn fixture(rel: &str) -> PathBuf {
     fixtures().join(rel)
