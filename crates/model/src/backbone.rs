@@ -455,6 +455,7 @@ impl Backbone {
                 // tract forms its static quantisers while optimising: swap those now.
                 if fast_ops {
                     crate::ops::swap_static_quantizers(&mut optimized);
+                    crate::ops::swap_static_dequantizers(&mut optimized);
                 }
                 report.dinoedge_ops = optimized
                     .nodes()
@@ -464,6 +465,7 @@ impl Backbone {
                             .is_some()
                             || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
                             || n.op_as::<crate::ops::DequantizeI32>().is_some()
+                            || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
                     })
                     .count();
                 TypedSimplePlan::new_with_options(optimized, &run_options)
@@ -810,8 +812,19 @@ fn compile(
 ) -> Result<TypedModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
     let dir = info.path.parent().and_then(|p| p.to_str());
+    // QDQ files: their weight products as int8 products (see `qdq`)
+    let rewritten;
+    let proto = if fast_ops && info.graph.precision == Precision::QdqInt8 {
+        let mut p = (*info.proto).clone();
+        let n = crate::qdq::integer_products(&mut p);
+        tracing::debug!("{n} QDQ products rewritten as int8 products");
+        rewritten = p;
+        &rewritten
+    } else {
+        &*info.proto
+    };
     let parsed = onnx
-        .parse(&info.proto, dir)
+        .parse(proto, dir)
         .map_err(|e| ModelError::tract("parse the ONNX graph", e))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(ModelError::InvalidOnnx {

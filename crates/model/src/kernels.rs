@@ -182,6 +182,30 @@ dispatch!(
     /// in one pass and rounded as those three are).
     pub fn dequantize_i32(acc: &[i32], scale: f32, bias: &[f32], out: &mut [f32]) => dequantize_i32_impl);
 
+#[inline(always)]
+fn dequantize_i8_impl(scale: f32, zero_point: i32, xs: &[i8], ys: &mut [f32]) {
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        *y = (*x as i32 - zero_point) as f32 * scale;
+    }
+}
+
+dispatch!(
+    /// `ys = (xs - zero_point) as f32 * scale`: tract's `DequantizeLinearF32` on i8, with the
+    /// scale and zero point in registers (tract's loop reads them through `&self` at every
+    /// element, since they might alias the output, and so stays scalar).
+    pub fn dequantize_i8(scale: f32, zero_point: i32, xs: &[i8], ys: &mut [f32]) => dequantize_i8_impl);
+
+#[inline(always)]
+fn dequantize_u8_impl(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) {
+    for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        *y = (*x as i32 - zero_point) as f32 * scale;
+    }
+}
+
+dispatch!(
+    /// [`dequantize_i8`] for u8 inputs.
+    pub fn dequantize_u8(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) => dequantize_u8_impl);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ pub mod graph;
 pub mod kernels;
 pub mod ops;
 pub mod preprocess;
+pub mod qdq;
 pub mod resolution;
 pub mod runtime;
 
