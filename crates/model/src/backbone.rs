@@ -317,118 +317,18 @@ impl Backbone {
             runtime,
             runtime_note,
         };
-        let nnef = nnef_framework;
-
-        // Try the cache.
-        let entry = match options.cache.dir() {
-            Some(dir) => match cache::sha256_file(&info.path) {
-                Ok(sha) => {
-                    let meta = EntryMeta::new(&sha, options_key.clone());
-                    Some((Entry::new(&dir, &meta), meta))
-                }
-                Err(e) => {
-                    report.cache_note = Some(format!("cache skipped: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut decluttered: Option<TypedModel> = None;
-        if let Some((entry, meta)) = &entry {
-            let t = Instant::now();
-            match entry.check(meta) {
-                Ok(()) => match nnef().model_for_path(&entry.model) {
-                    Ok(m) if m.outputs.len() == taps.len() => {
-                        report.source = LoadSource::Cache;
-                        report.cache_load = t.elapsed();
-                        report.cache_entry = Some(entry.model.clone());
-                        decluttered = Some(m);
-                    }
-                    Ok(m) => {
-                        report.cache_note = Some(format!(
-                            "cache entry {} has {} outputs, expected {}: rebuilt",
-                            entry.model.display(),
-                            m.outputs.len(),
-                            taps.len()
-                        ));
-                        entry.remove();
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "cache entry {} is corrupt ({e:#}); rebuilding it",
-                            entry.model.display()
-                        );
-                        report.cache_note = Some(format!(
-                            "cache entry {} was corrupt: rebuilt",
-                            entry.model.display()
-                        ));
-                        entry.remove();
-                    }
-                },
-                Err(why) if why == "no entry" => {}
-                Err(why) => {
-                    tracing::info!(
-                        "cache entry {}: {why}; rebuilding it",
-                        entry.model.display()
-                    );
-                    report.cache_note = Some(format!("cache entry {why}: rebuilt"));
-                    entry.remove();
-                }
-            }
-        }
-
-        let model = match decluttered {
-            Some(m) => m,
-            None => {
-                let t = Instant::now();
-                let m = compile(&info, &taps, options.batch, resolution, fast_ops)?;
-                report.compile = t.elapsed();
-                if let Some((entry, meta)) = &entry {
-                    let stored = entry.store(meta, |f| {
-                        nnef()
-                            .write_to_tar(&m, f)
-                            .map(|_| ())
-                            .map_err(|e| format!("{e:#}"))
-                    });
-                    match stored {
-                        Ok(()) => report.cache_entry = Some(entry.model.clone()),
-                        Err(e) => {
-                            // Some graphs hold ops tract cannot write as NNEF (e.g. the
-                            // dynamic int8 quantiser): they just start uncached.
-                            tracing::info!("{e}");
-                            report.cache_note = Some(format!("not cached: {e}"));
-                        }
-                    }
-                }
-                m
-            }
-        };
+        let model = cached_or_compiled(
+            &info,
+            options,
+            &taps,
+            resolution,
+            fast_ops,
+            options_key,
+            &mut report,
+        )?;
 
         // Shapes are concrete now: check them against the layout dinoedge expects.
-        let token_shape = concrete_shape(&model, 0)?;
-        let (gh, gw) = resolution.grid(g.patch_size as u32);
-        let [b, t, d] = token_shape[..] else {
-            return Err(ModelError::NotDinov2 {
-                path: info.path.clone(),
-                reason: format!(
-                    "the final LayerNorm output has shape {token_shape:?}, expected [batch, tokens, dim]"
-                ),
-            });
-        };
-        if b != options.batch || d != g.embed_dim || t < 1 + gh * gw {
-            return Err(ModelError::NotDinov2 {
-                path: info.path.clone(),
-                reason: format!(
-                    "tokens of shape {token_shape:?} do not fit a {gh}x{gw} patch grid of width {} (batch {})",
-                    g.embed_dim, options.batch
-                ),
-            });
-        }
-        let layout = TokenLayout {
-            registers: t - 1 - gh * gw,
-            grid: (gh, gw),
-            dim: d,
-        };
+        let layout = token_layout(&model, &info, resolution, options.batch)?;
         let heads = if options.attention {
             let shape = concrete_shape(&model, taps.len() - 1)?;
             Some(shape[1])
@@ -437,41 +337,7 @@ impl Backbone {
         };
 
         let t = Instant::now();
-        let executor = if threads == 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(threads)
-        };
-        let run_options = RunOptions {
-            executor: Some(executor),
-            ..RunOptions::default()
-        };
-        let plan = match runtime {
-            Runtime::Cuda => cuda_plan(model, &run_options)?,
-            _ => {
-                let mut optimized = model
-                    .into_optimized()
-                    .map_err(|e| ModelError::tract("optimise the model", e))?;
-                // tract forms its static quantisers while optimising: swap those now.
-                if fast_ops {
-                    crate::ops::swap_static_quantizers(&mut optimized);
-                    crate::ops::swap_static_dequantizers(&mut optimized);
-                }
-                report.dinoedge_ops = optimized
-                    .nodes()
-                    .iter()
-                    .filter(|n| {
-                        n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
-                            .is_some()
-                            || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
-                            || n.op_as::<crate::ops::DequantizeI32>().is_some()
-                            || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
-                    })
-                    .count();
-                TypedSimplePlan::new_with_options(optimized, &run_options)
-                    .map_err(|e| ModelError::tract("build the execution plan", e))?
-            }
-        };
+        let plan = build_plan(model, runtime, fast_ops, threads, &mut report)?;
         let state = plan
             .spawn()
             .map_err(|e| ModelError::tract("start the model", e))?;
@@ -747,6 +613,186 @@ impl Backbone {
     pub fn plan_nodes(&self) -> usize {
         self.plan.model().nodes().len()
     }
+}
+
+/// The token layout the compiled graph's output 0 (`[batch, tokens, dim]`) has: registers and
+/// patch grid, or why it is not a DINOv2 output.
+fn token_layout(
+    model: &TypedModel,
+    info: &ModelInfo,
+    resolution: Resolution,
+    batch: usize,
+) -> Result<TokenLayout> {
+    let g = &info.graph;
+    let token_shape = concrete_shape(model, 0)?;
+    let (gh, gw) = resolution.grid(g.patch_size as u32);
+    let [b, t, d] = token_shape[..] else {
+        return Err(ModelError::NotDinov2 {
+            path: info.path.clone(),
+            reason: format!(
+                "the final LayerNorm output has shape {token_shape:?}, expected [batch, tokens, dim]"
+            ),
+        });
+    };
+    if b != batch || d != g.embed_dim || t < 1 + gh * gw {
+        return Err(ModelError::NotDinov2 {
+            path: info.path.clone(),
+            reason: format!(
+                "tokens of shape {token_shape:?} do not fit a {gh}x{gw} patch grid of width {} (batch {batch})",
+                g.embed_dim
+            ),
+        });
+    }
+    Ok(TokenLayout {
+        registers: t - 1 - gh * gw,
+        grid: (gh, gw),
+        dim: d,
+    })
+}
+
+/// Optimise the graph for `runtime` (on the CPU with dinoedge's operators swapped in when
+/// `fast_ops`) and make the plan that runs it on `threads`.
+fn build_plan(
+    model: TypedModel,
+    runtime: Runtime,
+    fast_ops: bool,
+    threads: usize,
+    report: &mut LoadReport,
+) -> Result<Arc<TypedSimplePlan>> {
+    let executor = if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    };
+    let run_options = RunOptions {
+        executor: Some(executor),
+        ..RunOptions::default()
+    };
+    Ok(match runtime {
+        Runtime::Cuda => cuda_plan(model, &run_options)?,
+        _ => {
+            let mut optimized = model
+                .into_optimized()
+                .map_err(|e| ModelError::tract("optimise the model", e))?;
+            // tract forms its static quantisers while optimising: swap those now.
+            if fast_ops {
+                crate::ops::swap_static_quantizers(&mut optimized);
+                crate::ops::swap_static_dequantizers(&mut optimized);
+            }
+            report.dinoedge_ops = optimized
+                .nodes()
+                .iter()
+                .filter(|n| {
+                    n.op_as::<crate::ops::FastDynamicQuantizeLinearU8>()
+                        .is_some()
+                        || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
+                        || n.op_as::<crate::ops::DequantizeI32>().is_some()
+                        || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
+                })
+                .count();
+            TypedSimplePlan::new_with_options(optimized, &run_options)
+                .map_err(|e| ModelError::tract("build the execution plan", e))?
+        }
+    })
+}
+
+/// The decluttered graph for these taps: from the compile cache when it has a sound entry, else
+/// compiled from the ONNX file (and stored). What happened goes into `report`.
+fn cached_or_compiled(
+    info: &ModelInfo,
+    options: &BackboneOptions,
+    taps: &[String],
+    resolution: Resolution,
+    fast_ops: bool,
+    options_key: String,
+    report: &mut LoadReport,
+) -> Result<TypedModel> {
+    let nnef = nnef_framework;
+    // Try the cache.
+    let entry = match options.cache.dir() {
+        Some(dir) => match cache::sha256_file(&info.path) {
+            Ok(sha) => {
+                let meta = EntryMeta::new(&sha, options_key);
+                Some((Entry::new(&dir, &meta), meta))
+            }
+            Err(e) => {
+                report.cache_note = Some(format!("cache skipped: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut decluttered: Option<TypedModel> = None;
+    if let Some((entry, meta)) = &entry {
+        let t = Instant::now();
+        match entry.check(meta) {
+            Ok(()) => match nnef().model_for_path(&entry.model) {
+                Ok(m) if m.outputs.len() == taps.len() => {
+                    report.source = LoadSource::Cache;
+                    report.cache_load = t.elapsed();
+                    report.cache_entry = Some(entry.model.clone());
+                    decluttered = Some(m);
+                }
+                Ok(m) => {
+                    report.cache_note = Some(format!(
+                        "cache entry {} has {} outputs, expected {}: rebuilt",
+                        entry.model.display(),
+                        m.outputs.len(),
+                        taps.len()
+                    ));
+                    entry.remove();
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cache entry {} is corrupt ({e:#}); rebuilding it",
+                        entry.model.display()
+                    );
+                    report.cache_note = Some(format!(
+                        "cache entry {} was corrupt: rebuilt",
+                        entry.model.display()
+                    ));
+                    entry.remove();
+                }
+            },
+            Err(why) if why == "no entry" => {}
+            Err(why) => {
+                tracing::info!(
+                    "cache entry {}: {why}; rebuilding it",
+                    entry.model.display()
+                );
+                report.cache_note = Some(format!("cache entry {why}: rebuilt"));
+                entry.remove();
+            }
+        }
+    }
+
+    let model = match decluttered {
+        Some(m) => m,
+        None => {
+            let t = Instant::now();
+            let m = compile(info, taps, options.batch, resolution, fast_ops)?;
+            report.compile = t.elapsed();
+            if let Some((entry, meta)) = &entry {
+                let stored = entry.store(meta, |f| {
+                    nnef()
+                        .write_to_tar(&m, f)
+                        .map(|_| ())
+                        .map_err(|e| format!("{e:#}"))
+                });
+                match stored {
+                    Ok(()) => report.cache_entry = Some(entry.model.clone()),
+                    Err(e) => {
+                        // Some graphs hold ops tract cannot write as NNEF (e.g. the
+                        // dynamic int8 quantiser): they just start uncached.
+                        tracing::info!("{e}");
+                        report.cache_note = Some(format!("not cached: {e}"));
+                    }
+                }
+            }
+            m
+        }
+    };
+    Ok(model)
 }
 
 /// The runtime `asked` resolves to here, and why `cuda-or-cpu` fell back to the CPU.
