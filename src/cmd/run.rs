@@ -11,7 +11,7 @@ use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{ResizeMode, Resolution, Runtime};
 use dinoedge_stream::{
-    Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, SharedStats, Sink,
+    Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, RunReport, SharedStats, Sink,
     SinkContext, SinkSpec, StatsSnapshot,
 };
 
@@ -207,6 +207,119 @@ impl Status {
     }
 }
 
+/// `--print-settings`: what the run would use, after the profile and the flags, as JSON.
+fn print_settings(args: &Args) {
+    let v = serde_json::json!({
+        "board": args.board,
+        "model": args.model,
+        "head": args.head,
+        "source": args.source,
+        "sinks": args.sinks,
+        "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        "threads": args.threads,
+        "runtime": args.runtime.unwrap_or_default().name(),
+        "size": args.size.map(|s| s.to_string()),
+        "every": args.every.map(|e| format!("{e:?}")),
+        "gpio": args.gpio,
+    });
+    println!("{v}");
+}
+
+/// The task: the head's, unless `--task` asks for one (which must fit the head, or not need one).
+fn choose_task(
+    head: Option<&LinearHead>,
+    task: Option<Task>,
+    head_path: Option<&std::path::Path>,
+) -> Result<Task> {
+    Ok(match (head, task) {
+        (Some(LinearHead::Seg(_)), None | Some(Task::Seg)) => Task::Seg,
+        (Some(LinearHead::Depth(_)), None | Some(Task::Depth)) => Task::Depth,
+        (Some(h), Some(t)) => bail!(
+            "--task {t:?} does not fit the head {} (a {} head): drop --task or pick another head",
+            head_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            match h {
+                LinearHead::Seg(_) => "segmentation",
+                LinearHead::Depth(_) => "depth",
+            }
+        ),
+        (None, Some(Task::Depth)) => bail!(
+            "--task depth needs a depth head: --head dinov2_vits14_nyu_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
+        ),
+        (None, Some(Task::Seg)) => bail!(
+            "--task seg needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
+        ),
+        (None, t) => t.unwrap_or(Task::Pca),
+    })
+}
+
+/// A flag Ctrl-C sets (the runner finishes what is in flight and closes every sink); a second
+/// Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let presses = AtomicU32::new(0);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!(
+                "\nstopping: finishing the frames in flight and closing every sink (Ctrl-C again to quit at once)"
+            );
+            flag.store(true, Ordering::Relaxed);
+        } else {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// The final numbers, where results went, and an error naming what failed along the way.
+fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Result<()> {
+    if status != StatusMode::Json {
+        eprintln!("{}", report.stats.line());
+    } else {
+        eprintln!(
+            "{}",
+            serde_json::to_string(&report.stats).unwrap_or_default()
+        );
+    }
+    for w in wheres {
+        eprintln!("wrote {w}");
+    }
+    if report.stopped {
+        eprintln!("stopped by Ctrl-C; every sink was flushed");
+    }
+    let mut problems = Vec::new();
+    if !report.source_errors.is_empty() {
+        for e in &report.source_errors {
+            eprintln!("source error: {e}");
+        }
+        problems.push(format!(
+            "the source failed {} time(s) (last: {})",
+            report.source_errors.len(),
+            report
+                .source_errors
+                .last()
+                .map(String::as_str)
+                .unwrap_or("")
+        ));
+    }
+    if !report.sink_errors.is_empty() {
+        for e in &report.sink_errors {
+            eprintln!("sink error: {e}");
+        }
+        problems.push(format!(
+            "{} sink(s) failed; the other sinks' outputs are complete",
+            report.sink_errors.len()
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
+
 /// Fill what the flags leave open from the board profile (`--board`).
 fn apply_board(mut args: Args) -> Result<Args> {
     let Some(spec) = &args.board else {
@@ -264,20 +377,7 @@ fn apply_board(mut args: Args) -> Result<Args> {
 pub fn run(args: Args) -> Result<()> {
     let args = apply_board(args)?;
     if args.print_settings {
-        let v = serde_json::json!({
-            "board": args.board,
-            "model": args.model,
-            "head": args.head,
-            "source": args.source,
-            "sinks": args.sinks,
-            "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
-            "threads": args.threads,
-            "runtime": args.runtime.unwrap_or_default().name(),
-            "size": args.size.map(|s| s.to_string()),
-            "every": args.every.map(|e| format!("{e:?}")),
-            "gpio": args.gpio,
-        });
-        println!("{v}");
+        print_settings(&args);
         return Ok(());
     }
     let Some(source) = args.source.clone() else {
@@ -316,28 +416,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
-    let task = match (&head, args.task) {
-        (Some(LinearHead::Seg(_)), None | Some(Task::Seg)) => Task::Seg,
-        (Some(LinearHead::Depth(_)), None | Some(Task::Depth)) => Task::Depth,
-        (Some(h), Some(t)) => bail!(
-            "--task {t:?} does not fit the head {} (a {} head): drop --task or pick another head",
-            args.head
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            match h {
-                LinearHead::Seg(_) => "segmentation",
-                LinearHead::Depth(_) => "depth",
-            }
-        ),
-        (None, Some(Task::Depth)) => bail!(
-            "--task depth needs a depth head: --head dinov2_vits14_nyu_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
-        ),
-        (None, Some(Task::Seg)) => bail!(
-            "--task seg needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
-        ),
-        (None, t) => t.unwrap_or(Task::Pca),
-    };
+    let task = choose_task(head.as_ref(), args.task, args.head.as_deref())?;
     let model_info = model.read()?;
     let options = match &head {
         Some(h) => head_options(h, &model_info, &model)?,
@@ -407,22 +486,7 @@ pub fn run(args: Args) -> Result<()> {
         bb.runtime()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let presses = AtomicU32::new(0);
-        ctrlc::set_handler(move || {
-            if presses.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!(
-                    "\nstopping: finishing the frames in flight and closing every sink (Ctrl-C again to quit at once)"
-                );
-                stop.store(true, Ordering::Relaxed);
-            } else {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop = stop_on_ctrl_c()?;
     // live sources and paced files: newest-wins, unless every frame is wanted
     let paced = spec.pace != Pace::Fast;
     let options = RunOptions {
@@ -441,46 +505,5 @@ pub fn run(args: Args) -> Result<()> {
     });
     status.end();
     let report = report.context("the backbone or head failed; every sink was closed")?;
-    if args.status != StatusMode::Json {
-        eprintln!("{}", report.stats.line());
-    } else {
-        eprintln!(
-            "{}",
-            serde_json::to_string(&report.stats).unwrap_or_default()
-        );
-    }
-    for w in &wheres {
-        eprintln!("wrote {w}");
-    }
-    if report.stopped {
-        eprintln!("stopped by Ctrl-C; every sink was flushed");
-    }
-    let mut problems = Vec::new();
-    if !report.source_errors.is_empty() {
-        for e in &report.source_errors {
-            eprintln!("source error: {e}");
-        }
-        problems.push(format!(
-            "the source failed {} time(s) (last: {})",
-            report.source_errors.len(),
-            report
-                .source_errors
-                .last()
-                .map(String::as_str)
-                .unwrap_or("")
-        ));
-    }
-    if !report.sink_errors.is_empty() {
-        for e in &report.sink_errors {
-            eprintln!("sink error: {e}");
-        }
-        problems.push(format!(
-            "{} sink(s) failed; the other sinks' outputs are complete",
-            report.sink_errors.len()
-        ));
-    }
-    if !problems.is_empty() {
-        bail!("{}", problems.join("; "));
-    }
-    Ok(())
+    summarise(&report, args.status, &wheres)
 }
