@@ -298,7 +298,7 @@ impl Backbone {
             // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
             // are rebuilt once, so they pick up its newer fusions
             if fast_ops {
-                " dinoedge-ops 2"
+                " dinoedge-ops 3"
             } else {
                 " tract-ops-only"
             }
@@ -687,6 +687,7 @@ fn build_plan(
                         .is_some()
                         || n.op_as::<crate::ops::FastQuantizeLinearI8>().is_some()
                         || n.op_as::<crate::ops::DequantizeI32>().is_some()
+                        || n.op_as::<crate::ops::ScaleI32>().is_some()
                         || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
                 })
                 .count();

@@ -183,6 +183,23 @@ dispatch!(
     pub fn dequantize_i32(acc: &[i32], scale: f32, bias: &[f32], out: &mut [f32]) => dequantize_i32_impl);
 
 #[inline(always)]
+fn scale_i32_impl(acc: &[i32], scales: &[f32], out: &mut [f32]) {
+    for (a, o) in acc
+        .chunks_exact(scales.len())
+        .zip(out.chunks_exact_mut(scales.len()))
+    {
+        for ((x, s), y) in a.iter().zip(scales).zip(o.iter_mut()) {
+            *y = (*x as f32) * *s;
+        }
+    }
+}
+
+dispatch!(
+    /// `out = acc as f32 * scales`, `scales` repeated over the rows of `acc` (a QDQ file's int8
+    /// product with its per-column multipliers: `Cast`, `Mul` in one pass).
+    pub fn scale_i32(acc: &[i32], scales: &[f32], out: &mut [f32]) => scale_i32_impl);
+
+#[inline(always)]
 fn dequantize_i8_impl(scale: f32, zero_point: i32, xs: &[i8], ys: &mut [f32]) {
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
         *y = (*x as i32 - zero_point) as f32 * scale;

@@ -407,6 +407,55 @@ impl TypedOp for DequantizeI32 {
     as_op!();
 }
 
+/// `Cast(i32 → f32) → Mul(per-column constant)` as one operator: inputs `(acc: i32 [.., N],
+/// scales: f32 [N])`. The int8 products [`crate::qdq`] makes of a QDQ file end so.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct ScaleI32;
+
+impl Op for ScaleI32 {
+    fn name(&self) -> StaticName {
+        "DinoedgeScaleI32".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ScaleI32 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (acc, scales) = (&inputs[0], &inputs[1]);
+        let acc_plain = acc.try_as_plain_ram()?;
+        let xs = acc_plain.as_slice::<i32>()?;
+        let scales_plain = scales.try_as_plain_ram()?;
+        let scales = scales_plain.as_slice::<f32>()?;
+        let n = row_len(acc.shape());
+        ensure!(scales.len() == n, "{} scales for rows of {n}", scales.len());
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), acc.shape())? };
+        {
+            let mut plain = dst.try_as_plain_ram_mut()?;
+            let ys = plain.as_slice_mut::<f32>()?;
+            ensure!(xs.len() == ys.len(), "input and output sizes differ");
+            par_rows(ys, n, |first_row, chunk| {
+                let start = first_row * n;
+                crate::kernels::scale_i32(&xs[start..start + chunk.len()], scales, chunk);
+                Ok(())
+            })?;
+        }
+        Ok(tvec!(dst.into_tvalue()))
+    }
+}
+
+impl TypedOp for ScaleI32 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut y = inputs[0].without_value();
+        y.datum_type = f32::datum_type();
+        Ok(tvec!(y))
+    }
+
+    as_op!();
+}
+
 /// The node that alone reads `outlet`, when nothing else (an output among them) does.
 fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
     let succ = model.outlet_successors(outlet);
@@ -471,8 +520,45 @@ fn dequant_chain(
         .then_some((cast.id, add.id, acc, scale, bias))
 }
 
+/// A constant of `n` values along the last axis (all other dimensions 1), as broadcast over
+/// `[.., n]`.
+fn is_per_column(model: &TypedModel, outlet: OutletId, n: usize, rank: usize) -> bool {
+    let Ok(fact) = model.outlet_fact(outlet) else {
+        return false;
+    };
+    let Some(dims) = fact.shape.as_concrete() else {
+        return false;
+    };
+    fact.datum_type == f32::datum_type()
+        && fact.konst.is_some()
+        && dims.last() == Some(&n)
+        && dims.len() <= rank
+        && dims.iter().rev().skip(1).all(|d| *d == 1)
+}
+
+/// One `Cast(i32 → f32) → Mul(const of the last dimension)` pair that is not the start of a
+/// [`dequant_chain`], as `(mul, acc, scales)`.
+fn scale_chain(model: &TypedModel, cast: &TypedNode) -> Option<(usize, OutletId, OutletId)> {
+    let c = cast.op_as::<tract_core::ops::cast::Cast>()?;
+    let acc = *cast.inputs.first()?;
+    let acc_fact = model.outlet_fact(acc).ok()?;
+    if c.to != f32::datum_type() || acc_fact.datum_type != i32::datum_type() {
+        return None;
+    }
+    let dims = acc_fact.shape.as_concrete()?.to_vec();
+    let cast_out = OutletId::new(cast.id, 0);
+    let mul = sole_reader(model, cast_out)?;
+    let scales = other_operand(mul, "Mul", cast_out)?;
+    let out = model.outlet_fact(OutletId::new(mul.id, 0)).ok()?;
+    (is_per_column(model, scales, *dims.last()?, dims.len())
+        && out.shape.as_concrete() == Some(&dims[..]))
+    .then_some((mul.id, acc, scales))
+}
+
 /// Replace every `Cast(i32 → f32) → Mul(scale) → Add(bias)` after an int8 product (the ONNX
-/// dynamic-quantisation pattern) by one [`DequantizeI32`]. Returns how many were fused.
+/// dynamic-quantisation pattern) by one [`DequantizeI32`], then every remaining
+/// `Cast(i32 → f32) → Mul(per-column constant)` (QDQ products, [`crate::qdq`]) by one
+/// [`ScaleI32`]. Returns how many were fused.
 pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
     let chains: Vec<_> = model
         .nodes()
@@ -495,15 +581,36 @@ pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
         patch.shunt_outside(model, OutletId::new(*add, 0), out[0])?;
         patch.apply(model)?;
     }
-    if !chains.is_empty() {
+    let scaled: Vec<_> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| scale_chain(model, n))
+        .collect();
+    for (mul, acc, scales) in &scaled {
+        let mut patch = TypedModelPatch::default();
+        let inputs = patch.taps(model, [acc, scales])?;
+        let name = format!("{}.scale_i32", model.node(*mul).name);
+        let fact = model.outlet_fact(*scales)?.clone();
+        let n = fact.shape.volume();
+        let flat = patch.wire_node(
+            format!("{name}.scales"),
+            AxisOp::Reshape(0, fact.shape.iter().cloned().collect(), tvec![n]),
+            &[inputs[1]],
+        )?;
+        let out = patch.wire_node(name, ScaleI32, &[inputs[0], flat[0]])?;
+        patch.shunt_outside(model, OutletId::new(*mul, 0), out[0])?;
+        patch.apply(model)?;
+    }
+    if !chains.is_empty() || !scaled.is_empty() {
         model.compact()?;
     }
-    Ok(chains.len())
+    Ok(chains.len() + scaled.len())
 }
 
 const NNEF_ID: &str = "dinoedge_dynamic_quantize_linear_u8";
 const NNEF_Q_I8: &str = "dinoedge_quantize_linear_i8";
 const NNEF_DEQ_I32: &str = "dinoedge_dequantize_i32";
+const NNEF_SCALE_I32: &str = "dinoedge_scale_i32";
 
 /// Register dinoedge's operators in an NNEF registry (for the compile cache).
 pub fn register(registry: &mut Registry) {
@@ -540,6 +647,34 @@ pub fn register(registry: &mut Registry) {
         load_dequantize_i32,
     );
     registry.register_dumper(dump_dequantize_i32);
+    registry.register_primitive(
+        NNEF_SCALE_I32,
+        &[
+            TypeName::Integer.tensor().named("input"),
+            TypeName::Scalar.tensor().named("scales"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        load_scale_i32,
+    );
+    registry.register_dumper(dump_scale_i32);
+}
+
+fn dump_scale_i32(
+    ast: &mut IntoAst,
+    node: &TypedNode,
+    _op: &ScaleI32,
+) -> TractResult<Option<Arc<tract_nnef::internal::RValue>>> {
+    let inputs: Vec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
+    Ok(Some(invocation(NNEF_SCALE_I32, &inputs, &[])))
+}
+
+fn load_scale_i32(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+) -> TractResult<Value> {
+    let input = invocation.named_arg_as(builder, "input")?;
+    let scales = invocation.named_arg_as(builder, "scales")?;
+    builder.wire(ScaleI32, &[input, scales])
 }
 
 fn dump_dequantize_i32(
@@ -686,6 +821,47 @@ mod tests {
             .as_slice::<f32>()
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn per_column_scale_fuses_bit_for_bit() {
+        use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
+        let build = || {
+            let mut m = TypedModel::default();
+            let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
+            let scales = m
+                .add_const("scales", tensor2(&[[0.013f32, -2.5e-4, 7.0]]))
+                .unwrap();
+            let c = m
+                .wire_node("cast", cast(f32::datum_type()), &[acc])
+                .unwrap();
+            let mul = m
+                .wire_node(
+                    "mul",
+                    TypedBinOp(Box::new(math::Mul), None),
+                    &[c[0], scales],
+                )
+                .unwrap();
+            m.select_output_outlets(&mul).unwrap();
+            m
+        };
+        let run = |m: TypedModel| {
+            let acc = tensor2(&[[7i32, -300, 0], [i32::MAX, 12345, -1]]);
+            let out = m.into_runnable().unwrap().run(tvec![acc.into()]).unwrap();
+            let v: Vec<u32> = out[0]
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|f| f.to_bits())
+                .collect();
+            v
+        };
+        let mut fused = build();
+        assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
+        assert!(fused.nodes().iter().any(|n| n.op_is::<ScaleI32>()));
+        assert_eq!(run(fused), run(build()));
     }
 
     #[test]
