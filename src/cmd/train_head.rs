@@ -180,25 +180,45 @@ fn detect_task(ds: &Dataset) -> Result<TaskArg> {
 }
 
 /// Train a head.
-pub fn run(args: Args) -> Result<()> {
-    let ds = Dataset::open(&args.data).context("reading the labelled folder")?;
-    if !ds.unlabelled.is_empty() {
-        eprintln!(
-            "warning: {} image(s) without a label are skipped (first: {})",
-            ds.unlabelled.len(),
-            ds.unlabelled[0].display()
+/// What the saved head records about how it was trained (read back by `run` and `eval-head`).
+fn head_metadata(
+    info: &ModelInfo,
+    model_sha: &str,
+    resolution: dinoedge_model::Resolution,
+    ds: &Dataset,
+    task: &Task,
+) -> Result<HashMap<String, String>> {
+    let mut metadata = HashMap::from([
+        ("backbone_sha256".to_string(), model_sha.to_string()),
+        ("backbone".to_string(), info.variant()),
+        ("backbone_dim".to_string(), info.graph.embed_dim.to_string()),
+        ("resolution".to_string(), resolution.to_string()),
+        ("resize".to_string(), "stretch".to_string()),
+        (
+            "dinoedge_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        ("dataset".to_string(), ds.root.display().to_string()),
+    ]);
+    if let Task::Depth { blocks, .. } = task {
+        metadata.insert("layers".into(), serde_json::to_string(blocks)?);
+    } else {
+        metadata.insert(
+            "layers".into(),
+            serde_json::to_string(&[info.graph.num_blocks - 1])?,
         );
     }
-    let info = ModelInfo::read(&args.model.model)
-        .with_context(|| format!("reading {}", args.model.model.display()))?;
-    let g = &info.graph;
+    Ok(metadata)
+}
+
+/// What to train, from `--task` (or the labels' kind) and the flags that shape it.
+fn task_for(args: &Args, ds: &Dataset, g: &dinoedge_model::GraphInfo) -> Result<Task> {
     let task_arg = match args.task {
-        TaskArg::Auto => detect_task(&ds)?,
+        TaskArg::Auto => detect_task(ds)?,
         t => t,
     };
     let layers = args.layers as usize;
-    let heads = info.heads.unwrap_or(g.embed_dim / 64);
-    let task = match task_arg {
+    Ok(match task_arg {
         TaskArg::Seg | TaskArg::Auto => Task::Segmentation {
             format: args.data_args.mask_format()?,
             attention: args.attention,
@@ -226,7 +246,23 @@ pub fn run(args: Args) -> Result<()> {
                 bins: 256,
             }
         }
-    };
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let ds = Dataset::open(&args.data).context("reading the labelled folder")?;
+    if !ds.unlabelled.is_empty() {
+        eprintln!(
+            "warning: {} image(s) without a label are skipped (first: {})",
+            ds.unlabelled.len(),
+            ds.unlabelled[0].display()
+        );
+    }
+    let info = ModelInfo::read(&args.model.model)
+        .with_context(|| format!("reading {}", args.model.model.display()))?;
+    let g = &info.graph;
+    let task = task_for(&args, &ds, g)?;
+    let heads = info.heads.unwrap_or(g.embed_dim / 64);
     anyhow::ensure!(
         (0.0..1.0).contains(&args.val_split),
         "--val-split must be within 0..1"
@@ -281,23 +317,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         "val AbsRel"
     };
-    let mut metadata = HashMap::from([
-        ("backbone_sha256".to_string(), model_sha.clone()),
-        ("backbone".to_string(), info.variant()),
-        ("backbone_dim".to_string(), g.embed_dim.to_string()),
-        ("resolution".to_string(), resolution.to_string()),
-        ("resize".to_string(), "stretch".to_string()),
-        (
-            "dinoedge_version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        ("dataset".to_string(), ds.root.display().to_string()),
-    ]);
-    if let Task::Depth { blocks, .. } = &task {
-        metadata.insert("layers".into(), serde_json::to_string(blocks)?);
-    } else {
-        metadata.insert("layers".into(), serde_json::to_string(&[g.num_blocks - 1])?);
-    }
+    let metadata = head_metadata(&info, &model_sha, resolution, &ds, &task)?;
     let t0 = std::time::Instant::now();
     let (head, report) = task.train(
         &mut extractor,
