@@ -36,6 +36,13 @@ pub fn quantize_u8(scale: f32, zero_point: u8, xs: &[f32], ys: &mut [u8]) {
     crate::kernels::quantize_u8(scale, zero_point, xs, ys)
 }
 
+/// The fact of an element-wise operator's output: the input's shape, of type `dt`.
+fn retyped(input: &TypedFact, dt: DatumType) -> TypedFact {
+    let mut y = input.without_value();
+    y.datum_type = dt;
+    y
+}
+
 /// The innermost dimension (the unit work is split on), 1 for a scalar.
 fn row_len(shape: &[usize]) -> usize {
     shape.last().copied().filter(|n| *n > 0).unwrap_or(1)
@@ -132,9 +139,11 @@ impl EvalOp for FastDynamicQuantizeLinearU8 {
 
 impl TypedOp for FastDynamicQuantizeLinearU8 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut y = inputs[0].without_value();
-        y.datum_type = u8::datum_type();
-        Ok(tvec!(y, f32::fact([0usize; 0]), u8::fact([0usize; 0])))
+        Ok(tvec!(
+            retyped(inputs[0], u8::datum_type()),
+            f32::fact([0usize; 0]),
+            u8::fact([0usize; 0])
+        ))
     }
 
     as_op!();
@@ -199,9 +208,7 @@ impl EvalOp for FastQuantizeLinearI8 {
 
 impl TypedOp for FastQuantizeLinearI8 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut y = inputs[0].without_value();
-        y.datum_type = i8::datum_type();
-        Ok(tvec!(y))
+        Ok(tvec!(retyped(inputs[0], i8::datum_type())))
     }
 
     as_op!();
@@ -307,9 +314,7 @@ impl EvalOp for FastDequantizeLinearF32 {
 
 impl TypedOp for FastDequantizeLinearF32 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut y = inputs[0].without_value();
-        y.datum_type = f32::datum_type();
-        Ok(tvec!(y))
+        Ok(tvec!(retyped(inputs[0], f32::datum_type())))
     }
 
     as_op!();
@@ -399,9 +404,7 @@ impl EvalOp for DequantizeI32 {
 
 impl TypedOp for DequantizeI32 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut y = inputs[0].without_value();
-        y.datum_type = f32::datum_type();
-        Ok(tvec!(y))
+        Ok(tvec!(retyped(inputs[0], f32::datum_type())))
     }
 
     as_op!();
@@ -448,9 +451,7 @@ impl EvalOp for ScaleI32 {
 
 impl TypedOp for ScaleI32 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut y = inputs[0].without_value();
-        y.datum_type = f32::datum_type();
-        Ok(tvec!(y))
+        Ok(tvec!(retyped(inputs[0], f32::datum_type())))
     }
 
     as_op!();
