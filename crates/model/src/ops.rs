@@ -68,21 +68,29 @@ fn par_rows<Y: Send>(
     tract_linalg::multithread::par_chunks_mut(ys, row_len, ys.len(), f)
 }
 
-/// `f` over matching blocks of whole rows of `xs` and `ys`, on the backbone's threads (tract's
-/// executor; inline on one thread or a small tensor). Each element depends only on its own
-/// input, so the result does not depend on the split.
-fn par_map<Y: Send>(
-    xs: &[f32],
-    ys: &mut [Y],
-    row_len: usize,
-    f: impl Fn(&[f32], &mut [Y]) + Sync + Send,
-) -> TractResult<()> {
-    ensure!(xs.len() == ys.len(), "input and output sizes differ");
-    par_rows(ys, row_len, |first_row, chunk| {
-        let start = first_row * row_len;
-        f(&xs[start..start + chunk.len()], chunk);
-        Ok(())
-    })
+/// A new `Y` tensor of `input`'s shape, filled by `f` over matching blocks of whole rows of
+/// `input` and the output, on the backbone's threads (tract's executor; inline on one thread
+/// or a small tensor). Each output row depends only on its own input row, so the result does
+/// not depend on the split.
+fn map_rows<X: Datum, Y: Datum>(
+    input: &Tensor,
+    f: impl Fn(&[X], &mut [Y]) + Sync + Send,
+) -> TractResult<Tensor> {
+    let plain = input.try_as_plain_ram()?;
+    let xs = plain.as_slice::<X>()?;
+    let n = row_len(input.shape());
+    let mut dst = unsafe { Tensor::uninitialized_dt(Y::datum_type(), input.shape())? };
+    {
+        let mut out = dst.try_as_plain_ram_mut()?;
+        let ys = out.as_slice_mut::<Y>()?;
+        ensure!(xs.len() == ys.len(), "input and output sizes differ");
+        par_rows(ys, n, |first_row, chunk| {
+            let start = first_row * n;
+            f(&xs[start..start + chunk.len()], chunk);
+            Ok(())
+        })?;
+    }
+    Ok(dst)
 }
 
 /// `min(0, xs)` and `max(0, xs)` in parallel parts (min and max are exact, so the parts'
@@ -122,13 +130,9 @@ impl EvalOp for FastDynamicQuantizeLinearU8 {
         let (min, max) = par_min_max(xs)?;
         let scale = (max - min) / 255.0;
         let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
-        let mut dst = unsafe { Tensor::uninitialized_dt(u8::datum_type(), input.shape())? };
-        par_map(
-            xs,
-            dst.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
-            row_len(input.shape()),
-            |x, y| quantize_u8(scale, zero_point, x, y),
-        )?;
+        let dst = map_rows(&input, |x: &[f32], y: &mut [u8]| {
+            quantize_u8(scale, zero_point, x, y)
+        })?;
         Ok(tvec!(
             dst.into_tvalue(),
             tensor0(scale).into_tvalue(),
@@ -192,16 +196,9 @@ impl EvalOp for FastQuantizeLinearI8 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
-        let plain = input.try_as_plain_ram()?;
-        let xs = plain.as_slice::<f32>()?;
-        let mut dst = unsafe { Tensor::uninitialized_dt(i8::datum_type(), input.shape())? };
-        par_map(
-            xs,
-            dst.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?,
-            row_len(input.shape()),
-            |x, y| quantize_i8(self.scale, self.zero_point, x, y),
-        )?;
+        let dst = map_rows(&inputs[0], |x: &[f32], y: &mut [i8]| {
+            quantize_i8(self.scale, self.zero_point, x, y)
+        })?;
         Ok(tvec!(dst.into_tvalue()))
     }
 }
@@ -279,35 +276,16 @@ impl EvalOp for FastDequantizeLinearF32 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = &inputs[0];
-        let plain = input.try_as_plain_ram()?;
-        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), input.shape())? };
-        {
-            let mut out = dst.try_as_plain_ram_mut()?;
-            let ys = out.as_slice_mut::<f32>()?;
-            let n = row_len(input.shape());
-            let (scale, zp) = (self.scale, self.zero_point);
-            match input.datum_type() {
-                DatumType::I8 => {
-                    let xs = plain.as_slice::<i8>()?;
-                    ensure!(xs.len() == ys.len(), "input and output sizes differ");
-                    par_rows(ys, n, |row, chunk| {
-                        let xs = &xs[row * n..row * n + chunk.len()];
-                        crate::kernels::dequantize_i8(scale, zp, xs, chunk);
-                        Ok(())
-                    })?;
-                }
-                DatumType::U8 => {
-                    let xs = plain.as_slice::<u8>()?;
-                    ensure!(xs.len() == ys.len(), "input and output sizes differ");
-                    par_rows(ys, n, |row, chunk| {
-                        let xs = &xs[row * n..row * n + chunk.len()];
-                        crate::kernels::dequantize_u8(scale, zp, xs, chunk);
-                        Ok(())
-                    })?;
-                }
-                dt => bail!("DinoedgeDequantizeLinearF32 takes i8 or u8, not {dt:?}"),
-            }
-        }
+        let (scale, zp) = (self.scale, self.zero_point);
+        let dst = match input.datum_type() {
+            DatumType::I8 => map_rows(input, |x: &[i8], y: &mut [f32]| {
+                crate::kernels::dequantize_i8(scale, zp, x, y)
+            })?,
+            DatumType::U8 => map_rows(input, |x: &[u8], y: &mut [f32]| {
+                crate::kernels::dequantize_u8(scale, zp, x, y)
+            })?,
+            dt => bail!("DinoedgeDequantizeLinearF32 takes i8 or u8, not {dt:?}"),
+        };
         Ok(tvec!(dst.into_tvalue()))
     }
 }
@@ -375,8 +353,6 @@ impl EvalOp for DequantizeI32 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (acc, scale, bias) = (&inputs[0], &inputs[1], &inputs[2]);
-        let acc_plain = acc.try_as_plain_ram()?;
-        let xs = acc_plain.as_slice::<i32>()?;
         let scale = *scale
             .try_as_plain_ram()?
             .as_slice::<f32>()?
@@ -386,18 +362,9 @@ impl EvalOp for DequantizeI32 {
         let bias = bias_plain.as_slice::<f32>()?;
         let n = row_len(acc.shape());
         ensure!(bias.len() == n, "bias of {} for rows of {n}", bias.len());
-        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), acc.shape())? };
-        {
-            let mut plain = dst.try_as_plain_ram_mut()?;
-            let ys = plain.as_slice_mut::<f32>()?;
-            ensure!(xs.len() == ys.len(), "input and output sizes differ");
-            par_rows(ys, n, |first_row, chunk| {
-                let start = first_row * n;
-                let acc = &xs[start..start + chunk.len()];
-                crate::kernels::dequantize_i32(acc, scale, bias, chunk);
-                Ok(())
-            })?;
-        }
+        let dst = map_rows(acc, |x: &[i32], y: &mut [f32]| {
+            crate::kernels::dequantize_i32(x, scale, bias, y)
+        })?;
         Ok(tvec!(dst.into_tvalue()))
     }
 }
@@ -428,23 +395,13 @@ impl EvalOp for ScaleI32 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (acc, scales) = (&inputs[0], &inputs[1]);
-        let acc_plain = acc.try_as_plain_ram()?;
-        let xs = acc_plain.as_slice::<i32>()?;
         let scales_plain = scales.try_as_plain_ram()?;
         let scales = scales_plain.as_slice::<f32>()?;
         let n = row_len(acc.shape());
         ensure!(scales.len() == n, "{} scales for rows of {n}", scales.len());
-        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), acc.shape())? };
-        {
-            let mut plain = dst.try_as_plain_ram_mut()?;
-            let ys = plain.as_slice_mut::<f32>()?;
-            ensure!(xs.len() == ys.len(), "input and output sizes differ");
-            par_rows(ys, n, |first_row, chunk| {
-                let start = first_row * n;
-                crate::kernels::scale_i32(&xs[start..start + chunk.len()], scales, chunk);
-                Ok(())
-            })?;
-        }
+        let dst = map_rows(acc, |x: &[i32], y: &mut [f32]| {
+            crate::kernels::scale_i32(x, scales, y)
+        })?;
         Ok(tvec!(dst.into_tvalue()))
     }
 }
