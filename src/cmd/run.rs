@@ -320,56 +320,71 @@ fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Resul
     Ok(())
 }
 
-/// Fill what the flags leave open from the board profile (`--board`).
+/// Fill what the flags leave open from the board profile (`--board`): the profile's
+/// [`Profile::apply`](dinoedge_board::Profile::apply) decides what is filled; here its text is
+/// parsed as the flags are.
 fn apply_board(mut args: Args) -> Result<Args> {
-    let Some(spec) = &args.board else {
+    let Some(spec) = args.board.clone() else {
         return Ok(args);
     };
-    let p = dinoedge_board::Profile::load(spec)?;
-    let r = &p.run;
+    let p = dinoedge_board::Profile::load(&spec)?;
+    // typed flags the user gave stand as a marker: the profile fills only what is unset
+    let given = |set: bool| set.then(String::new);
+    let mut s = dinoedge_board::RunSettings {
+        model: given(args.model.is_some()),
+        head: given(args.head.is_some()),
+        task_given: args.task.is_some(),
+        threads: args.threads,
+        runtime: given(args.runtime.is_some()),
+        resolution: given(args.size.is_some()),
+        camera: args.source.clone(),
+        sinks: args.sinks.clone(),
+        listen: args.listen.clone(),
+        every: given(args.every.is_some()),
+        gpio: args.gpio.clone(),
+    };
+    p.apply(&mut s);
+    let err = |what: &str, e: String| anyhow::anyhow!("board {spec}: {what}{e}");
     if args.model.is_none() {
-        args.model = Some(
-            crate::cmd::fetch::model_ref(p.model())
-                .map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?,
-        );
+        args.model = s
+            .model
+            .map(|m| crate::cmd::fetch::model_ref(&m))
+            .transpose()
+            .map_err(|e| err("", e))?;
     }
-    if args.head.is_none()
-        && args.task.is_none()
-        && let Some(h) = &r.head
-    {
-        args.head = Some(
-            crate::cmd::fetch::model_ref(h).map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?,
-        );
+    if args.head.is_none() {
+        args.head = s
+            .head
+            .map(|h| crate::cmd::fetch::model_ref(&h))
+            .transpose()
+            .map_err(|e| err("", e))?;
     }
-    args.threads = args.threads.or(Some(r.threads));
-    if args.runtime.is_none()
-        && let Some(rt) = &r.runtime
-    {
-        args.runtime = Some(
-            rt.parse()
-                .map_err(|e| anyhow::anyhow!("board {spec}: run.runtime: {e}"))?,
-        );
+    if args.runtime.is_none() {
+        args.runtime = s
+            .runtime
+            .map(|r| r.parse::<Runtime>().map_err(|e| e.to_string()))
+            .transpose()
+            .map_err(|e| err("run.runtime: ", e))?;
     }
     if args.size.is_none() {
-        args.size = Some(
-            r.resolution
-                .parse()
-                .map_err(|e| anyhow::anyhow!("board {spec}: run.resolution: {e}"))?,
-        );
+        args.size = s
+            .resolution
+            .map(|r| r.parse::<Resolution>().map_err(|e| e.to_string()))
+            .transpose()
+            .map_err(|e| err("run.resolution: ", e))?;
     }
-    args.source = args.source.or_else(|| Some(r.camera.clone()));
-    if args.sinks.is_empty() {
-        args.sinks = r.sinks.clone();
+    if args.every.is_none() {
+        args.every = s
+            .every
+            .map(|e| parse_every(&e))
+            .transpose()
+            .map_err(|e| err("", e))?;
     }
-    args.listen = args.listen.or_else(|| r.listen.clone());
-    if args.every.is_none()
-        && let Some(e) = &r.every
-    {
-        args.every = Some(parse_every(e).map_err(|e| anyhow::anyhow!("board {spec}: {e}"))?);
-    }
-    if args.gpio.is_empty() {
-        args.gpio = r.gpio.clone();
-    }
+    args.threads = s.threads;
+    args.source = s.camera;
+    args.sinks = s.sinks;
+    args.listen = s.listen;
+    args.gpio = s.gpio;
     Ok(args)
 }
 

@@ -23,7 +23,7 @@ pub mod rpi;
 pub use detect::{Board, detect, detect_at};
 pub use gpio::{Pins, Rule, RuleSet};
 pub use health::{Health, Throttling, read_health};
-pub use profile::Profile;
+pub use profile::{Profile, RunSettings};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

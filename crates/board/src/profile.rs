@@ -183,4 +183,63 @@ impl Profile {
             Precision::Fp32 => "vits14",
         }
     }
+
+    /// Fill what the user left unset in `settings` with this profile's values. What the
+    /// user gave wins; a head comes from the profile only when neither a head nor a task was
+    /// given (a task alone means the backbone's own output); lists (sinks, GPIO rules) are
+    /// taken whole or not at all.
+    pub fn apply(&self, settings: &mut RunSettings) {
+        let r = &self.run;
+        let fill = |v: &mut Option<String>, from: Option<&String>| {
+            if v.is_none() {
+                *v = from.cloned();
+            }
+        };
+        if settings.model.is_none() {
+            settings.model = Some(self.model().to_string());
+        }
+        if !settings.task_given {
+            fill(&mut settings.head, r.head.as_ref());
+        }
+        settings.threads = settings.threads.or(Some(r.threads));
+        fill(&mut settings.runtime, r.runtime.as_ref());
+        fill(&mut settings.resolution, Some(&r.resolution));
+        fill(&mut settings.camera, Some(&r.camera));
+        if settings.sinks.is_empty() {
+            settings.sinks = r.sinks.clone();
+        }
+        fill(&mut settings.listen, r.listen.as_ref());
+        fill(&mut settings.every, r.every.as_ref());
+        if settings.gpio.is_empty() {
+            settings.gpio = r.gpio.clone();
+        }
+    }
+}
+
+/// The run settings a profile can fill, as text (each caller parses them as it parses its
+/// own flags). `None` or empty: not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// The backbone (a name in `dinoedge models` or a path).
+    pub model: Option<String>,
+    /// The head.
+    pub head: Option<String>,
+    /// Whether a task was given (then no head comes from the profile).
+    pub task_given: bool,
+    /// Backbone threads.
+    pub threads: Option<usize>,
+    /// Where the backbone runs.
+    pub runtime: Option<String>,
+    /// Input size, `HxW`.
+    pub resolution: Option<String>,
+    /// The frame source.
+    pub camera: Option<String>,
+    /// Sinks.
+    pub sinks: Vec<String>,
+    /// The live view's address.
+    pub listen: Option<String>,
+    /// Which frames to analyse (`1`, `N` or `idle`).
+    pub every: Option<String>,
+    /// GPIO rules.
+    pub gpio: Vec<String>,
 }

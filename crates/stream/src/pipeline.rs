@@ -8,7 +8,7 @@
 //!   frame (or the newest one whenever it is free). A weak board shows the camera live with a
 //!   result that is a few frames old instead of a stuttering picture.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -198,6 +198,236 @@ fn head_stage(
     })
 }
 
+/// What every thread of a run shares.
+#[derive(Clone)]
+struct Shared {
+    stats: SharedStats,
+    /// Set from outside (Ctrl-C).
+    stop: Arc<AtomicBool>,
+    /// Set when the run itself decides to stop (max frames, a backbone error), so that a
+    /// stop asked from outside can be told apart.
+    internal_stop: Arc<AtomicBool>,
+    /// Set when the head thread has ended.
+    done: Arc<AtomicBool>,
+    source_errors: Arc<Mutex<Vec<String>>>,
+    sink_errors: Arc<Mutex<Vec<String>>>,
+    emitted: Arc<AtomicU64>,
+    max_frames: Option<u64>,
+}
+
+impl Shared {
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.internal_stop.load(Ordering::Relaxed)
+    }
+
+    /// Hand one output to every sink's queue, and stop the run at `max_frames`.
+    fn emit(&self, txs: &[Tx<Arc<Output>>], out: Output) {
+        self.stats.frame_out();
+        let out = Arc::new(out);
+        for tx in txs {
+            tx.send(out.clone());
+        }
+        let n = self.emitted.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_frames.is_some_and(|m| n >= m) {
+            self.internal_stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A stage's result; an error stops the run.
+    fn stage_ended(&self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            self.internal_stop.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn sink_failed(&self, i: usize, e: &crate::StreamError) {
+        tracing::error!("{e}");
+        lock(&self.sink_errors).push(e.to_string());
+        self.stats.sink_state(i, SinkState::Failed(e.to_string()));
+    }
+}
+
+/// One sink's thread: write each output, then finish; after an error the sink is closed
+/// and its queue drained.
+fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Shared) {
+    let mut failed = false;
+    while let Some((out, dropped)) = rx.recv() {
+        if failed {
+            continue;
+        }
+        let t0 = Instant::now();
+        if let Err(e) = sink.write(&out) {
+            sh.sink_failed(i, &e);
+            failed = true;
+            continue;
+        }
+        sh.stats
+            .sink_wrote(i, dropped, t0.elapsed(), out.frame.captured.elapsed());
+    }
+    if !failed {
+        match sink.finish() {
+            Ok(()) => sh.stats.sink_state(i, SinkState::Finished),
+            Err(e) => sh.sink_failed(i, &e),
+        }
+    }
+}
+
+/// How frames flow between the source, the backbone and the sinks in one run.
+struct Flow {
+    cadence: Cadence,
+    /// Newest-wins queues (live sources) rather than lossless ones.
+    live: bool,
+    /// The newest result, which the low-rate modes draw over every frame.
+    newest: Mutex<Option<Arc<FrameResult>>>,
+}
+
+impl Flow {
+    fn low_rate(&self) -> bool {
+        self.cadence != Cadence::EveryFrame
+    }
+
+    fn to_backbone(&self, f: &Frame) -> bool {
+        match self.cadence {
+            Cadence::EveryFrame | Cadence::WhenIdle => true,
+            Cadence::EveryNth(k) => f.seq.is_multiple_of(k.max(1)),
+        }
+    }
+}
+
+/// The source's thread: frames to the backbone (every one, or the chosen ones), and in the
+/// low-rate modes every frame to the sinks with the newest result. 50 errors in a row end it.
+fn drive_source(
+    source: &mut dyn FrameSource,
+    flow: &Flow,
+    frame_tx: Tx<Arc<Frame>>,
+    // low rate, lossless (files): each chosen frame's result is waited for, so that frame n
+    // carries the result of the last chosen frame up to n, exactly
+    result_done: std::sync::mpsc::Receiver<()>,
+    sink_txs: Vec<Tx<Arc<Output>>>,
+    sh: &Shared,
+) {
+    let mut consecutive = 0;
+    let mut last_result_seq = None;
+    while !sh.should_stop() {
+        match source.next_frame() {
+            Ok(Some(f)) => {
+                consecutive = 0;
+                sh.stats.frame_in(f.dropped_before);
+                let f = Arc::new(f);
+                let to_backbone = flow.to_backbone(&f);
+                if to_backbone && !frame_tx.send(f.clone()) {
+                    break;
+                }
+                if to_backbone && flow.low_rate() && !flow.live && result_done.recv().is_err() {
+                    break;
+                }
+                if flow.low_rate() {
+                    let result = lock(&flow.newest).clone();
+                    let seq = result.as_ref().map(|r| r.seq);
+                    let fresh = seq.is_some() && seq != last_result_seq;
+                    last_result_seq = seq;
+                    let out = Output {
+                        dropped_before: f.dropped_before,
+                        frame: f,
+                        result,
+                        fresh,
+                    };
+                    sh.emit(&sink_txs, out);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("source: {e}");
+                sh.stats.source_error();
+                lock(&sh.source_errors).push(e.to_string());
+                consecutive += 1;
+                if consecutive >= 50 {
+                    lock(&sh.source_errors).push("50 errors in a row: giving up".into());
+                    break;
+                }
+            }
+        }
+    }
+    // in the low-rate modes the sinks' queues close when this thread ends
+}
+
+/// Features of one frame on their way to the head: the frame, its features, the backbone's
+/// time, frames dropped before it.
+type Analysing = (Arc<Frame>, Features, Duration, u64);
+
+/// The backbone's thread.
+fn drive_backbone(
+    (backbone, pre): (&mut Backbone, &mut Preprocessor),
+    flow: &Flow,
+    frame_rx: Rx<Arc<Frame>>,
+    feat_tx: Tx<Analysing>,
+    sh: &Shared,
+) -> Result<()> {
+    while let Some((frame, dropped)) = frame_rx.recv() {
+        if !flow.low_rate() && sh.should_stop() {
+            break;
+        }
+        sh.stats.dropped(dropped);
+        let (f, took) = backbone_stage(backbone, pre, &frame)?;
+        if !feat_tx.send((frame, f, took, dropped)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The head's thread: each result to the sinks (every-frame mode) or to `flow.newest`.
+fn drive_head(
+    analysis: &Analysis,
+    flow: &Flow,
+    feat_rx: Rx<Analysing>,
+    result_done: std::sync::mpsc::Sender<()>,
+    sink_txs: &[Tx<Arc<Output>>],
+    sh: &Shared,
+) -> Result<()> {
+    while let Some(((frame, f, took, before), lost)) = feat_rx.recv() {
+        sh.stats.dropped(lost);
+        let a = Arc::new(head_stage(analysis, &frame, f, took)?);
+        sh.stats.analysed(a.backbone, a.head);
+        if flow.low_rate() {
+            *lock(&flow.newest) = Some(a);
+            let _ = result_done.send(());
+        } else {
+            let out = Output {
+                dropped_before: frame.dropped_before + before + lost,
+                frame,
+                result: Some(a),
+                fresh: true,
+            };
+            sh.emit(sink_txs, out);
+        }
+    }
+    Ok(())
+}
+
+/// The board's temperature and throttling into the stats, each warning logged once while it
+/// lasts (again if it comes back).
+struct BoardWatch<'a> {
+    root: Option<&'a std::path::Path>,
+    hot_c: f32,
+    warned: Vec<String>,
+}
+
+impl BoardWatch<'_> {
+    fn read(&mut self, stats: &SharedStats) {
+        let Some(root) = self.root else {
+            return;
+        };
+        let b = BoardSnapshot::from_health(&dinoedge_board::read_health(root), self.hot_c);
+        for w in b.warnings.iter().filter(|w| !self.warned.contains(w)) {
+            tracing::warn!("board: {w}");
+        }
+        self.warned = b.warnings.clone();
+        stats.set_board(b);
+    }
+}
+
 /// Run `source` through `backbone` and `analysis` into `sinks` until the source ends,
 /// `max_frames` are done or `stop` is set. `on_status` gets the numbers every
 /// `status_every`. Source and sink errors are collected in the report, not returned: a
@@ -211,235 +441,69 @@ pub fn run(
     options: RunOptions,
     mut on_status: impl FnMut(&StatsSnapshot),
 ) -> Result<RunReport> {
-    let live = options.drop_frames.unwrap_or(source.info().live);
-    let stats = options.stats.clone();
-    stats.restart(sinks.iter().map(|s| s.name()).collect());
-    let source_errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink_errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    // set when the run itself decides to stop (max frames, a backbone error), so that a
-    // stop asked from outside can be told apart
-    let internal_stop = Arc::new(AtomicBool::new(false));
-    let stop = options.stop.clone();
-    let should_stop = {
-        let (stop, internal) = (stop.clone(), internal_stop.clone());
-        move || stop.load(Ordering::Relaxed) || internal.load(Ordering::Relaxed)
+    let flow = Flow {
+        cadence: options.cadence,
+        live: options.drop_frames.unwrap_or(source.info().live),
+        newest: Mutex::new(None),
     };
-    let cadence = options.cadence;
-    let max = options.max_frames;
+    let sh = Shared {
+        stats: options.stats.clone(),
+        stop: options.stop.clone(),
+        internal_stop: Arc::default(),
+        done: Arc::default(),
+        source_errors: Arc::default(),
+        sink_errors: Arc::default(),
+        emitted: Arc::default(),
+        max_frames: options.max_frames,
+    };
+    sh.stats.restart(sinks.iter().map(|s| s.name()).collect());
 
     let result = std::thread::scope(|sc| -> Result<()> {
-        // sinks, each on its own thread with its own queue
+        let (flow, sh) = (&flow, &sh);
         let mut sink_txs = Vec::new();
-        for (i, mut sink) in sinks.into_iter().enumerate() {
-            let (tx, rx) = queue::<Arc<Output>>(live);
+        for (i, sink) in sinks.into_iter().enumerate() {
+            let (tx, rx) = queue::<Arc<Output>>(flow.live);
             sink_txs.push(tx);
-            let (stats, errors) = (stats.clone(), sink_errors.clone());
-            sc.spawn(move || {
-                let mut failed = false;
-                while let Some((out, dropped)) = rx.recv() {
-                    if failed {
-                        continue;
-                    }
-                    let t0 = Instant::now();
-                    if let Err(e) = sink.write(&out) {
-                        tracing::error!("{e}");
-                        lock(&errors).push(e.to_string());
-                        stats.sink_state(i, SinkState::Failed(e.to_string()));
-                        failed = true;
-                        continue;
-                    }
-                    stats.sink_wrote(i, dropped, t0.elapsed(), out.frame.captured.elapsed());
-                }
-                if !failed {
-                    match sink.finish() {
-                        Ok(()) => stats.sink_state(i, SinkState::Finished),
-                        Err(e) => {
-                            tracing::error!("{e}");
-                            lock(&errors).push(e.to_string());
-                            stats.sink_state(i, SinkState::Failed(e.to_string()));
-                        }
-                    }
-                }
-            });
+            sc.spawn(move || drive_sink(i, sink, rx, sh));
         }
-        let emitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let emit = {
-            let (stats, emitted, internal) =
-                (stats.clone(), emitted.clone(), internal_stop.clone());
-            move |txs: &[Tx<Arc<Output>>], out: Output| {
-                stats.frame_out();
-                let out = Arc::new(out);
-                for tx in txs {
-                    tx.send(out.clone());
-                }
-                let n = emitted.fetch_add(1, Ordering::Relaxed) + 1;
-                if max.is_some_and(|m| n >= m) {
-                    internal.store(true, Ordering::Relaxed);
-                }
-            }
-        };
-
-        // frames for the backbone: every one, or in the low-rate modes the chosen ones;
-        // newest-wins for live runs, lossless otherwise
-        let low_rate = cadence != Cadence::EveryFrame;
-        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(live);
-        let newest: Arc<Mutex<Option<Arc<FrameResult>>>> = Arc::default();
-        // low rate, lossless (files): the source waits for each chosen frame's result, so
-        // that frame n carries the result of the last chosen frame up to n, exactly
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         // whoever hands frames to the sinks owns their queues: when it ends, they close
-        let (src_txs, inf_txs) = if low_rate {
+        let (source_txs, head_txs) = if flow.low_rate() {
             (sink_txs, Vec::new())
         } else {
             (Vec::new(), sink_txs)
         };
-
-        // the source thread (in the low-rate modes it also hands every frame to the sinks)
-        let source_thread = {
-            let (stats, errors) = (stats.clone(), source_errors.clone());
-            let (newest, emit, should_stop) = (newest.clone(), emit.clone(), should_stop.clone());
-            let sink_txs = src_txs;
-            sc.spawn(move || {
-                let mut consecutive = 0;
-                let mut last_result_seq = None;
-                while !should_stop() {
-                    match source.next_frame() {
-                        Ok(Some(f)) => {
-                            consecutive = 0;
-                            stats.frame_in(f.dropped_before);
-                            let f = Arc::new(f);
-                            let to_backbone = match cadence {
-                                Cadence::EveryFrame | Cadence::WhenIdle => true,
-                                Cadence::EveryNth(k) => f.seq.is_multiple_of(k.max(1)),
-                            };
-                            if to_backbone && !frame_tx.send(f.clone()) {
-                                break;
-                            }
-                            if to_backbone && low_rate && !live && done_rx.recv().is_err() {
-                                break;
-                            }
-                            if low_rate {
-                                let result = lock(&newest).clone();
-                                let seq = result.as_ref().map(|r| r.seq);
-                                let fresh = seq.is_some() && seq != last_result_seq;
-                                last_result_seq = seq;
-                                emit(
-                                    &sink_txs,
-                                    Output {
-                                        dropped_before: f.dropped_before,
-                                        frame: f,
-                                        result,
-                                        fresh,
-                                    },
-                                );
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!("source: {e}");
-                            stats.source_error();
-                            lock(&errors).push(e.to_string());
-                            consecutive += 1;
-                            if consecutive >= 50 {
-                                lock(&errors).push("50 errors in a row: giving up".into());
-                                break;
-                            }
-                        }
-                    }
-                }
-                // in the low-rate modes the sinks' queues close when this thread ends
-            })
-        };
-
+        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(flow.live);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let source_thread =
+            sc.spawn(move || drive_source(&mut *source, flow, frame_tx, done_rx, source_txs, sh));
         // the backbone on its own thread, the head on another: the next frame's backbone
         // runs while the head finishes this one
-        let (feat_tx, feat_rx) = queue::<(Arc<Frame>, Features, Duration, u64)>(live);
-        let inference = {
-            let (stats, internal, should_stop) =
-                (stats.clone(), internal_stop.clone(), should_stop.clone());
-            sc.spawn(move || -> Result<()> {
-                let result = (|| -> Result<()> {
-                    while let Some((frame, dropped)) = frame_rx.recv() {
-                        if !low_rate && should_stop() {
-                            break;
-                        }
-                        stats.dropped(dropped);
-                        let (f, took) = backbone_stage(&mut backbone, &mut pre, &frame)?;
-                        if !feat_tx.send((frame, f, took, dropped)) {
-                            break;
-                        }
-                    }
-                    Ok(())
-                })();
-                if result.is_err() {
-                    internal.store(true, Ordering::Relaxed);
-                }
-                result
-            })
-        };
-        let head = {
-            let (stats, done, internal) = (stats.clone(), done.clone(), internal_stop.clone());
-            let newest = newest.clone();
-            let sink_txs = inf_txs;
-            sc.spawn(move || -> Result<()> {
-                let result = (|| -> Result<()> {
-                    while let Some(((frame, f, took, before), lost)) = feat_rx.recv() {
-                        stats.dropped(lost);
-                        let a = Arc::new(head_stage(&analysis, &frame, f, took)?);
-                        stats.analysed(a.backbone, a.head);
-                        if low_rate {
-                            *lock(&newest) = Some(a);
-                            let _ = done_tx.send(());
-                        } else {
-                            emit(
-                                &sink_txs,
-                                Output {
-                                    dropped_before: frame.dropped_before + before + lost,
-                                    frame,
-                                    result: Some(a),
-                                    fresh: true,
-                                },
-                            );
-                        }
-                    }
-                    Ok(())
-                })();
-                if result.is_err() {
-                    internal.store(true, Ordering::Relaxed);
-                }
-                // dropping `sink_txs` (every-frame mode) lets every sink finish
-                drop(sink_txs);
-                done.store(true, Ordering::Relaxed);
-                result
-            })
-        };
+        let (feat_tx, feat_rx) = queue::<Analysing>(flow.live);
+        let (backbone, pre) = (&mut backbone, &mut pre);
+        let inference = sc.spawn(move || {
+            sh.stage_ended(drive_backbone((backbone, pre), flow, frame_rx, feat_tx, sh))
+        });
+        let head = sc.spawn(move || {
+            let result = drive_head(&analysis, flow, feat_rx, done_tx, &head_txs, sh);
+            // dropping the sinks' queues (every-frame mode) lets every sink finish
+            drop(head_txs);
+            sh.done.store(true, Ordering::Relaxed);
+            sh.stage_ended(result)
+        });
 
-        let mut last = Instant::now();
-        let mut warned: Vec<String> = Vec::new();
-        let mut read_board = || {
-            if let Some(root) = &options.board_root {
-                let b =
-                    BoardSnapshot::from_health(&dinoedge_board::read_health(root), options.hot_c);
-                // each warning once while it lasts, again if it comes back
-                for w in b.warnings.iter().filter(|w| !warned.contains(w)) {
-                    tracing::warn!("board: {w}");
-                }
-                warned = b.warnings.clone();
-                stats.set_board(b);
-            }
+        let mut board = BoardWatch {
+            root: options.board_root.as_deref(),
+            hot_c: options.hot_c,
+            warned: Vec::new(),
         };
-        read_board();
-        loop {
-            let finished = done.load(Ordering::Relaxed) && source_thread.is_finished();
-            if finished {
-                break;
-            }
+        board.read(&sh.stats);
+        let mut last = Instant::now();
+        while !(sh.done.load(Ordering::Relaxed) && source_thread.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
             if last.elapsed() >= options.status_every {
                 last = Instant::now();
-                read_board();
-                on_status(&stats.snapshot());
+                board.read(&sh.stats);
+                on_status(&sh.stats.snapshot());
             }
         }
         let backbone_result = inference.join().expect("backbone thread panicked");
@@ -447,13 +511,13 @@ pub fn run(
         source_thread.join().expect("source thread panicked");
         backbone_result.and(head_result)
     });
-    let snap = stats.snapshot();
+    let snap = sh.stats.snapshot();
     on_status(&snap);
     result?;
     Ok(RunReport {
         stats: snap,
-        source_errors: lock(&source_errors).clone(),
-        sink_errors: lock(&sink_errors).clone(),
-        stopped: stop.load(Ordering::Relaxed),
+        source_errors: lock(&sh.source_errors).clone(),
+        sink_errors: lock(&sh.sink_errors).clone(),
+        stopped: sh.stop.load(Ordering::Relaxed),
     })
 }

@@ -93,3 +93,36 @@ fn profile_mistakes_are_named() {
         .to_string();
     assert!(e.contains("nowhere/profile.toml"), "{e}");
 }
+
+#[test]
+fn a_profile_fills_only_what_the_user_left_unset() {
+    let p = Profile::builtin("rpi5").unwrap();
+    let mut empty = dinoedge_board::RunSettings::default();
+    p.apply(&mut empty);
+    assert_eq!(empty.model.as_deref(), Some("vits14-int8"));
+    assert_eq!(empty.head.as_deref(), Some("vits14-nyu-linear"));
+    assert_eq!(empty.threads, Some(4));
+    assert_eq!(empty.resolution.as_deref(), Some("224x224"));
+    assert_eq!(empty.camera.as_deref(), Some("csi://0"));
+    assert_eq!(empty.sinks.len(), 2);
+    assert_eq!(empty.listen.as_deref(), Some("0.0.0.0:8080"));
+    assert_eq!(empty.every.as_deref(), Some("1"));
+
+    let mut given = dinoedge_board::RunSettings {
+        model: Some("my.onnx".into()),
+        task_given: true,
+        threads: Some(1),
+        resolution: Some("308x448".into()),
+        sinks: vec!["stdout".into()],
+        ..Default::default()
+    };
+    p.apply(&mut given);
+    assert_eq!(given.model.as_deref(), Some("my.onnx"));
+    // a task without a head: the profile's head does not come in
+    assert_eq!(given.head, None);
+    assert_eq!(given.threads, Some(1));
+    assert_eq!(given.resolution.as_deref(), Some("308x448"));
+    assert_eq!(given.sinks, vec!["stdout".to_string()]);
+    // what was not given still comes from the profile
+    assert_eq!(given.camera.as_deref(), Some("csi://0"));
+}
