@@ -671,6 +671,14 @@ fn build_plan(
     Ok(match runtime {
         Runtime::Cuda => cuda_plan(model, &run_options)?,
         _ => {
+            let mut model = model;
+            // the weight products on dinoedge's kernels, where this CPU runs them
+            if fast_ops {
+                let kernels = crate::qmatmul::Kernels::available();
+                let n = crate::qmatmul::swap_products(&mut model, kernels)
+                    .map_err(|e| ModelError::tract("swap in dinoedge's products", e))?;
+                tracing::debug!("{n} products on dinoedge's kernels ({kernels:?})");
+            }
             let mut optimized = model
                 .into_optimized()
                 .map_err(|e| ModelError::tract("optimise the model", e))?;
@@ -689,6 +697,8 @@ fn build_plan(
                         || n.op_as::<crate::ops::DequantizeI32>().is_some()
                         || n.op_as::<crate::ops::ScaleI32>().is_some()
                         || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
+                        || n.op_as::<crate::qmatmul::MatMulInt8>().is_some()
+                        || n.op_as::<crate::qmatmul::MatMulF32>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)

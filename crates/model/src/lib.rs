@@ -33,8 +33,11 @@ pub mod kernels;
 pub mod ops;
 pub mod preprocess;
 pub mod qdq;
+pub mod qgemm;
+pub mod qmatmul;
 pub mod resolution;
 pub mod runtime;
+pub mod sgemm;
 
 pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;

@@ -415,7 +415,7 @@ impl TypedOp for ScaleI32 {
 }
 
 /// The node that alone reads `outlet`, when nothing else (an output among them) does.
-fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
+pub(crate) fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
     let succ = model.outlet_successors(outlet);
     let is_output = model.outputs.contains(&outlet);
     (succ.len() == 1 && !is_output).then(|| model.node(succ[0].node))
@@ -423,7 +423,7 @@ fn sole_reader(model: &TypedModel, outlet: OutletId) -> Option<&TypedNode> {
 
 /// A binary op named `name` (`Mul`, `Add`) with no output type of its own: the input that is
 /// not `from`.
-fn other_operand(node: &TypedNode, name: &str, from: OutletId) -> Option<OutletId> {
+pub(crate) fn other_operand(node: &TypedNode, name: &str, from: OutletId) -> Option<OutletId> {
     use tract_core::ops::binary::TypedBinOp;
     let op = node.op_as::<TypedBinOp>()?;
     if op.0.name() != name || op.1.is_some() || node.inputs.len() != 2 {

@@ -165,7 +165,7 @@ fn product(
     })
 }
 
-fn node(op: &str, name: String, inputs: Vec<String>, output: String) -> NodeProto {
+pub(crate) fn node(op: &str, name: String, inputs: Vec<String>, output: String) -> NodeProto {
     NodeProto {
         input: inputs,
         output: vec![output],
@@ -261,12 +261,12 @@ pub fn integer_products(model: &mut ModelProto) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tract_onnx::pb::{TypeProto, ValueInfoProto, tensor_shape_proto, type_proto};
     use tract_onnx::prelude::*;
 
-    fn init_f32(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    pub(crate) fn init_f32(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
         TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
@@ -276,7 +276,7 @@ mod tests {
         }
     }
 
-    fn init_i8(name: &str, dims: &[i64], v: &[i8]) -> TensorProto {
+    pub(crate) fn init_i8(name: &str, dims: &[i64], v: &[i8]) -> TensorProto {
         TensorProto {
             name: name.into(),
             dims: dims.to_vec(),
@@ -286,7 +286,7 @@ mod tests {
         }
     }
 
-    fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
+    pub(crate) fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
         let dim = |d: i64| tensor_shape_proto::Dimension {
             value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
             ..Default::default()
@@ -308,7 +308,7 @@ mod tests {
 
     /// x [2, 4] → Q → DQ → MatMul(DQ(W [4, 3], per column)) → Q → DQ → y: one QDQ product, as
     /// onnxruntime's `quantize_static` writes it.
-    fn qdq_model() -> ModelProto {
+    pub(crate) fn qdq_model() -> ModelProto {
         let n = |op: &str, name: &str, i: &[&str], o: &str| {
             node(
                 op,

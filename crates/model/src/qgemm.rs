@@ -1,0 +1,603 @@
+//! dinoedge's int8 matrix product, for the products of an int8 file whose weights are
+//! constant: `C[m, n] = Σ_k (A[m, k] − a₀) · (B[k, n] − b₀[n])`, exactly, in `i32`, with the
+//! dequantisation that follows it (a scale and a bias, or one scale per column) applied as
+//! each tile leaves the registers.
+//!
+//! Why not tract's: tract packs the activations for every product (its `OptMatMulPack`, ~8 %
+//! of the int8 ViT-S run) and its x86 VNNI kernel keeps an 8x8 tile of 256-bit registers. Here
+//! the weights are packed once, when the model is built, into panels of 48 columns in the
+//! order `VPDPBUSD` reads them (4 consecutive `k` of one column in each 32-bit lane); the
+//! activations are read in place, 4 bytes broadcast per row and step; a tile is 8 rows by 48
+//! columns in 24 zmm accumulators.
+//!
+//! `VPDPBUSD` multiplies unsigned by signed bytes. Signed activations are shifted by 128
+//! (`a + 128`, zero point too) and unsigned weights by −128, which changes no difference
+//! `a − a₀` or `b − b₀`. The zero points are taken out afterwards:
+//! `Σ(a − a₀)(b − b₀) = Σab − a₀·Σ_k b − b₀·Σ_k a + K·a₀·b₀`, with `Σ_k b` per column counted
+//! when packing and `Σ_k a` per row only when some `b₀` is not zero. Every step is exact
+//! (wrapping `i32` arithmetic whose result is the true sum), so the product equals tract's
+//! bit for bit and the `f32` epilogue rounds as `Cast → Mul → Add` do.
+//!
+//! The kernel needs AVX-512 VNNI ([`available`]); [`crate::ops`] uses it only then and leaves
+//! other CPUs (ARM's `sdot`, AVX2) to tract. The portable path here is the reference the
+//! tests compare the kernel with.
+
+/// Columns in a panel (three 16-lane vectors).
+const NR: usize = 48;
+/// Rows in a tile.
+const MR: usize = 8;
+
+/// The constant right-hand side of an int8 product, packed for [`matmul`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PackedWeights {
+    k: usize,
+    n: usize,
+    /// `k` rounded up to a multiple of 4, over 4.
+    k4: usize,
+    /// Panel after panel, each `k4` steps of `NR` columns of 4 bytes; zero padded.
+    panels: Vec<i8>,
+    /// `Σ_k b` per column, in the signed domain.
+    colsum: Vec<i32>,
+    /// `b₀` per column, in the signed domain.
+    zero: Vec<i32>,
+}
+
+/// The weights' values as the file stores them, row-major `[K, N]`.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// `int8` weights.
+    I8(&'a [i8]),
+    /// `uint8` weights.
+    U8(&'a [u8]),
+}
+
+/// The activations of one product, row-major `[M, K]`, and their zero point.
+#[derive(Clone, Copy, Debug)]
+pub enum Activations<'a> {
+    /// `uint8` activations (dynamic quantisation).
+    U8(&'a [u8], u8),
+    /// `int8` activations (QDQ files' static quantisation).
+    I8(&'a [i8], i8),
+}
+
+impl Activations<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Activations::U8(a, _) => a.len(),
+            Activations::I8(a, _) => a.len(),
+        }
+    }
+
+    /// The zero point in the unsigned domain.
+    fn zero(&self) -> i32 {
+        match self {
+            Activations::U8(_, z) => *z as i32,
+            Activations::I8(_, z) => *z as i32 + 128,
+        }
+    }
+}
+
+/// What becomes of the exact sums.
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// `f32(c) · scale + bias[n]` (no bias: `+ 0` is skipped), rounded as the separate
+    /// operations are: the dynamic-int8 pattern.
+    Scale {
+        /// One scale for the whole product.
+        scale: f32,
+        /// One value per column, if any.
+        bias: Option<&'a [f32]>,
+    },
+    /// `f32(c) · scales[n]`: the QDQ pattern ([`crate::qdq`]).
+    Columns(&'a [f32]),
+}
+
+/// Whether the fast kernel can run on this CPU (x86-64 with AVX-512 VNNI; not when
+/// `DINOEDGE_KERNELS` caps dinoedge's loops below AVX-512).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        *VNNI.get_or_init(|| {
+            let capped = matches!(
+                std::env::var("DINOEDGE_KERNELS").as_deref(),
+                Ok("baseline") | Ok("avx2")
+            );
+            !capped
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Why a product cannot be set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+impl PackedWeights {
+    /// Pack `[K, N]` weights with one zero point (`zero.len() == 1`) or one per column.
+    pub fn new(b: Weights, k: usize, n: usize, zero: &[i32]) -> Result<Self, ShapeError> {
+        let len = match b {
+            Weights::I8(b) => b.len(),
+            Weights::U8(b) => b.len(),
+        };
+        if k == 0 || n == 0 || len != k * n {
+            return Err(ShapeError(format!("{len} weights for [{k}, {n}]")));
+        }
+        if zero.len() != 1 && zero.len() != n {
+            return Err(ShapeError(format!(
+                "{} weight zero points for {n} columns",
+                zero.len()
+            )));
+        }
+        let (shift, range) = match b {
+            Weights::I8(_) => (0, -128..=127),
+            Weights::U8(_) => (128, 0..=255),
+        };
+        if let Some(z) = zero.iter().find(|z| !range.contains(*z)) {
+            return Err(ShapeError(format!("weight zero point {z} out of range")));
+        }
+        let value = |i: usize| -> i8 {
+            match b {
+                Weights::I8(b) => b[i],
+                Weights::U8(b) => (b[i] as i32 - 128) as i8,
+            }
+        };
+        let k4 = k.div_ceil(4);
+        let panels_n = n.div_ceil(NR);
+        let mut panels = vec![0i8; panels_n * k4 * NR * 4];
+        let mut colsum = vec![0i32; n];
+        for kk in 0..k {
+            for (c, sum) in colsum.iter_mut().enumerate() {
+                let v = value(kk * n + c);
+                *sum += v as i32;
+                let (p, col) = (c / NR, c % NR);
+                panels[((p * k4 + kk / 4) * NR + col) * 4 + kk % 4] = v;
+            }
+        }
+        let zero = (0..n)
+            .map(|c| zero[if zero.len() == 1 { 0 } else { c }] - shift)
+            .collect();
+        Ok(PackedWeights {
+            k,
+            n,
+            k4,
+            panels,
+            colsum,
+            zero,
+        })
+    }
+
+    /// `K` (the shared dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `N` (the output's columns).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn zero_is_zero(&self) -> bool {
+        self.zero.iter().all(|z| *z == 0)
+    }
+
+    /// `K·a₀·b₀ − a₀·Σb` per column, for activations' zero point `za` (unsigned domain).
+    fn column_terms(&self, za: i32) -> Vec<i32> {
+        (0..self.n)
+            .map(|c| {
+                (self.k as i32)
+                    .wrapping_mul(za)
+                    .wrapping_mul(self.zero[c])
+                    .wrapping_sub(za.wrapping_mul(self.colsum[c]))
+            })
+            .collect()
+    }
+}
+
+/// The activations of rows `r0..r1` as unsigned bytes with rows of `4·k4` (a view when they
+/// already are, else a copy), and `Σ_k a` per row when `sums`.
+fn prepared<'a>(
+    a: &'a Activations,
+    k: usize,
+    k4: usize,
+    rows: std::ops::Range<usize>,
+    sums: bool,
+    scratch: &'a mut Vec<u8>,
+) -> (&'a [u8], Vec<i32>) {
+    let lda = 4 * k4;
+    let view: &[u8] = match a {
+        Activations::U8(a, _) if lda == k => &a[rows.start * k..rows.end * k],
+        _ => {
+            scratch.clear();
+            scratch.resize(rows.len() * lda, 0);
+            for (r, dst) in rows.clone().zip(scratch.chunks_exact_mut(lda)) {
+                match a {
+                    Activations::U8(a, _) => dst[..k].copy_from_slice(&a[r * k..(r + 1) * k]),
+                    Activations::I8(a, _) => {
+                        for (d, s) in dst[..k].iter_mut().zip(&a[r * k..(r + 1) * k]) {
+                            *d = (*s as u8) ^ 0x80;
+                        }
+                    }
+                }
+            }
+            scratch
+        }
+    };
+    let row_sums = if sums {
+        view.chunks_exact(lda)
+            .map(|row| row.iter().map(|v| *v as i32).sum())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (view, row_sums)
+}
+
+/// The `f32` product of rows `first_row..` of `a` (`[M, K]`) and `b`, into `out` (whole rows
+/// of `N`): the unit [`crate::ops`] splits over threads.
+pub fn matmul(
+    a: &Activations,
+    b: &PackedWeights,
+    epilogue: &Epilogue,
+    first_row: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    let (k, n) = (b.k, b.n);
+    if !a.len().is_multiple_of(k) || !out.len().is_multiple_of(n) {
+        return Err(ShapeError(format!(
+            "{} activations and {} outputs for K {k}, N {n}",
+            a.len(),
+            out.len()
+        )));
+    }
+    let rows = first_row..first_row + out.len() / n;
+    if rows.end > a.len() / k {
+        return Err(ShapeError(format!(
+            "rows {rows:?} of {} activations rows",
+            a.len() / k
+        )));
+    }
+    match epilogue {
+        Epilogue::Scale { bias: Some(v), .. } | Epilogue::Columns(v) if v.len() != n => {
+            return Err(ShapeError(format!(
+                "{} epilogue values for {n} columns",
+                v.len()
+            )));
+        }
+        _ => {}
+    }
+    let terms = b.column_terms(a.zero());
+    let sums = !b.zero_is_zero();
+    let mut scratch = Vec::new();
+    let (a_rows, row_sums) = prepared(a, k, b.k4, rows, sums, &mut scratch);
+    let store = |row: usize, c0: usize, dots: &[i32]| {
+        let dst = &mut out[row * n + c0..row * n + c0 + dots.len()];
+        let terms = &terms[c0..c0 + dots.len()];
+        let zero = &b.zero[c0..c0 + dots.len()];
+        let rs = if sums { row_sums[row] } else { 0 };
+        let exact = |i: usize| {
+            dots[i]
+                .wrapping_add(terms[i])
+                .wrapping_sub(zero[i].wrapping_mul(rs))
+        };
+        match epilogue {
+            Epilogue::Scale { scale, bias: None } => {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = exact(i) as f32 * scale;
+                }
+            }
+            Epilogue::Scale {
+                scale,
+                bias: Some(bias),
+            } => {
+                let bias = &bias[c0..c0 + dots.len()];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = exact(i) as f32 * scale + bias[i];
+                }
+            }
+            Epilogue::Columns(scales) => {
+                let scales = &scales[c0..c0 + dots.len()];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = exact(i) as f32 * scales[i];
+                }
+            }
+        }
+    };
+    tiles(a_rows, b, store);
+    Ok(())
+}
+
+/// Every tile's dot products `Σ a·b` (unsigned by signed), handed to `store(row, first column,
+/// values)` a row segment at a time.
+fn tiles(a: &[u8], b: &PackedWeights, store: impl FnMut(usize, usize, &[i32])) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `available`).
+        unsafe { vnni::tiles(a, b, store) };
+        return;
+    }
+    portable_tiles(a, b, store)
+}
+
+/// The reference: the same tiles, one multiply-add at a time.
+fn portable_tiles(a: &[u8], b: &PackedWeights, mut store: impl FnMut(usize, usize, &[i32])) {
+    let lda = 4 * b.k4;
+    let m = a.len() / lda;
+    let mut dots = [0i32; NR];
+    for p in 0..b.n.div_ceil(NR) {
+        let cols = NR.min(b.n - p * NR);
+        let panel = &b.panels[p * b.k4 * NR * 4..(p + 1) * b.k4 * NR * 4];
+        for r in 0..m {
+            let row = &a[r * lda..(r + 1) * lda];
+            dots.fill(0);
+            for kk in 0..b.k4 {
+                for (c, d) in dots.iter_mut().enumerate().take(cols) {
+                    for j in 0..4 {
+                        *d += row[kk * 4 + j] as i32 * panel[(kk * NR + c) * 4 + j] as i32;
+                    }
+                }
+            }
+            store(r, p * NR, &dots[..cols]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{MR, NR, PackedWeights};
+    use std::arch::x86_64::*;
+
+    /// One tile of `R` rows: the dot products of rows `a` (stride `lda`) with one panel.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const R: usize>(
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        panel: *const i8,
+        out: &mut [[i32; NR]; MR],
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); 3]; R];
+        for kk in 0..k4 {
+            // SAFETY: the panel holds k4 steps of NR·4 bytes; each row has lda ≥ 4·k4 bytes.
+            unsafe {
+                let bp = panel.add(kk * NR * 4);
+                let b0 = _mm512_loadu_si512(bp as *const __m512i);
+                let b1 = _mm512_loadu_si512(bp.add(64) as *const __m512i);
+                let b2 = _mm512_loadu_si512(bp.add(128) as *const __m512i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = (a.add(r * lda + kk * 4) as *const i32).read_unaligned();
+                    let x = _mm512_set1_epi32(x);
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], x, b0);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], x, b1);
+                    acc[2] = _mm512_dpbusd_epi32(acc[2], x, b2);
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(out.iter_mut()) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `out` holds 3 vectors of 16.
+                unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(16 * v) as *mut __m512i, *acc) };
+            }
+        }
+    }
+
+    /// [`super::tiles`] with the VNNI kernel: row blocks of [`MR`], panel after panel for each
+    /// (a block's activations stay in L1 while the weights stream from L2).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tiles(
+        a: &[u8],
+        b: &PackedWeights,
+        mut store: impl FnMut(usize, usize, &[i32]),
+    ) {
+        let lda = 4 * b.k4;
+        let m = a.len() / lda;
+        let mut out = [[0i32; NR]; MR];
+        let panel_len = b.k4 * NR * 4;
+        for r0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - r0);
+            let ap = a[r0 * lda..].as_ptr();
+            for p in 0..b.n.div_ceil(NR) {
+                let panel = b.panels[p * panel_len..].as_ptr();
+                // SAFETY: `rows` rows of `lda` from `ap`, one whole panel from `panel`.
+                unsafe {
+                    match rows {
+                        8 => tile::<8>(b.k4, ap, lda, panel, &mut out),
+                        7 => tile::<7>(b.k4, ap, lda, panel, &mut out),
+                        6 => tile::<6>(b.k4, ap, lda, panel, &mut out),
+                        5 => tile::<5>(b.k4, ap, lda, panel, &mut out),
+                        4 => tile::<4>(b.k4, ap, lda, panel, &mut out),
+                        3 => tile::<3>(b.k4, ap, lda, panel, &mut out),
+                        2 => tile::<2>(b.k4, ap, lda, panel, &mut out),
+                        _ => tile::<1>(b.k4, ap, lda, panel, &mut out),
+                    }
+                }
+                let cols = NR.min(b.n - p * NR);
+                for (r, dots) in out.iter().enumerate().take(rows) {
+                    store(r0 + r, p * NR, &dots[..cols]);
+                }
+            }
+        }
+    }
+}
+
+/// Rows in the blocks a product is split into over threads.
+pub const ROW_BLOCK: usize = MR;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Σ (a − a₀)(b − b₀)` straight from the definition.
+    fn definition(a: &[i32], za: i32, b: &[i32], zb: &[i32], k: usize, n: usize) -> Vec<i32> {
+        let m = a.len() / k;
+        let mut c = vec![0i32; m * n];
+        for r in 0..m {
+            for col in 0..n {
+                let z = zb[if zb.len() == 1 { 0 } else { col }];
+                c[r * n + col] = (0..k)
+                    .map(|i| (a[r * k + i] - za) * (b[i * n + col] - z))
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn noise(len: usize, seed: u32) -> impl Iterator<Item = u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len).map(move |_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as u8
+        })
+    }
+
+    fn check(m: usize, k: usize, n: usize, signed_a: bool, signed_b: bool, per_column: bool) {
+        let a_bytes: Vec<u8> = noise(m * k, 1 + m as u32).collect();
+        let b_bytes: Vec<u8> = noise(k * n, 7 + n as u32).collect();
+        let zb: Vec<i32> = if per_column {
+            noise(n, 3)
+                .map(|z| if signed_b { z as i8 as i32 } else { z as i32 })
+                .collect()
+        } else if signed_b {
+            vec![0]
+        } else {
+            vec![131]
+        };
+        let (a_vals, za): (Vec<i32>, i32) = if signed_a {
+            (a_bytes.iter().map(|v| *v as i8 as i32).collect(), -3)
+        } else {
+            (a_bytes.iter().map(|v| *v as i32).collect(), 117)
+        };
+        let b_vals: Vec<i32> = if signed_b {
+            b_bytes.iter().map(|v| *v as i8 as i32).collect()
+        } else {
+            b_bytes.iter().map(|v| *v as i32).collect()
+        };
+        let a_i8: Vec<i8> = a_bytes.iter().map(|v| *v as i8).collect();
+        let b_i8: Vec<i8> = b_bytes.iter().map(|v| *v as i8).collect();
+        let acts = if signed_a {
+            Activations::I8(&a_i8, za as i8)
+        } else {
+            Activations::U8(&a_bytes, za as u8)
+        };
+        let weights = if signed_b {
+            Weights::I8(&b_i8)
+        } else {
+            Weights::U8(&b_bytes)
+        };
+        let packed = PackedWeights::new(weights, k, n, &zb).unwrap();
+        let want = definition(&a_vals, za, &b_vals, &zb, k, n);
+        let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.25 - 3.0).collect();
+        let scale = 0.0123f32;
+        let mut got = vec![0f32; m * n];
+        let epi = Epilogue::Scale {
+            scale,
+            bias: Some(&bias),
+        };
+        // in two parts, as threads would split it
+        let split = (m / 2).div_ceil(ROW_BLOCK) * ROW_BLOCK;
+        let (top, bottom) = got.split_at_mut(split.min(m) * n);
+        matmul(&acts, &packed, &epi, 0, top).unwrap();
+        matmul(&acts, &packed, &epi, split.min(m), bottom).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let w = *w as f32 * scale + bias[i % n];
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "m{m} k{k} n{n} at {i}: {g} vs {w}"
+            );
+        }
+        // and the portable reference gives the same dots
+        let mut scratch = Vec::new();
+        let (rows, _) = prepared(&acts, k, packed.k4, 0..m, false, &mut scratch);
+        let mut fast = vec![0i32; m * n];
+        tiles(rows, &packed, |r, c0, d| {
+            fast[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+        });
+        let mut slow = vec![0i32; m * n];
+        portable_tiles(rows, &packed, |r, c0, d| {
+            slow[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+        });
+        assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn exact_for_every_kind_and_ragged_shapes() {
+        for (m, k, n) in [
+            (1, 4, 16),
+            (9, 12, 48),
+            (17, 7, 50),
+            (257, 384, 96),
+            (3, 1536, 5),
+        ] {
+            for (sa, sb, pc) in [
+                (false, true, false),
+                (false, false, false),
+                (true, true, false),
+                (true, true, true),
+                (false, false, true),
+            ] {
+                check(m, k, n, sa, sb, pc);
+            }
+        }
+    }
+
+    #[test]
+    fn columns_epilogue_scales_each_column() {
+        let (m, k, n) = (5, 8, 3);
+        let a: Vec<u8> = (0..m * k).map(|i| i as u8).collect();
+        let b: Vec<i8> = (0..k * n).map(|i| (i as i8) - 10).collect();
+        let packed = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+        let scales = [1.0, 0.5, 2.0];
+        let mut out = vec![0f32; m * n];
+        matmul(
+            &Activations::U8(&a, 2),
+            &packed,
+            &Epilogue::Columns(&scales),
+            0,
+            &mut out,
+        )
+        .unwrap();
+        let a32: Vec<i32> = a.iter().map(|v| *v as i32).collect();
+        let b32: Vec<i32> = b.iter().map(|v| *v as i32).collect();
+        let want = definition(&a32, 2, &b32, &[0], k, n);
+        for (i, (g, w)) in out.iter().zip(want).enumerate() {
+            assert_eq!(*g, w as f32 * scales[i % n]);
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let b = [0i8; 6];
+        assert!(PackedWeights::new(Weights::I8(&b), 4, 2, &[0]).is_err());
+        assert!(PackedWeights::new(Weights::I8(&b), 3, 2, &[0, 0, 0]).is_err());
+        assert!(PackedWeights::new(Weights::U8(&[0u8; 6]), 3, 2, &[300]).is_err());
+        let packed = PackedWeights::new(Weights::I8(&b), 3, 2, &[0]).unwrap();
+        let mut out = [0f32; 4];
+        let epi = Epilogue::Scale {
+            scale: 1.0,
+            bias: None,
+        };
+        assert!(matmul(&Activations::U8(&[0; 5], 0), &packed, &epi, 0, &mut out).is_err());
+        assert!(matmul(&Activations::U8(&[0; 6], 0), &packed, &epi, 1, &mut out).is_err());
+        let short = [0f32; 1];
+        let epi = Epilogue::Columns(&short);
+        assert!(matmul(&Activations::U8(&[0; 6], 0), &packed, &epi, 0, &mut out).is_err());
+    }
+}

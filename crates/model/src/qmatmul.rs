@@ -1,0 +1,729 @@
+//! The products of a compiled graph whose weights are constant, on dinoedge's own kernels:
+//! [`crate::qgemm`] (int8) and [`crate::sgemm`] (`f32`).
+//!
+//! tract-onnx reads `MatMulInteger` as an `EinSum` with quantisation inputs; dinoedge's
+//! earlier passes ([`crate::ops::fuse_dequantize`]) leave it followed by
+//! [`DequantizeI32`](crate::ops::DequantizeI32) (dynamic int8: one scale, a bias) or
+//! [`ScaleI32`](crate::ops::ScaleI32) (QDQ: a scale per column). [`swap_products`] replaces
+//! each such pair whose weights are constant by one [`MatMulInt8`], which holds the weights
+//! packed once and writes `f32` directly, and each `f32` `EinSum` with constant weights (and
+//! the bias `Add` after it) by one [`MatMulF32`]. The products of activations by activations
+//! (attention's) stay tract's.
+//!
+//! It runs on the decluttered graph just before tract optimises it (not on what the compile
+//! cache stores), and only for the kernels this CPU runs ([`Kernels::available`]): x86-64
+//! with AVX-512 (and VNNI for int8). Elsewhere (ARM's NEON and `sdot`, AVX2) tract's own
+//! kernels run.
+
+use std::sync::Arc;
+
+use tract_core::internal::*;
+use tract_core::ops::einsum::EinSum;
+
+use crate::ops::{DequantizeI32, ScaleI32};
+use crate::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+use crate::sgemm::{self, PackedF32};
+
+/// What follows the exact sums.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dequantize {
+    /// `f32(c) · scale + bias[n]`; the scale is the operator's second input.
+    Scale {
+        /// One value per column.
+        bias: Arc<Vec<f32>>,
+    },
+    /// `f32(c) · scales[n]`.
+    Columns {
+        /// One value per column.
+        scales: Arc<Vec<f32>>,
+    },
+}
+
+/// An int8 product with constant weights and its dequantisation: inputs `(a: u8 or i8
+/// [.., M, K], a_zero_point: scalar of a's type)` and, for [`Dequantize::Scale`], `scale: f32
+/// scalar`; output `f32 [.., M, N]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatMulInt8 {
+    /// The weights, packed.
+    pub weights: Arc<PackedWeights>,
+    /// The epilogue.
+    pub dequantize: Dequantize,
+}
+
+impl Eq for MatMulInt8 {}
+
+impl std::hash::Hash for MatMulInt8 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.weights.hash(state);
+        let (tag, values) = match &self.dequantize {
+            Dequantize::Scale { bias } => (0u8, bias),
+            Dequantize::Columns { scales } => (1u8, scales),
+        };
+        tag.hash(state);
+        for v in values.iter() {
+            v.to_bits().hash(state);
+        }
+    }
+}
+
+impl Op for MatMulInt8 {
+    fn name(&self) -> StaticName {
+        "DinoedgeMatMulInt8".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let kind = match self.dequantize {
+            Dequantize::Scale { .. } => "scale + bias",
+            Dequantize::Columns { .. } => "per-column scales",
+        };
+        Ok(vec![format!(
+            "K {} N {}, {kind}",
+            self.weights.k(),
+            self.weights.n()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+/// A raw pointer to the output, for threads that write disjoint rows of it.
+struct Rows(*mut f32);
+// SAFETY: each thread writes only its own rows (see `MatMulInt8::eval`).
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl EvalOp for MatMulInt8 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (k, n) = (self.weights.k(), self.weights.n());
+        let a = &inputs[0];
+        let shape = a.shape();
+        ensure!(
+            shape.last() == Some(&k),
+            "activations {shape:?} for K = {k}"
+        );
+        let first = |t: &TValue| -> TractResult<Tensor> {
+            let t = t.cast_to::<i32>()?.into_owned();
+            ensure!(t.len() == 1, "a zero point or scale of {} values", t.len());
+            Ok(t)
+        };
+        let zero = *first(&inputs[1])?
+            .try_as_plain_ram()?
+            .as_slice::<i32>()?
+            .first()
+            .context("empty zero point")?;
+        let a_plain = a.try_as_plain_ram()?;
+        let acts = match a.datum_type() {
+            DatumType::U8 => Activations::U8(a_plain.as_slice::<u8>()?, zero as u8),
+            DatumType::I8 => Activations::I8(a_plain.as_slice::<i8>()?, zero as i8),
+            dt => bail!("DinoedgeMatMulInt8 takes u8 or i8 activations, not {dt:?}"),
+        };
+        let epilogue = match &self.dequantize {
+            Dequantize::Scale { bias } => {
+                let s = inputs.get(2).context("no scale input")?;
+                let s = s.try_as_plain_ram()?;
+                let scale = *s.as_slice::<f32>()?.first().context("empty scale")?;
+                Epilogue::Scale {
+                    scale,
+                    bias: Some(bias.as_slice()),
+                }
+            }
+            Dequantize::Columns { scales } => Epilogue::Columns(scales.as_slice()),
+        };
+        let mut out_shape: TVec<usize> = shape.into();
+        *out_shape.last_mut().unwrap() = n;
+        let m = a.len() / k;
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &out_shape)? };
+        {
+            let mut plain = dst.try_as_plain_ram_mut()?;
+            split_rows(
+                plain.as_slice_mut::<f32>()?,
+                m,
+                n,
+                k,
+                qgemm::ROW_BLOCK,
+                |r0, part| qgemm::matmul(&acts, &self.weights, &epilogue, r0, part),
+            )?;
+        }
+        Ok(tvec!(dst.into_tvalue()))
+    }
+}
+
+impl TypedOp for MatMulInt8 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        ensure!(!shape.is_empty(), "scalar activations");
+        *shape.last_mut().unwrap() = self.weights.n().into();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// The constant behind `outlet`, through reshapes (which keep the values' order).
+fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+    let fact = model.outlet_fact(outlet).ok()?;
+    if let Some(k) = &fact.konst {
+        return Some(k.clone());
+    }
+    let node = model.node(outlet.node);
+    let op = node.op_as::<AxisOp>()?;
+    if matches!(op, AxisOp::Move(..)) || node.inputs.len() != 1 {
+        return None;
+    }
+    konst(model, node.inputs[0])
+}
+
+/// Every value of a constant, as `T`, when it has exactly `len` of them (1 for a scalar).
+fn values<T: Datum>(model: &TypedModel, outlet: OutletId, len: usize) -> Option<Vec<T>> {
+    let k = konst(model, outlet)?;
+    let k = k.cast_to::<T>().ok()?;
+    let plain = k.try_as_plain_ram().ok()?;
+    let v = plain.as_slice::<T>().ok()?;
+    (v.len() == len).then(|| v.to_vec())
+}
+
+/// `(K, N)` when `node` is the plain product `[.., M, K] x [1.., K, N] -> [.., M, N]` with
+/// constant weights of that shape.
+fn product_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(usize, usize)> {
+    let a = model.outlet_fact(node.inputs[0]).ok()?;
+    let b = model.outlet_fact(*node.inputs.get(1)?).ok()?;
+    let (ra, rb) = (a.rank(), b.rank());
+    let bdims = b.shape.as_concrete()?;
+    if ra < 2 || rb < 2 || bdims[..rb - 2].iter().any(|d| *d != 1) {
+        return None;
+    }
+    let (k, n) = (bdims[rb - 2], bdims[rb - 1]);
+    let axes = &op.axes;
+    let at = |io: InOut, i: usize| axes.axis((io, i)).ok();
+    let ka = at(InOut::In(0), ra - 1)?;
+    let kb = at(InOut::In(1), rb - 2)?;
+    let nb = at(InOut::In(1), rb - 1)?;
+    let same_batch =
+        (0..ra - 1).all(|i| at(InOut::In(0), i).is_some_and(|ax| ax.outputs[0].as_slice() == [i]));
+    (ka.repr == kb.repr
+        && ka.outputs[0].is_empty()
+        && nb.outputs[0].as_slice() == [ra - 1]
+        && nb.inputs[0].is_empty()
+        && same_batch
+        && a.shape.last() == Some(&TDim::from(k))
+        && konst(model, node.inputs[1]).is_some())
+    .then_some((k, n))
+}
+
+/// `(K, N)` when `node` is an int8 product as tract-onnx reads `MatMulInteger`: unit scales,
+/// zero offsets, int8 operands.
+fn int8_product(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(usize, usize)> {
+    if op.q_params != Some(DatumType::I32) || node.inputs.len() != 9 {
+        return None;
+    }
+    let (k, n) = product_shape(model, node, op)?;
+    let dt = |i: usize| model.outlet_fact(node.inputs[i]).ok().map(|f| f.datum_type);
+    let a_zero = model.outlet_fact(node.inputs[3]).ok()?;
+    (values::<i32>(model, node.inputs[2], 1) == Some(vec![0])
+        && values::<f32>(model, node.inputs[4], 1) == Some(vec![1.0])
+        && values::<f32>(model, node.inputs[6], 1) == Some(vec![1.0])
+        && values::<i32>(model, node.inputs[7], 1) == Some(vec![0])
+        && values::<f32>(model, node.inputs[8], 1) == Some(vec![1.0])
+        && matches!(dt(0)?, DatumType::U8 | DatumType::I8)
+        && matches!(dt(1)?, DatumType::U8 | DatumType::I8)
+        && a_zero.shape.volume() == TDim::from(1))
+    .then_some((k, n))
+}
+
+/// One product to swap: `(einsum, epilogue node, new op, inputs)`.
+type Swap = (usize, usize, Box<dyn TypedOp>, TVec<OutletId>);
+
+fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
+    let op = node.op_as::<EinSum>()?;
+    let (k, n) = int8_product(model, node, op)?;
+    let b = konst(model, node.inputs[1])?;
+    let zero = values::<i32>(model, node.inputs[5], 1)
+        .or_else(|| values::<i32>(model, node.inputs[5], n))?;
+    let plain = b.try_as_plain_ram().ok()?;
+    let weights = match b.datum_type() {
+        DatumType::I8 => Weights::I8(plain.as_slice::<i8>().ok()?),
+        DatumType::U8 => Weights::U8(plain.as_slice::<u8>().ok()?),
+        _ => return None,
+    };
+    let weights = Arc::new(PackedWeights::new(weights, k, n, &zero).ok()?);
+    let out = OutletId::new(node.id, 0);
+    let succ = model.outlet_successors(out);
+    if succ.len() != 1 || model.outputs.contains(&out) {
+        return None;
+    }
+    let next = model.node(succ[0].node);
+    let (a, a_zero) = (node.inputs[0], node.inputs[3]);
+    if next.op_as::<DequantizeI32>().is_some() {
+        let bias = values::<f32>(model, next.inputs[2], n)?;
+        let op = MatMulInt8 {
+            weights,
+            dequantize: Dequantize::Scale {
+                bias: Arc::new(bias),
+            },
+        };
+        return Some((
+            node.id,
+            next.id,
+            Box::new(op),
+            tvec![a, a_zero, next.inputs[1]],
+        ));
+    }
+    if next.op_as::<ScaleI32>().is_some() {
+        let scales = values::<f32>(model, next.inputs[1], n)?;
+        let op = MatMulInt8 {
+            weights,
+            dequantize: Dequantize::Columns {
+                scales: Arc::new(scales),
+            },
+        };
+        return Some((node.id, next.id, Box::new(op), tvec![a, a_zero]));
+    }
+    None
+}
+
+/// An `f32` product with constant weights, with the `Add` of a per-column constant after
+/// it when there is one.
+fn f32_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
+    let op = node.op_as::<EinSum>()?;
+    if op.q_params.is_some() || node.inputs.len() != 2 || op.operating_dt != DatumType::F32 {
+        return None;
+    }
+    let (k, n) = product_shape(model, node, op)?;
+    if model.outlet_fact(node.inputs[0]).ok()?.datum_type != DatumType::F32 {
+        return None;
+    }
+    let b = konst(model, node.inputs[1])?;
+    let plain = b.try_as_plain_ram().ok()?;
+    let weights = Arc::new(PackedF32::new(plain.as_slice::<f32>().ok()?, k, n).ok()?);
+    let out = OutletId::new(node.id, 0);
+    let out_fact = model.outlet_fact(out).ok()?;
+    let add = crate::ops::sole_reader(model, out).and_then(|add| {
+        let bias = crate::ops::other_operand(add, "Add", out)?;
+        let bias_fact = model.outlet_fact(bias).ok()?;
+        let dims = bias_fact.shape.as_concrete()?;
+        let per_column = dims.last() == Some(&n)
+            && dims.len() <= out_fact.rank()
+            && dims.iter().rev().skip(1).all(|d| *d == 1);
+        let same_shape = model.outlet_fact(OutletId::new(add.id, 0)).ok()?.shape == out_fact.shape;
+        (per_column && same_shape && bias_fact.datum_type == DatumType::F32)
+            .then(|| values::<f32>(model, bias, n))
+            .flatten()
+            .map(|v| (add.id, v))
+    });
+    let (last, bias) = match add {
+        Some((id, v)) => (id, Some(Arc::new(F32Bits::vec(v)))),
+        None => (node.id, None),
+    };
+    let op = MatMulF32 { weights, bias };
+    Some((node.id, last, Box::new(op), tvec![node.inputs[0]]))
+}
+
+/// Which products [`swap_products`] moves to dinoedge's kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    /// int8 products ([`crate::qgemm`]).
+    pub int8: bool,
+    /// `f32` products ([`crate::sgemm`]).
+    pub f32: bool,
+}
+
+impl Kernels {
+    /// The kernels this CPU runs; none with `DINOEDGE_PRODUCTS=tract` (to measure tract's
+    /// products against them, or to rule them out).
+    pub fn available() -> Kernels {
+        let tract = std::env::var("DINOEDGE_PRODUCTS").is_ok_and(|v| v == "tract");
+        Kernels {
+            int8: !tract && qgemm::available(),
+            f32: !tract && sgemm::available(),
+        }
+    }
+}
+
+/// Replace every product with constant weights (see the module's text) by one
+/// [`MatMulInt8`] or [`MatMulF32`], as `kernels` allows. Returns how many were replaced.
+pub fn swap_products(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize> {
+    let swaps: Vec<Swap> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let int8 = kernels.int8.then(|| int8_candidate(model, n)).flatten();
+            int8.or_else(|| kernels.f32.then(|| f32_candidate(model, n)).flatten())
+        })
+        .collect();
+    for (first, last, op, inputs) in swaps.iter() {
+        let mut patch = TypedModelPatch::default();
+        let taps = patch.taps(model, inputs)?;
+        let name = format!("{}.dinoedge", model.node(*first).name);
+        let out = patch.wire_node(name, op.clone(), &taps)?;
+        patch.shunt_outside(model, OutletId::new(*last, 0), out[0])?;
+        patch.apply(model)?;
+    }
+    if !swaps.is_empty() {
+        model.compact()?;
+    }
+    Ok(swaps.len())
+}
+
+/// [`swap_products`] for the int8 products only.
+pub fn swap_int8_products(model: &mut TypedModel) -> TractResult<usize> {
+    swap_products(
+        model,
+        Kernels {
+            int8: true,
+            f32: false,
+        },
+    )
+}
+
+/// An `f32` product with constant weights and an optional per-column bias: input `a: f32
+/// [.., M, K]`, output `f32 [.., M, N]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MatMulF32 {
+    /// The weights, packed.
+    pub weights: Arc<PackedF32>,
+    /// One value per column, added to each row.
+    pub bias: Option<Arc<Vec<F32Bits>>>,
+}
+
+impl Op for MatMulF32 {
+    fn name(&self) -> StaticName {
+        "DinoedgeMatMulF32".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "K {} N {}{}",
+            self.weights.k(),
+            self.weights.n(),
+            if self.bias.is_some() { ", bias" } else { "" }
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for MatMulF32 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (k, n) = (self.weights.k(), self.weights.n());
+        let a = &inputs[0];
+        ensure!(
+            a.shape().last() == Some(&k),
+            "activations {:?} for K = {k}",
+            a.shape()
+        );
+        let a_plain = a.try_as_plain_ram()?;
+        let xs = a_plain.as_slice::<f32>()?;
+        let bias: Option<&[f32]> = self.bias.as_ref().map(|b| F32Bits::slice(b));
+        let m = xs.len() / k;
+        let mut out_shape: TVec<usize> = a.shape().into();
+        *out_shape.last_mut().unwrap() = n;
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &out_shape)? };
+        {
+            let mut plain = dst.try_as_plain_ram_mut()?;
+            split_rows(
+                plain.as_slice_mut::<f32>()?,
+                m,
+                n,
+                k,
+                sgemm::ROW_BLOCK,
+                |r0, part| sgemm::matmul(xs, &self.weights, bias, r0, part),
+            )?;
+        }
+        Ok(tvec!(dst.into_tvalue()))
+    }
+}
+
+impl TypedOp for MatMulF32 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        ensure!(!shape.is_empty(), "scalar activations");
+        *shape.last_mut().unwrap() = self.weights.n().into();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// An `f32` kept by its bits, so that operators holding one can be `Eq` and `Hash`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct F32Bits(u32);
+
+impl F32Bits {
+    fn vec(v: Vec<f32>) -> Vec<F32Bits> {
+        v.into_iter().map(|x| F32Bits(x.to_bits())).collect()
+    }
+
+    fn slice(v: &[F32Bits]) -> &[f32] {
+        // SAFETY: F32Bits is a transparent u32, of f32's size and alignment; every bit
+        // pattern is an f32.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) }
+    }
+}
+
+/// Rows `0..m` of an `[M, N]` output in blocks of `block` rows over the backbone's threads
+/// (tract's executor): `f(first_row, rows)` for disjoint runs of whole blocks.
+fn split_rows<E: std::fmt::Display>(
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    block: usize,
+    f: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync + Send,
+) -> TractResult<()> {
+    ensure!(out.len() == m * n, "output of {} for [{m}, {n}]", out.len());
+    let rows = Rows(out.as_mut_ptr());
+    let rows = &rows;
+    let mut blocks: Vec<u8> = vec![0; m.div_ceil(block)];
+    tract_linalg::multithread::par_chunks_mut(&mut blocks, 1, m * n * k, |b0, chunk| {
+        let r0 = b0 * block;
+        let r1 = ((b0 + chunk.len()) * block).min(m);
+        // SAFETY: blocks `b0..b0 + chunk.len()` are this call's alone, so are rows `r0..r1`
+        // of the output, which lie within it.
+        let part = unsafe { std::slice::from_raw_parts_mut(rows.0.add(r0 * n), (r1 - r0) * n) };
+        f(r0, part).map_err(|e| format_err!("{e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qdq::node;
+    use crate::qdq::tests::{init_f32, init_i8, qdq_model, value};
+    use tract_onnx::pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    };
+
+    // ONNX's enum values: tensor element types and the integer attribute type
+    const FLOAT: i64 = 1;
+    const UINT8: i32 = 2;
+    const INT8: i32 = 3;
+    const ATTR_INT: i32 = 2;
+    use tract_onnx::prelude::*;
+
+    const M: usize = 19;
+    const K: usize = 40;
+    const N: usize = 50;
+
+    /// x [1, M, K] → DynamicQuantizeLinear → MatMulInteger(W [K, N]) → Cast → Mul(x_scale ·
+    /// w_scale) → Add(bias): one product as onnxruntime's `quantize_dynamic` writes it, with
+    /// int8 or uint8 weights.
+    fn dynamic_model(unsigned: bool) -> ModelProto {
+        let n = |op: &str, name: &str, i: &[&str], o: &str| {
+            node(
+                op,
+                name.into(),
+                i.iter().map(|s| s.to_string()).collect(),
+                o.into(),
+            )
+        };
+        let dql = NodeProto {
+            op_type: "DynamicQuantizeLinear".into(),
+            name: "dql".into(),
+            input: vec!["x".into()],
+            output: vec!["xq".into(), "xs".into(), "xz".into()],
+            ..Default::default()
+        };
+        let mut cast = n("Cast", "cast", &["acc"], "accf");
+        cast.attribute.push(AttributeProto {
+            name: "to".into(),
+            r#type: ATTR_INT,
+            i: FLOAT,
+            ..Default::default()
+        });
+        let w: Vec<i8> = (0..K * N)
+            .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
+            .collect();
+        let (w, wz) = if unsigned {
+            let raw = |name: &str, dims: &[i64], v: Vec<u8>| TensorProto {
+                name: name.into(),
+                dims: dims.to_vec(),
+                data_type: UINT8,
+                raw_data: v,
+                ..Default::default()
+            };
+            (
+                raw(
+                    "w",
+                    &[K as i64, N as i64],
+                    w.iter().map(|v| *v as u8).collect(),
+                ),
+                raw("wz", &[], vec![131]),
+            )
+        } else {
+            (
+                init_i8("w", &[K as i64, N as i64], &w),
+                init_i8("wz", &[], &[0]),
+            )
+        };
+        let bias: Vec<f32> = (0..N).map(|c| c as f32 * 0.125 - 2.0).collect();
+        let graph = GraphProto {
+            node: vec![
+                dql,
+                n("MatMulInteger", "mm", &["xq", "w", "xz", "wz"], "acc"),
+                n("Mul", "scale", &["xs", "ws"], "s"),
+                cast,
+                n("Mul", "dequant", &["accf", "s"], "y0"),
+                n("Add", "bias_add", &["bias", "y0"], "out"),
+            ],
+            initializer: vec![
+                w,
+                wz,
+                init_f32("ws", &[], &[0.0037]),
+                init_f32("bias", &[N as i64], &bias),
+            ],
+            input: vec![value("x", &[1, M as i64, K as i64])],
+            output: vec![value("out", &[1, M as i64, N as i64])],
+            name: "dynamic".into(),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+
+    /// The decluttered graph as dinoedge compiles it, before optimisation.
+    fn decluttered(proto: &ModelProto) -> TypedModel {
+        let mut m = tract_onnx::onnx()
+            .model_for_proto_model(proto)
+            .unwrap()
+            .into_typed()
+            .unwrap()
+            .into_decluttered()
+            .unwrap();
+        crate::ops::swap_dynamic_quantizers(&mut m);
+        crate::ops::fuse_dequantize(&mut m).unwrap();
+        m
+    }
+
+    fn run(model: TypedModel, x: Tensor) -> Vec<f32> {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let out = plan.run(tvec![x.into()]).unwrap();
+        let plain = out[0].try_as_plain_ram().unwrap();
+        plain.as_slice::<f32>().unwrap().to_vec()
+    }
+
+    fn same_bits(want: &[f32], got: &[f32]) {
+        assert_eq!(want.len(), got.len());
+        for (i, (w, g)) in want.iter().zip(got).enumerate() {
+            assert_eq!(w.to_bits(), g.to_bits(), "at {i}: {w} vs {g}");
+        }
+    }
+
+    #[test]
+    fn dynamic_products_swap_and_give_the_same_bits() {
+        let x: Vec<f32> = (0..M * K)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 1.7)
+            .collect();
+        let x = tract_ndarray::Array3::from_shape_vec((1, M, K), x).unwrap();
+        for unsigned in [false, true] {
+            let model = decluttered(&dynamic_model(unsigned));
+            let mut swapped = model.clone();
+            assert_eq!(swap_int8_products(&mut swapped).unwrap(), 1);
+            let ops: Vec<String> = swapped.nodes().iter().map(|n| n.op.name().into()).collect();
+            assert!(!ops.iter().any(|o| o == "EinSum"), "{ops:?}");
+            let want = run(model, x.clone().into_tensor());
+            let got = run(swapped, x.clone().into_tensor());
+            same_bits(&want, &got);
+        }
+    }
+
+    #[test]
+    fn qdq_products_swap_and_give_the_same_bits() {
+        let mut proto = qdq_model();
+        assert_eq!(crate::qdq::integer_products(&mut proto), 1);
+        let model = decluttered(&proto);
+        let mut swapped = model.clone();
+        assert_eq!(swap_int8_products(&mut swapped).unwrap(), 1);
+        let x = tensor2(&[[0.31f32, -1.2, 2.05, 0.0], [-0.4, 0.77, -2.5, 1.13]]);
+        same_bits(&run(model, x.clone()), &run(swapped, x));
+    }
+
+    #[test]
+    fn f32_products_and_their_bias_swap_and_match() {
+        let w: Vec<f32> = (0..K * N)
+            .map(|i| ((i * 37 + 11) % 97) as f32 / 50.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..N).map(|c| c as f32 * 0.125 - 2.0).collect();
+        let n = |op: &str, name: &str, i: &[&str], o: &str| {
+            node(
+                op,
+                name.into(),
+                i.iter().map(|s| s.to_string()).collect(),
+                o.into(),
+            )
+        };
+        let graph = GraphProto {
+            node: vec![
+                n("MatMul", "mm", &["x", "w"], "y0"),
+                n("Add", "bias_add", &["y0", "bias"], "out"),
+            ],
+            initializer: vec![
+                init_f32("w", &[K as i64, N as i64], &w),
+                init_f32("bias", &[N as i64], &bias),
+            ],
+            input: vec![value("x", &[1, M as i64, K as i64])],
+            output: vec![value("out", &[1, M as i64, N as i64])],
+            name: "fp32".into(),
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let model = decluttered(&proto);
+        let mut swapped = model.clone();
+        let f32_only = Kernels {
+            int8: false,
+            f32: true,
+        };
+        assert_eq!(swap_products(&mut swapped, f32_only).unwrap(), 1);
+        let ops: Vec<String> = swapped.nodes().iter().map(|n| n.op.name().into()).collect();
+        assert!(ops.iter().any(|o| o == "DinoedgeMatMulF32"), "{ops:?}");
+        assert!(!ops.iter().any(|o| o == "EinSum" || o == "Add"), "{ops:?}");
+        let x: Vec<f32> = (0..M * K)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 1.7)
+            .collect();
+        let x = tract_ndarray::Array3::from_shape_vec((1, M, K), x).unwrap();
+        let want = run(model, x.clone().into_tensor());
+        let got = run(swapped, x.into_tensor());
+        for (w, g) in want.iter().zip(&got) {
+            assert!((w - g).abs() <= 1e-5 * w.abs().max(1.0), "{w} vs {g}");
+        }
+        // the int8 kernels leave an f32 product alone
+        let mut untouched = decluttered(&proto);
+        assert_eq!(swap_int8_products(&mut untouched).unwrap(), 0);
+    }
+
+    #[test]
+    fn products_with_computed_weights_stay_tract_s() {
+        // the weights as a graph input: nothing to pack
+        let mut proto = dynamic_model(false);
+        let g = proto.graph.as_mut().unwrap();
+        g.initializer.retain(|t| t.name != "w");
+        let mut w = value("w", &[K as i64, N as i64]);
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+            w.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.elem_type = INT8;
+        }
+        g.input.push(w);
+        let mut model = decluttered(&proto);
+        assert_eq!(swap_int8_products(&mut model).unwrap(), 0);
+    }
+}

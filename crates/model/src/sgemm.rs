@@ -1,0 +1,308 @@
+//! dinoedge's `f32` matrix product for the products of an fp32 file whose weights are
+//! constant (the 72 linear layers of ViT-S): `C[m, n] = Σ_k A[m, k] · B[k, n] + bias[n]`.
+//!
+//! Built like [`crate::qgemm`]: the weights packed once into panels of 48 columns
+//! (`[panel][k][48]`), the activations read in place (one value broadcast per row and step),
+//! a tile of 8 rows by 48 columns in 24 zmm accumulators with one fused multiply-add each per
+//! step, and the bias added as the tile leaves the registers. tract's x86 `f32` kernels keep
+//! a smaller tile and pack the activations for every product.
+//!
+//! The sums run in `k` order per output, one rounding per multiply-add, so the result differs
+//! from tract's (which splits `k` differently) by a few units in the last place; the parity
+//! tests against PyTorch hold it to the same tolerance.
+//!
+//! The kernel needs AVX-512F ([`available`]); other CPUs keep tract's products.
+
+use crate::qgemm::ShapeError;
+
+/// Columns in a panel (three 16-lane vectors).
+const NR: usize = 48;
+/// Rows in a tile.
+const MR: usize = 8;
+
+/// Rows in the blocks a product is split into over threads.
+pub const ROW_BLOCK: usize = MR;
+
+/// The constant right-hand side of an `f32` product, packed for [`matmul`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedF32 {
+    k: usize,
+    n: usize,
+    /// Panel after panel, each `k` rows of `NR` columns; zero padded.
+    panels: Vec<f32>,
+}
+
+impl Eq for PackedF32 {}
+
+impl std::hash::Hash for PackedF32 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.k, self.n).hash(state);
+        for v in &self.panels {
+            v.to_bits().hash(state);
+        }
+    }
+}
+
+/// Whether the fast kernel can run on this CPU (x86-64 with AVX-512F; not when
+/// `DINOEDGE_KERNELS` caps dinoedge's loops below AVX-512).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        *AVX512.get_or_init(|| {
+            let capped = matches!(
+                std::env::var("DINOEDGE_KERNELS").as_deref(),
+                Ok("baseline") | Ok("avx2")
+            );
+            !capped && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedF32 {
+    /// Pack row-major `[K, N]` weights.
+    pub fn new(b: &[f32], k: usize, n: usize) -> Result<Self, ShapeError> {
+        if k == 0 || n == 0 || b.len() != k * n {
+            return Err(ShapeError(format!("{} weights for [{k}, {n}]", b.len())));
+        }
+        let panels_n = n.div_ceil(NR);
+        let mut panels = vec![0f32; panels_n * k * NR];
+        for kk in 0..k {
+            for c in 0..n {
+                panels[((c / NR) * k + kk) * NR + c % NR] = b[kk * n + c];
+            }
+        }
+        Ok(PackedF32 { k, n, panels })
+    }
+
+    /// `K` (the shared dimension).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// `N` (the output's columns).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// Rows `first_row..` of `a · b + bias` (`a`: `[M, K]` row-major) into `out` (whole rows of
+/// `N`): the unit [`crate::qmatmul`] splits over threads.
+pub fn matmul(
+    a: &[f32],
+    b: &PackedF32,
+    bias: Option<&[f32]>,
+    first_row: usize,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    let (k, n) = (b.k, b.n);
+    if !a.len().is_multiple_of(k)
+        || !out.len().is_multiple_of(n)
+        || bias.is_some_and(|v| v.len() != n)
+    {
+        return Err(ShapeError(format!(
+            "{} activations, {} outputs, {} bias values for K {k}, N {n}",
+            a.len(),
+            out.len(),
+            bias.map_or(0, |v| v.len())
+        )));
+    }
+    let rows = first_row..first_row + out.len() / n;
+    if rows.end > a.len() / k {
+        return Err(ShapeError(format!(
+            "rows {rows:?} of {} activation rows",
+            a.len() / k
+        )));
+    }
+    let a = &a[rows.start * k..rows.end * k];
+    let store = |row: usize, c0: usize, sums: &[f32]| {
+        let dst = &mut out[row * n + c0..row * n + c0 + sums.len()];
+        match bias {
+            Some(bias) => {
+                for ((d, s), b) in dst.iter_mut().zip(sums).zip(&bias[c0..]) {
+                    *d = s + b;
+                }
+            }
+            None => dst.copy_from_slice(sums),
+        }
+    };
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F (checked by `available`).
+        unsafe { avx512::tiles(a, b, store) };
+        return Ok(());
+    }
+    portable_tiles(a, b, store);
+    Ok(())
+}
+
+/// The reference: the same sums, in the same order, one multiply-add at a time.
+fn portable_tiles(a: &[f32], b: &PackedF32, mut store: impl FnMut(usize, usize, &[f32])) {
+    let k = b.k;
+    let m = a.len() / k;
+    let mut sums = [0f32; NR];
+    for r in 0..m {
+        for p in 0..b.n.div_ceil(NR) {
+            let cols = NR.min(b.n - p * NR);
+            let panel = &b.panels[p * k * NR..(p + 1) * k * NR];
+            sums.fill(0.0);
+            for kk in 0..k {
+                let x = a[r * k + kk];
+                for (s, w) in sums.iter_mut().zip(&panel[kk * NR..(kk + 1) * NR]) {
+                    *s = x.mul_add(*w, *s);
+                }
+            }
+            store(r, p * NR, &sums[..cols]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR, PackedF32};
+    use std::arch::x86_64::*;
+
+    /// One tile of `R` rows: rows `a` (stride `k`) times one panel.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        panel: *const f32,
+        out: &mut [[f32; NR]; MR],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        for kk in 0..k {
+            // SAFETY: the panel holds k rows of NR; each of the R rows of `a` holds k values.
+            unsafe {
+                let bp = panel.add(kk * NR);
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                let b2 = _mm512_loadu_ps(bp.add(32));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * k + kk));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                    acc[2] = _mm512_fmadd_ps(x, b2, acc[2]);
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(out.iter_mut()) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `out` holds 3 vectors of 16.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * v), *acc) };
+            }
+        }
+    }
+
+    /// Row blocks of [`MR`], panel after panel for each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tiles(
+        a: &[f32],
+        b: &PackedF32,
+        mut store: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let k = b.k;
+        let m = a.len() / k;
+        let mut out = [[0f32; NR]; MR];
+        for r0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - r0);
+            let ap = a[r0 * k..].as_ptr();
+            for p in 0..b.n.div_ceil(NR) {
+                let panel = b.panels[p * k * NR..].as_ptr();
+                // SAFETY: `rows` rows of `k` from `ap`, one whole panel from `panel`.
+                unsafe {
+                    match rows {
+                        8 => tile::<8>(k, ap, panel, &mut out),
+                        7 => tile::<7>(k, ap, panel, &mut out),
+                        6 => tile::<6>(k, ap, panel, &mut out),
+                        5 => tile::<5>(k, ap, panel, &mut out),
+                        4 => tile::<4>(k, ap, panel, &mut out),
+                        3 => tile::<3>(k, ap, panel, &mut out),
+                        2 => tile::<2>(k, ap, panel, &mut out),
+                        _ => tile::<1>(k, ap, panel, &mut out),
+                    }
+                }
+                let cols = NR.min(b.n - p * NR);
+                for (r, sums) in out.iter().enumerate().take(rows) {
+                    store(r0 + r, p * NR, &sums[..cols]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernel_and_reference_agree_bit_for_bit_and_match_the_definition() {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (9, 13, 48),
+            (17, 40, 50),
+            (257, 384, 96),
+            (3, 700, 5),
+        ] {
+            let a = values(m * k, m as u32);
+            let b = values(k * n, n as u32 + 5);
+            let bias = values(n, 99);
+            let packed = PackedF32::new(&b, k, n).unwrap();
+            let mut got = vec![0f32; m * n];
+            let split = (m / 2).div_ceil(ROW_BLOCK) * ROW_BLOCK;
+            let (top, bottom) = got.split_at_mut(split.min(m) * n);
+            matmul(&a, &packed, Some(&bias), 0, top).unwrap();
+            matmul(&a, &packed, Some(&bias), split.min(m), bottom).unwrap();
+            let mut slow = vec![0f32; m * n];
+            portable_tiles(&a, &packed, |r, c0, s| {
+                for (i, v) in s.iter().enumerate() {
+                    slow[r * n + c0 + i] = v + bias[c0 + i];
+                }
+            });
+            for (i, (g, w)) in got.iter().zip(&slow).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "m{m} k{k} n{n} at {i}");
+            }
+            for r in 0..m {
+                for c in 0..n {
+                    let exact: f64 = (0..k)
+                        .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
+                        .sum::<f64>()
+                        + bias[c] as f64;
+                    let g = got[r * n + c] as f64;
+                    assert!(
+                        (g - exact).abs() <= 1e-5 * (k as f64).sqrt().max(1.0),
+                        "{g} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(PackedF32::new(&[0.0; 5], 2, 3).is_err());
+        let packed = PackedF32::new(&[0.0; 6], 2, 3).unwrap();
+        let mut out = [0f32; 3];
+        assert!(matmul(&[0.0; 3], &packed, None, 0, &mut out).is_err());
+        assert!(matmul(&[0.0; 2], &packed, Some(&[0.0; 2]), 0, &mut out).is_err());
+        assert!(matmul(&[0.0; 2], &packed, None, 1, &mut out).is_err());
+        assert!(matmul(&[0.0; 2], &packed, None, 0, &mut out).is_ok());
+    }
+}
