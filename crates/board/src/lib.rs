@@ -12,6 +12,8 @@
 //!
 //! Everything reads files under a root directory (`/` on a board), so it is tested on sample
 //! sysfs trees.
+//!
+//! Depends on no other dinoedge crate (the runner and the CLI depend on it).
 
 pub mod detect;
 pub mod gpio;

@@ -16,6 +16,9 @@
 //! Live sources are wrapped in [`Reconnecting`] (a vanished camera is reported once and
 //! reopened with backoff), and [`Capture`] reads a source on its own thread with a
 //! newest-frame hand-over ([`latest`]), so a slow consumer gets fresh frames.
+//!
+//! Depends on no other dinoedge crate: frames are plain RGB buffers, so a source can feed
+//! anything (the runner, `dinoedge capture`).
 
 #![warn(missing_docs)]
 

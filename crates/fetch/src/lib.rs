@@ -6,6 +6,8 @@
 //!   `hf-hub`), other files as `<name>/<file>`; a file put at `<name>/<file>` by hand is used too.
 //! - [`fetch`]: download one entry with progress, resume of an interrupted download, a stall
 //!   timeout and sha256 verification (a mismatch deletes the file).
+//!
+//! Depends on no other dinoedge crate: it knows files and names, not what is in them.
 
 mod cache;
 mod download;

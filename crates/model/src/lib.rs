@@ -6,6 +6,10 @@
 //! features — the CLS token, register tokens, the `[h, w, D]` patch grid, intermediate
 //! blocks and the last block's attention.
 //!
+//! Depends on no other dinoedge crate; everything else builds on it. Where the CPU allows,
+//! the weight products run on dinoedge's own kernels ([`qgemm`], [`sgemm`], swapped in by
+//! [`qmatmul`]); the rest of the graph on tract's.
+//!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
 //! # fn main() -> Result<(), dinoedge_model::ModelError> {

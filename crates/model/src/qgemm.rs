@@ -248,28 +248,21 @@ fn prepared<'a>(
     (view, row_sums)
 }
 
-/// The `f32` product of rows `first_row..` of `a` (`[M, K]`) and `b`, into `out` (whole rows
-/// of `N`): the unit [`crate::ops`] splits over threads.
+/// The `f32` product of `a` (`[M, K]`) and `b` into `out` (`[M, N]`), split by column panels
+/// over the backbone's threads (tract's executor; inline on one thread).
 pub fn matmul(
     a: &Activations,
     b: &PackedWeights,
     epilogue: &Epilogue,
-    first_row: usize,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
     let (k, n) = (b.k, b.n);
-    if !a.len().is_multiple_of(k) || !out.len().is_multiple_of(n) {
+    let m = a.len() / k;
+    if !a.len().is_multiple_of(k) || out.len() != m * n {
         return Err(ShapeError(format!(
             "{} activations and {} outputs for K {k}, N {n}",
             a.len(),
             out.len()
-        )));
-    }
-    let rows = first_row..first_row + out.len() / n;
-    if rows.end > a.len() / k {
-        return Err(ShapeError(format!(
-            "rows {rows:?} of {} activations rows",
-            a.len() / k
         )));
     }
     match epilogue {
@@ -284,9 +277,11 @@ pub fn matmul(
     let terms = b.column_terms(a.zero());
     let sums = !b.zero_is_zero();
     let mut scratch = Vec::new();
-    let (a_rows, row_sums) = prepared(a, k, b.k4, rows, sums, &mut scratch);
+    let (a_rows, row_sums) = prepared(a, k, b.k4, 0..m, sums, &mut scratch);
+    let out = SharedRows::new(out);
     let store = |row: usize, c0: usize, dots: &[i32]| {
-        let dst = &mut out[row * n + c0..row * n + c0 + dots.len()];
+        // SAFETY: `par_panels` hands each panel's columns to one call alone.
+        let dst = unsafe { out.segment(row * n + c0, dots.len()) };
         let terms = &terms[c0..c0 + dots.len()];
         let zero = &b.zero[c0..c0 + dots.len()];
         let rs = if sums { row_sums[row] } else { 0 };
@@ -318,28 +313,85 @@ pub fn matmul(
             }
         }
     };
-    tiles(a_rows, b, store);
-    Ok(())
+    par_panels(n.div_ceil(NR), m * n * k, |panels| {
+        tiles(a_rows, b, panels, store)
+    })
 }
 
-/// Every tile's dot products `Σ a·b` (unsigned by signed), handed to `store(row, first column,
-/// values)` a row segment at a time.
-fn tiles(a: &[u8], b: &PackedWeights, store: impl FnMut(usize, usize, &[i32])) {
+/// An output written by several threads, each through its own columns (see [`par_panels`]).
+pub(crate) struct SharedRows {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: writes go through `segment`, whose callers write disjoint ranges.
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        SharedRows {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// `len` values from `start`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap the range (each thread writes its own panels).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn segment(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "segment out of the output");
+        // SAFETY: in bounds (checked), and not aliased (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// `work(panels)` over disjoint runs of `0..panels` on tract's executor (`macs` decides whether
+/// threads are worth it). Column panels, not rows: each thread keeps its weight panel in its
+/// own L2 while the activations, shared by all, stream.
+pub(crate) fn par_panels(
+    panels: usize,
+    macs: usize,
+    work: impl Fn(std::ops::Range<usize>) + Sync + Send,
+) -> Result<(), ShapeError> {
+    let mut ids = vec![0u8; panels];
+    tract_linalg::multithread::par_chunks_mut(&mut ids, 1, macs, |p0, chunk| {
+        work(p0..p0 + chunk.len());
+        Ok(())
+    })
+    .map_err(|e| ShapeError(format!("{e}")))
+}
+
+/// Every tile's dot products `Σ a·b` (unsigned by signed) in `panels`, handed to
+/// `store(row, first column, values)` a row segment at a time.
+fn tiles(
+    a: &[u8],
+    b: &PackedWeights,
+    panels: std::ops::Range<usize>,
+    store: impl Fn(usize, usize, &[i32]),
+) {
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `available`).
-        unsafe { vnni::tiles(a, b, store) };
+        unsafe { vnni::tiles(a, b, panels, store) };
         return;
     }
-    portable_tiles(a, b, store)
+    portable_tiles(a, b, panels, store)
 }
 
 /// The reference: the same tiles, one multiply-add at a time.
-fn portable_tiles(a: &[u8], b: &PackedWeights, mut store: impl FnMut(usize, usize, &[i32])) {
+fn portable_tiles(
+    a: &[u8],
+    b: &PackedWeights,
+    panels: std::ops::Range<usize>,
+    store: impl Fn(usize, usize, &[i32]),
+) {
     let lda = 4 * b.k4;
     let m = a.len() / lda;
     let mut dots = [0i32; NR];
-    for p in 0..b.n.div_ceil(NR) {
+    for p in panels {
         let cols = NR.min(b.n - p * NR);
         let panel = &b.panels[p * b.k4 * NR * 4..(p + 1) * b.k4 * NR * 4];
         for r in 0..m {
@@ -396,23 +448,25 @@ mod vnni {
         }
     }
 
-    /// [`super::tiles`] with the VNNI kernel: row blocks of [`MR`], panel after panel for each
-    /// (a block's activations stay in L1 while the weights stream from L2).
+    /// [`super::tiles`] with the VNNI kernel: panel after panel, every row block of [`MR`]
+    /// for each (the panel stays in L2 while the activations stream).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tiles(
         a: &[u8],
         b: &PackedWeights,
-        mut store: impl FnMut(usize, usize, &[i32]),
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
     ) {
         let lda = 4 * b.k4;
         let m = a.len() / lda;
         let mut out = [[0i32; NR]; MR];
         let panel_len = b.k4 * NR * 4;
-        for r0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - r0);
-            let ap = a[r0 * lda..].as_ptr();
-            for p in 0..b.n.div_ceil(NR) {
-                let panel = b.panels[p * panel_len..].as_ptr();
+        for p in panels {
+            let panel = b.panels[p * panel_len..].as_ptr();
+            let cols = NR.min(b.n - p * NR);
+            for r0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - r0);
+                let ap = a[r0 * lda..].as_ptr();
                 // SAFETY: `rows` rows of `lda` from `ap`, one whole panel from `panel`.
                 unsafe {
                     match rows {
@@ -426,7 +480,6 @@ mod vnni {
                         _ => tile::<1>(b.k4, ap, lda, panel, &mut out),
                     }
                 }
-                let cols = NR.min(b.n - p * NR);
                 for (r, dots) in out.iter().enumerate().take(rows) {
                     store(r0 + r, p * NR, &dots[..cols]);
                 }
@@ -434,9 +487,6 @@ mod vnni {
         }
     }
 }
-
-/// Rows in the blocks a product is split into over threads.
-pub const ROW_BLOCK: usize = MR;
 
 #[cfg(test)]
 mod tests {
@@ -510,11 +560,11 @@ mod tests {
             scale,
             bias: Some(&bias),
         };
-        // in two parts, as threads would split it
-        let split = (m / 2).div_ceil(ROW_BLOCK) * ROW_BLOCK;
-        let (top, bottom) = got.split_at_mut(split.min(m) * n);
-        matmul(&acts, &packed, &epi, 0, top).unwrap();
-        matmul(&acts, &packed, &epi, split.min(m), bottom).unwrap();
+        // on two threads, as a backbone with two would run it
+        let two = tract_linalg::multithread::Executor::multithread(2);
+        tract_linalg::multithread::multithread_tract_scope(two, || {
+            matmul(&acts, &packed, &epi, &mut got).unwrap()
+        });
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let w = *w as f32 * scale + bias[i % n];
             assert_eq!(
@@ -526,15 +576,16 @@ mod tests {
         // and the portable reference gives the same dots
         let mut scratch = Vec::new();
         let (rows, _) = prepared(&acts, k, packed.k4, 0..m, false, &mut scratch);
-        let mut fast = vec![0i32; m * n];
-        tiles(rows, &packed, |r, c0, d| {
-            fast[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+        let panels = 0..n.div_ceil(NR);
+        let fast = std::sync::Mutex::new(vec![0i32; m * n]);
+        tiles(rows, &packed, panels.clone(), |r, c0, d| {
+            fast.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
-        let mut slow = vec![0i32; m * n];
-        portable_tiles(rows, &packed, |r, c0, d| {
-            slow[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+        let slow = std::sync::Mutex::new(vec![0i32; m * n]);
+        portable_tiles(rows, &packed, panels, |r, c0, d| {
+            slow.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
-        assert_eq!(fast, slow);
+        assert_eq!(*fast.lock().unwrap(), *slow.lock().unwrap());
     }
 
     #[test]
@@ -570,7 +621,6 @@ mod tests {
             &Activations::U8(&a, 2),
             &packed,
             &Epilogue::Columns(&scales),
-            0,
             &mut out,
         )
         .unwrap();
@@ -594,10 +644,10 @@ mod tests {
             scale: 1.0,
             bias: None,
         };
-        assert!(matmul(&Activations::U8(&[0; 5], 0), &packed, &epi, 0, &mut out).is_err());
-        assert!(matmul(&Activations::U8(&[0; 6], 0), &packed, &epi, 1, &mut out).is_err());
+        assert!(matmul(&Activations::U8(&[0; 5], 0), &packed, &epi, &mut out).is_err());
+        assert!(matmul(&Activations::U8(&[0; 3], 0), &packed, &epi, &mut out).is_err());
         let short = [0f32; 1];
         let epi = Epilogue::Columns(&short);
-        assert!(matmul(&Activations::U8(&[0; 6], 0), &packed, &epi, 0, &mut out).is_err());
+        assert!(matmul(&Activations::U8(&[0; 6], 0), &packed, &epi, &mut out).is_err());
     }
 }

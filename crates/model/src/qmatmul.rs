@@ -48,6 +48,8 @@ pub struct MatMulInt8 {
     pub weights: Arc<PackedWeights>,
     /// The epilogue.
     pub dequantize: Dequantize,
+    /// The output's shape (`[.., M, N]`, maybe with other unit axes than the input's).
+    pub out_shape: TVec<usize>,
 }
 
 impl Eq for MatMulInt8 {}
@@ -55,6 +57,7 @@ impl Eq for MatMulInt8 {}
 impl std::hash::Hash for MatMulInt8 {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.weights.hash(state);
+        self.out_shape.hash(state);
         let (tag, values) = match &self.dequantize {
             Dequantize::Scale { bias } => (0u8, bias),
             Dequantize::Columns { scales } => (1u8, scales),
@@ -85,12 +88,6 @@ impl Op for MatMulInt8 {
 
     op_as_typed_op!();
 }
-
-/// A raw pointer to the output, for threads that write disjoint rows of it.
-struct Rows(*mut f32);
-// SAFETY: each thread writes only its own rows (see `MatMulInt8::eval`).
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
 
 impl EvalOp for MatMulInt8 {
     op_out_of_plan!();
@@ -131,31 +128,30 @@ impl EvalOp for MatMulInt8 {
             }
             Dequantize::Columns { scales } => Epilogue::Columns(scales.as_slice()),
         };
-        let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().unwrap() = n;
         let m = a.len() / k;
-        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &out_shape)? };
+        ensure!(
+            self.out_shape.iter().product::<usize>() == m * n,
+            "{m} rows of {n} into {:?}",
+            self.out_shape
+        );
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &self.out_shape)? };
         {
             let mut plain = dst.try_as_plain_ram_mut()?;
-            split_rows(
+            qgemm::matmul(
+                &acts,
+                &self.weights,
+                &epilogue,
                 plain.as_slice_mut::<f32>()?,
-                m,
-                n,
-                k,
-                qgemm::ROW_BLOCK,
-                |r0, part| qgemm::matmul(&acts, &self.weights, &epilogue, r0, part),
-            )?;
+            )
+            .map_err(|e| format_err!("{e}"))?;
         }
         Ok(tvec!(dst.into_tvalue()))
     }
 }
 
 impl TypedOp for MatMulInt8 {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        ensure!(!shape.is_empty(), "scalar activations");
-        *shape.last_mut().unwrap() = self.weights.n().into();
-        Ok(tvec!(f32::fact(shape)))
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
     }
 
     as_op!();
@@ -184,14 +180,22 @@ fn values<T: Datum>(model: &TypedModel, outlet: OutletId, len: usize) -> Option<
     (v.len() == len).then(|| v.to_vec())
 }
 
-/// `(K, N)` when `node` is the plain product `[.., M, K] x [1.., K, N] -> [.., M, N]` with
-/// constant weights of that shape.
-fn product_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(usize, usize)> {
+/// `(K, N, output shape)` when `node` is the plain product `[.., M, K] x [1.., K, N] ->
+/// [.., M, N]` with constant weights of that shape: the output's rows are the input's rows in
+/// order (its other axes in the same order, unit axes dropped or added).
+fn product_shape(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: &EinSum,
+) -> Option<(usize, usize, TVec<usize>)> {
     let a = model.outlet_fact(node.inputs[0]).ok()?;
     let b = model.outlet_fact(*node.inputs.get(1)?).ok()?;
-    let (ra, rb) = (a.rank(), b.rank());
+    let out = model.outlet_fact(OutletId::new(node.id, 0)).ok()?;
+    let (ra, rb, ro) = (a.rank(), b.rank(), out.rank());
+    let adims = a.shape.as_concrete()?;
     let bdims = b.shape.as_concrete()?;
-    if ra < 2 || rb < 2 || bdims[..rb - 2].iter().any(|d| *d != 1) {
+    let odims: TVec<usize> = out.shape.as_concrete()?.into();
+    if ra < 2 || rb < 2 || ro < 2 || bdims[..rb - 2].iter().any(|d| *d != 1) {
         return None;
     }
     let (k, n) = (bdims[rb - 2], bdims[rb - 1]);
@@ -200,25 +204,45 @@ fn product_shape(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(u
     let ka = at(InOut::In(0), ra - 1)?;
     let kb = at(InOut::In(1), rb - 2)?;
     let nb = at(InOut::In(1), rb - 1)?;
-    let same_batch =
-        (0..ra - 1).all(|i| at(InOut::In(0), i).is_some_and(|ax| ax.outputs[0].as_slice() == [i]));
+    let ma = at(InOut::In(0), ra - 2)?;
+    // every other axis of `a` in the output in order, or a unit axis left out
+    let mut last = None;
+    let in_order =
+        (0..ra - 1).all(
+            |i| match at(InOut::In(0), i).map(|ax| ax.outputs[0].as_slice()) {
+                Some([p]) => {
+                    let ok = last.is_none_or(|l| *p > l);
+                    last = Some(*p);
+                    ok
+                }
+                Some([]) => adims[i] == 1,
+                _ => false,
+            },
+        );
+    let rows: usize = adims[..ra - 1].iter().product();
     (ka.repr == kb.repr
         && ka.outputs[0].is_empty()
-        && nb.outputs[0].as_slice() == [ra - 1]
+        && nb.outputs[0].as_slice() == [ro - 1]
         && nb.inputs[0].is_empty()
-        && same_batch
-        && a.shape.last() == Some(&TDim::from(k))
+        && ma.outputs[0].as_slice() == [ro - 2]
+        && in_order
+        && adims[ra - 1] == k
+        && odims.iter().product::<usize>() == rows * n
         && konst(model, node.inputs[1]).is_some())
-    .then_some((k, n))
+    .then_some((k, n, odims))
 }
 
 /// `(K, N)` when `node` is an int8 product as tract-onnx reads `MatMulInteger`: unit scales,
 /// zero offsets, int8 operands.
-fn int8_product(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(usize, usize)> {
+fn int8_product(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: &EinSum,
+) -> Option<(usize, usize, TVec<usize>)> {
     if op.q_params != Some(DatumType::I32) || node.inputs.len() != 9 {
         return None;
     }
-    let (k, n) = product_shape(model, node, op)?;
+    let (k, n, out_shape) = product_shape(model, node, op)?;
     let dt = |i: usize| model.outlet_fact(node.inputs[i]).ok().map(|f| f.datum_type);
     let a_zero = model.outlet_fact(node.inputs[3]).ok()?;
     (values::<i32>(model, node.inputs[2], 1) == Some(vec![0])
@@ -229,7 +253,7 @@ fn int8_product(model: &TypedModel, node: &TypedNode, op: &EinSum) -> Option<(us
         && matches!(dt(0)?, DatumType::U8 | DatumType::I8)
         && matches!(dt(1)?, DatumType::U8 | DatumType::I8)
         && a_zero.shape.volume() == TDim::from(1))
-    .then_some((k, n))
+    .then_some((k, n, out_shape))
 }
 
 /// One product to swap: `(einsum, epilogue node, new op, inputs)`.
@@ -237,7 +261,7 @@ type Swap = (usize, usize, Box<dyn TypedOp>, TVec<OutletId>);
 
 fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
     let op = node.op_as::<EinSum>()?;
-    let (k, n) = int8_product(model, node, op)?;
+    let (k, n, out_shape) = int8_product(model, node, op)?;
     let b = konst(model, node.inputs[1])?;
     let zero = values::<i32>(model, node.inputs[5], 1)
         .or_else(|| values::<i32>(model, node.inputs[5], n))?;
@@ -262,6 +286,7 @@ fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
             dequantize: Dequantize::Scale {
                 bias: Arc::new(bias),
             },
+            out_shape,
         };
         return Some((
             node.id,
@@ -277,6 +302,7 @@ fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
             dequantize: Dequantize::Columns {
                 scales: Arc::new(scales),
             },
+            out_shape,
         };
         return Some((node.id, next.id, Box::new(op), tvec![a, a_zero]));
     }
@@ -290,7 +316,7 @@ fn f32_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
     if op.q_params.is_some() || node.inputs.len() != 2 || op.operating_dt != DatumType::F32 {
         return None;
     }
-    let (k, n) = product_shape(model, node, op)?;
+    let (k, n, out_shape) = product_shape(model, node, op)?;
     if model.outlet_fact(node.inputs[0]).ok()?.datum_type != DatumType::F32 {
         return None;
     }
@@ -316,7 +342,11 @@ fn f32_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
         Some((id, v)) => (id, Some(Arc::new(F32Bits::vec(v)))),
         None => (node.id, None),
     };
-    let op = MatMulF32 { weights, bias };
+    let op = MatMulF32 {
+        weights,
+        bias,
+        out_shape,
+    };
     Some((node.id, last, Box::new(op), tvec![node.inputs[0]]))
 }
 
@@ -385,6 +415,8 @@ pub struct MatMulF32 {
     pub weights: Arc<PackedF32>,
     /// One value per column, added to each row.
     pub bias: Option<Arc<Vec<F32Bits>>>,
+    /// The output's shape (`[.., M, N]`, maybe with other unit axes than the input's).
+    pub out_shape: TVec<usize>,
 }
 
 impl Op for MatMulF32 {
@@ -419,30 +451,24 @@ impl EvalOp for MatMulF32 {
         let xs = a_plain.as_slice::<f32>()?;
         let bias: Option<&[f32]> = self.bias.as_ref().map(|b| F32Bits::slice(b));
         let m = xs.len() / k;
-        let mut out_shape: TVec<usize> = a.shape().into();
-        *out_shape.last_mut().unwrap() = n;
-        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &out_shape)? };
+        ensure!(
+            self.out_shape.iter().product::<usize>() == m * n,
+            "{m} rows of {n} into {:?}",
+            self.out_shape
+        );
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &self.out_shape)? };
         {
             let mut plain = dst.try_as_plain_ram_mut()?;
-            split_rows(
-                plain.as_slice_mut::<f32>()?,
-                m,
-                n,
-                k,
-                sgemm::ROW_BLOCK,
-                |r0, part| sgemm::matmul(xs, &self.weights, bias, r0, part),
-            )?;
+            sgemm::matmul(xs, &self.weights, bias, plain.as_slice_mut::<f32>()?)
+                .map_err(|e| format_err!("{e}"))?;
         }
         Ok(tvec!(dst.into_tvalue()))
     }
 }
 
 impl TypedOp for MatMulF32 {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        ensure!(!shape.is_empty(), "scalar activations");
-        *shape.last_mut().unwrap() = self.weights.n().into();
-        Ok(tvec!(f32::fact(shape)))
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
     }
 
     as_op!();
@@ -463,30 +489,6 @@ impl F32Bits {
         // pattern is an f32.
         unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()) }
     }
-}
-
-/// Rows `0..m` of an `[M, N]` output in blocks of `block` rows over the backbone's threads
-/// (tract's executor): `f(first_row, rows)` for disjoint runs of whole blocks.
-fn split_rows<E: std::fmt::Display>(
-    out: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    block: usize,
-    f: impl Fn(usize, &mut [f32]) -> Result<(), E> + Sync + Send,
-) -> TractResult<()> {
-    ensure!(out.len() == m * n, "output of {} for [{m}, {n}]", out.len());
-    let rows = Rows(out.as_mut_ptr());
-    let rows = &rows;
-    let mut blocks: Vec<u8> = vec![0; m.div_ceil(block)];
-    tract_linalg::multithread::par_chunks_mut(&mut blocks, 1, m * n * k, |b0, chunk| {
-        let r0 = b0 * block;
-        let r1 = ((b0 + chunk.len()) * block).min(m);
-        // SAFETY: blocks `b0..b0 + chunk.len()` are this call's alone, so are rows `r0..r1`
-        // of the output, which lie within it.
-        let part = unsafe { std::slice::from_raw_parts_mut(rows.0.add(r0 * n), (r1 - r0) * n) };
-        f(r0, part).map_err(|e| format_err!("{e}"))
-    })
 }
 
 #[cfg(test)]

@@ -13,15 +13,12 @@
 //!
 //! The kernel needs AVX-512F ([`available`]); other CPUs keep tract's products.
 
-use crate::qgemm::ShapeError;
+use crate::qgemm::{ShapeError, SharedRows, par_panels};
 
 /// Columns in a panel (three 16-lane vectors).
 const NR: usize = 48;
 /// Rows in a tile.
 const MR: usize = 8;
-
-/// Rows in the blocks a product is split into over threads.
-pub const ROW_BLOCK: usize = MR;
 
 /// The constant right-hand side of an `f32` product, packed for [`matmul`].
 #[derive(Clone, Debug, PartialEq)]
@@ -91,20 +88,17 @@ impl PackedF32 {
     }
 }
 
-/// Rows `first_row..` of `a · b + bias` (`a`: `[M, K]` row-major) into `out` (whole rows of
-/// `N`): the unit [`crate::qmatmul`] splits over threads.
+/// `a · b + bias` (`a`: `[M, K]` row-major) into `out` (`[M, N]`), split by column panels over
+/// the backbone's threads (tract's executor; inline on one thread).
 pub fn matmul(
     a: &[f32],
     b: &PackedF32,
     bias: Option<&[f32]>,
-    first_row: usize,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
     let (k, n) = (b.k, b.n);
-    if !a.len().is_multiple_of(k)
-        || !out.len().is_multiple_of(n)
-        || bias.is_some_and(|v| v.len() != n)
-    {
+    let m = a.len() / k;
+    if !a.len().is_multiple_of(k) || out.len() != m * n || bias.is_some_and(|v| v.len() != n) {
         return Err(ShapeError(format!(
             "{} activations, {} outputs, {} bias values for K {k}, N {n}",
             a.len(),
@@ -112,16 +106,10 @@ pub fn matmul(
             bias.map_or(0, |v| v.len())
         )));
     }
-    let rows = first_row..first_row + out.len() / n;
-    if rows.end > a.len() / k {
-        return Err(ShapeError(format!(
-            "rows {rows:?} of {} activation rows",
-            a.len() / k
-        )));
-    }
-    let a = &a[rows.start * k..rows.end * k];
+    let out = SharedRows::new(out);
     let store = |row: usize, c0: usize, sums: &[f32]| {
-        let dst = &mut out[row * n + c0..row * n + c0 + sums.len()];
+        // SAFETY: `par_panels` hands each panel's columns to one call alone.
+        let dst = unsafe { out.segment(row * n + c0, sums.len()) };
         match bias {
             Some(bias) => {
                 for ((d, s), b) in dst.iter_mut().zip(sums).zip(&bias[c0..]) {
@@ -131,25 +119,31 @@ pub fn matmul(
             None => dst.copy_from_slice(sums),
         }
     };
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: the CPU has AVX-512F (checked by `available`).
-        unsafe { avx512::tiles(a, b, store) };
-        return Ok(());
-    }
-    portable_tiles(a, b, store);
-    Ok(())
+    par_panels(n.div_ceil(NR), m * n * k, |panels| {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has AVX-512F (checked by `available`).
+            unsafe { avx512::tiles(a, b, panels, store) };
+            return;
+        }
+        portable_tiles(a, b, panels, store)
+    })
 }
 
 /// The reference: the same sums, in the same order, one multiply-add at a time.
-fn portable_tiles(a: &[f32], b: &PackedF32, mut store: impl FnMut(usize, usize, &[f32])) {
+fn portable_tiles(
+    a: &[f32],
+    b: &PackedF32,
+    panels: std::ops::Range<usize>,
+    store: impl Fn(usize, usize, &[f32]),
+) {
     let k = b.k;
     let m = a.len() / k;
     let mut sums = [0f32; NR];
-    for r in 0..m {
-        for p in 0..b.n.div_ceil(NR) {
-            let cols = NR.min(b.n - p * NR);
-            let panel = &b.panels[p * k * NR..(p + 1) * k * NR];
+    for p in panels {
+        let cols = NR.min(b.n - p * NR);
+        let panel = &b.panels[p * k * NR..(p + 1) * k * NR];
+        for r in 0..m {
             sums.fill(0.0);
             for kk in 0..k {
                 let x = a[r * k + kk];
@@ -199,21 +193,24 @@ mod avx512 {
         }
     }
 
-    /// Row blocks of [`MR`], panel after panel for each.
+    /// Panel after panel, every row block of [`MR`] for each (the panel stays in L2 while the
+    /// activations stream).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tiles(
         a: &[f32],
         b: &PackedF32,
-        mut store: impl FnMut(usize, usize, &[f32]),
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[f32]),
     ) {
         let k = b.k;
         let m = a.len() / k;
         let mut out = [[0f32; NR]; MR];
-        for r0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - r0);
-            let ap = a[r0 * k..].as_ptr();
-            for p in 0..b.n.div_ceil(NR) {
-                let panel = b.panels[p * k * NR..].as_ptr();
+        for p in panels {
+            let panel = b.panels[p * k * NR..].as_ptr();
+            let cols = NR.min(b.n - p * NR);
+            for r0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - r0);
+                let ap = a[r0 * k..].as_ptr();
                 // SAFETY: `rows` rows of `k` from `ap`, one whole panel from `panel`.
                 unsafe {
                     match rows {
@@ -227,7 +224,6 @@ mod avx512 {
                         _ => tile::<1>(k, ap, panel, &mut out),
                     }
                 }
-                let cols = NR.min(b.n - p * NR);
                 for (r, sums) in out.iter().enumerate().take(rows) {
                     store(r0 + r, p * NR, &sums[..cols]);
                 }
@@ -266,16 +262,18 @@ mod tests {
             let bias = values(n, 99);
             let packed = PackedF32::new(&b, k, n).unwrap();
             let mut got = vec![0f32; m * n];
-            let split = (m / 2).div_ceil(ROW_BLOCK) * ROW_BLOCK;
-            let (top, bottom) = got.split_at_mut(split.min(m) * n);
-            matmul(&a, &packed, Some(&bias), 0, top).unwrap();
-            matmul(&a, &packed, Some(&bias), split.min(m), bottom).unwrap();
-            let mut slow = vec![0f32; m * n];
-            portable_tiles(&a, &packed, |r, c0, s| {
+            let two = tract_linalg::multithread::Executor::multithread(2);
+            tract_linalg::multithread::multithread_tract_scope(two, || {
+                matmul(&a, &packed, Some(&bias), &mut got).unwrap()
+            });
+            let slow = std::sync::Mutex::new(vec![0f32; m * n]);
+            portable_tiles(&a, &packed, 0..n.div_ceil(NR), |r, c0, s| {
+                let mut slow = slow.lock().unwrap();
                 for (i, v) in s.iter().enumerate() {
                     slow[r * n + c0 + i] = v + bias[c0 + i];
                 }
             });
+            let slow = slow.into_inner().unwrap();
             for (i, (g, w)) in got.iter().zip(&slow).enumerate() {
                 assert_eq!(g.to_bits(), w.to_bits(), "m{m} k{k} n{n} at {i}");
             }
@@ -300,9 +298,9 @@ mod tests {
         assert!(PackedF32::new(&[0.0; 5], 2, 3).is_err());
         let packed = PackedF32::new(&[0.0; 6], 2, 3).unwrap();
         let mut out = [0f32; 3];
-        assert!(matmul(&[0.0; 3], &packed, None, 0, &mut out).is_err());
-        assert!(matmul(&[0.0; 2], &packed, Some(&[0.0; 2]), 0, &mut out).is_err());
-        assert!(matmul(&[0.0; 2], &packed, None, 1, &mut out).is_err());
-        assert!(matmul(&[0.0; 2], &packed, None, 0, &mut out).is_ok());
+        assert!(matmul(&[0.0; 3], &packed, None, &mut out).is_err());
+        assert!(matmul(&[0.0; 2], &packed, Some(&[0.0; 2]), &mut out).is_err());
+        assert!(matmul(&[0.0; 4], &packed, None, &mut out).is_err());
+        assert!(matmul(&[0.0; 2], &packed, None, &mut out).is_ok());
     }
 }

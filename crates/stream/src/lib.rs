@@ -9,6 +9,9 @@
 //!
 //! Sinks: files ([`FileSink`]), JSON lines ([`JsonLinesSink`]), MCAP recordings with
 //! Foxglove schemas ([`McapSink`]) and a live view in the browser ([`HttpSink`]).
+//!
+//! Depends on every crate of the live path — model, heads, render, camera, board — and on
+//! none of the training code (`dinoedge-train`), so a board's runner does not link it.
 #![warn(missing_docs)]
 
 pub mod gpio_sink;
