@@ -350,6 +350,125 @@ fn f32_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
     Some((node.id, last, Box::new(op), tvec![node.inputs[0]]))
 }
 
+/// A product of two activations with the same batch axes, `[.., M, K] x [.., K, N] ->
+/// [.., M, N]` (attention's `Q·Kᵀ` and `P·V`, one matrix per head).
+fn batched_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
+    let op = node.op_as::<EinSum>()?;
+    if op.q_params.is_some() || node.inputs.len() != 2 || op.operating_dt != DatumType::F32 {
+        return None;
+    }
+    let a = model.outlet_fact(node.inputs[0]).ok()?;
+    let b = model.outlet_fact(node.inputs[1]).ok()?;
+    let out = model.outlet_fact(OutletId::new(node.id, 0)).ok()?;
+    let r = a.rank();
+    if r < 2 || b.rank() != r || out.rank() != r {
+        return None;
+    }
+    let (adims, bdims) = (a.shape.as_concrete()?, b.shape.as_concrete()?);
+    let at = |io: InOut, i: usize| op.axes.axis((io, i)).ok();
+    let linked = |i: usize, j: usize, o: Option<usize>| {
+        at(InOut::In(0), i).is_some_and(|ax| {
+            ax.inputs[1].as_slice() == [j] && ax.outputs[0].as_slice() == o.as_slice()
+        })
+    };
+    let batch_ok = (0..r - 2).all(|i| linked(i, i, Some(i)) && adims[i] == bdims[i]);
+    let m_ok = at(InOut::In(0), r - 2)
+        .is_some_and(|ax| ax.inputs[1].is_empty() && ax.outputs[0].as_slice() == [r - 2]);
+    let n_ok = at(InOut::In(1), r - 1)
+        .is_some_and(|ax| ax.inputs[0].is_empty() && ax.outputs[0].as_slice() == [r - 1]);
+    let ok = batch_ok
+        && m_ok
+        && n_ok
+        && linked(r - 1, r - 2, None)
+        && a.datum_type == DatumType::F32
+        && b.datum_type == DatumType::F32
+        && a.konst.is_none()
+        && b.konst.is_none();
+    ok.then(|| {
+        let op = BatchedMatMulF32 {
+            out_shape: out.shape.as_concrete().unwrap().into(),
+        };
+        (
+            node.id,
+            node.id,
+            Box::new(op) as Box<dyn TypedOp>,
+            tvec![node.inputs[0], node.inputs[1]],
+        )
+    })
+}
+
+/// A product of two `f32` activations with the same batch axes: inputs `a [.., M, K]`, `b
+/// [.., K, N]`, output `[.., M, N]`. Each batch's `b` is packed as it comes (`K·N` values,
+/// small next to the `M·K·N` multiply-adds), the batches spread over the threads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BatchedMatMulF32 {
+    /// The output's shape.
+    pub out_shape: TVec<usize>,
+}
+
+impl Op for BatchedMatMulF32 {
+    fn name(&self) -> StaticName {
+        "DinoedgeBatchedMatMulF32".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for BatchedMatMulF32 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let r = self.out_shape.len();
+        ensure!(
+            a.rank() == r && b.rank() == r,
+            "ranks {} and {} for {r}",
+            a.rank(),
+            b.rank()
+        );
+        let (m, k, n) = (a.shape()[r - 2], a.shape()[r - 1], b.shape()[r - 1]);
+        let batches: usize = self.out_shape[..r - 2].iter().product();
+        ensure!(
+            a.len() == batches * m * k && b.len() == batches * k * n && b.shape()[r - 2] == k,
+            "shapes {:?} x {:?} for {:?}",
+            a.shape(),
+            b.shape(),
+            self.out_shape
+        );
+        let (a_plain, b_plain) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+        let (xs, ws) = (a_plain.as_slice::<f32>()?, b_plain.as_slice::<f32>()?);
+        let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &self.out_shape)? };
+        {
+            let mut plain = dst.try_as_plain_ram_mut()?;
+            let out = plain.as_slice_mut::<f32>()?;
+            tract_linalg::multithread::par_chunks_mut(
+                out,
+                m * n,
+                batches * m * n * k,
+                |b0, chunk| {
+                    for (i, out) in chunk.chunks_exact_mut(m * n).enumerate() {
+                        let bi = b0 + i;
+                        let packed = PackedF32::new(&ws[bi * k * n..(bi + 1) * k * n], k, n)
+                            .map_err(|e| format_err!("{e}"))?;
+                        sgemm::matmul_here(&xs[bi * m * k..(bi + 1) * m * k], &packed, None, out)
+                            .map_err(|e| format_err!("{e}"))?;
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(tvec!(dst.into_tvalue()))
+    }
+}
+
+impl TypedOp for BatchedMatMulF32 {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+
+    as_op!();
+}
+
 /// Which products [`swap_products`] moves to dinoedge's kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
@@ -380,6 +499,7 @@ pub fn swap_products(model: &mut TypedModel, kernels: Kernels) -> TractResult<us
         .filter_map(|n| {
             let int8 = kernels.int8.then(|| int8_candidate(model, n)).flatten();
             int8.or_else(|| kernels.f32.then(|| f32_candidate(model, n)).flatten())
+                .or_else(|| kernels.f32.then(|| batched_candidate(model, n)).flatten())
         })
         .collect();
     for (first, last, op, inputs) in swaps.iter() {
@@ -710,6 +830,72 @@ mod tests {
         // the int8 kernels leave an f32 product alone
         let mut untouched = decluttered(&proto);
         assert_eq!(swap_int8_products(&mut untouched).unwrap(), 0);
+    }
+
+    #[test]
+    fn products_of_two_activations_swap_and_match() {
+        let n = |op: &str, name: &str, i: &[&str], o: &str| {
+            node(
+                op,
+                name.into(),
+                i.iter().map(|s| s.to_string()).collect(),
+                o.into(),
+            )
+        };
+        let graph = GraphProto {
+            node: vec![n("MatMul", "mm", &["x", "y"], "out")],
+            input: vec![
+                value("x", &[3, M as i64, K as i64]),
+                value("y", &[3, K as i64, N as i64]),
+            ],
+            output: vec![value("out", &[3, M as i64, N as i64])],
+            name: "batched".into(),
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let model = decluttered(&proto);
+        let mut swapped = model.clone();
+        let f32_only = Kernels {
+            int8: false,
+            f32: true,
+        };
+        assert_eq!(swap_products(&mut swapped, f32_only).unwrap(), 1);
+        let ops: Vec<String> = swapped.nodes().iter().map(|n| n.op.name().into()).collect();
+        assert!(
+            ops.iter().any(|o| o == "DinoedgeBatchedMatMulF32"),
+            "{ops:?}"
+        );
+        let x: Vec<f32> = (0..3 * M * K)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 1.7)
+            .collect();
+        let y: Vec<f32> = (0..3 * K * N)
+            .map(|i| ((i * 104_729) % 997) as f32 / 400.0 - 1.1)
+            .collect();
+        let x = tract_ndarray::Array3::from_shape_vec((3, M, K), x)
+            .unwrap()
+            .into_tensor();
+        let y = tract_ndarray::Array3::from_shape_vec((3, K, N), y)
+            .unwrap()
+            .into_tensor();
+        let run2 = |m: TypedModel| {
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            let out = plan.run(tvec![x.clone().into(), y.clone().into()]).unwrap();
+            let plain = out[0].try_as_plain_ram().unwrap();
+            plain.as_slice::<f32>().unwrap().to_vec()
+        };
+        let (want, got) = (run2(model), run2(swapped));
+        assert_eq!(want.len(), got.len());
+        for (w, g) in want.iter().zip(&got) {
+            assert!((w - g).abs() <= 1e-5 * w.abs().max(1.0), "{w} vs {g}");
+        }
     }
 
     #[test]

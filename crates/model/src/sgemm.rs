@@ -130,6 +130,17 @@ pub fn matmul(
     })
 }
 
+/// [`matmul`] on this thread alone (for callers that split the work themselves).
+pub fn matmul_here(
+    a: &[f32],
+    b: &PackedF32,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    let one = tract_linalg::multithread::Executor::SingleThread;
+    tract_linalg::multithread::multithread_tract_scope(one, || matmul(a, b, bias, out))
+}
+
 /// The reference: the same sums, in the same order, one multiply-add at a time.
 fn portable_tiles(
     a: &[f32],
