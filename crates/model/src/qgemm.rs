@@ -25,6 +25,7 @@
 /// Columns in a panel (three 16-lane vectors).
 const NR: usize = 48;
 /// Rows in a tile.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 8;
 
 /// The constant right-hand side of an int8 product, packed for [`matmul`].

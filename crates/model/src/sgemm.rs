@@ -18,6 +18,7 @@ use crate::qgemm::{ShapeError, SharedRows, par_panels};
 /// Columns in a panel (three 16-lane vectors).
 const NR: usize = 48;
 /// Rows in a tile.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 8;
 
 /// The constant right-hand side of an `f32` product, packed for [`matmul`].
