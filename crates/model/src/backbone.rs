@@ -223,6 +223,8 @@ pub struct Backbone {
     normalize_blocks: bool,
     attention: bool,
     threads: usize,
+    /// The plan's threads (the same pool), which a run starts on (see `run_with`).
+    executor: Executor,
     plan: Arc<TypedSimplePlan>,
     state: TypedSimpleState,
     input: Arc<Tensor>,
@@ -337,7 +339,12 @@ impl Backbone {
         };
 
         let t = Instant::now();
-        let plan = build_plan(model, runtime, fast_ops, threads, &mut report)?;
+        let executor = if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        };
+        let plan = build_plan(model, runtime, fast_ops, executor.clone(), &mut report)?;
         let state = plan
             .spawn()
             .map_err(|e| ModelError::tract("start the model", e))?;
@@ -362,6 +369,7 @@ impl Backbone {
             normalize_blocks: options.normalize_blocks,
             attention: options.attention,
             threads,
+            executor,
             plan,
             state,
             input,
@@ -452,10 +460,16 @@ impl Backbone {
             .as_slice_mut()
             .ok_or_else(|| ModelError::Input("input buffer is not contiguous".into()))?;
         fill(slice)?;
-        let outputs = self
-            .state
-            .run(tvec![TValue::from_const(self.input.clone())])
-            .map_err(|e| ModelError::tract("run the model", e))?;
+        let input = tvec![TValue::from_const(self.input.clone())];
+        let state = &mut self.state;
+        // On a thread of the plan's own pool: each operator that splits its work over threads
+        // then works on one part itself and wakes one other thread, instead of handing every
+        // part to the pool and waiting (two wake-ups per operator, from outside it).
+        let outputs = match &self.executor {
+            Executor::MultiThread(pool) => pool.install(|| state.run(input)),
+            _ => state.run(input),
+        }
+        .map_err(|e| ModelError::tract("run the model", e))?;
         self.collect(outputs)
     }
 
@@ -651,19 +665,14 @@ fn token_layout(
 }
 
 /// Optimise the graph for `runtime` (on the CPU with dinoedge's operators swapped in when
-/// `fast_ops`) and make the plan that runs it on `threads`.
+/// `fast_ops`) and make the plan that runs it on `executor`.
 fn build_plan(
     model: TypedModel,
     runtime: Runtime,
     fast_ops: bool,
-    threads: usize,
+    executor: Executor,
     report: &mut LoadReport,
 ) -> Result<Arc<TypedSimplePlan>> {
-    let executor = if threads == 1 {
-        Executor::SingleThread
-    } else {
-        Executor::multithread(threads)
-    };
     let run_options = RunOptions {
         executor: Some(executor),
         ..RunOptions::default()
