@@ -184,6 +184,9 @@ pub struct LoadReport {
     /// How many of tract's operators were replaced by dinoedge's faster ones
     /// (see [`crate::ops`]).
     pub dinoedge_ops: usize,
+    /// How many blocks' attention runs as one fused operator
+    /// ([`crate::attention::FusedAttention`]; not a block whose attention map is asked for).
+    pub fused_attention: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -316,6 +319,7 @@ impl Backbone {
             cache_entry: None,
             cache_note: None,
             dinoedge_ops: 0,
+            fused_attention: 0,
             runtime,
             runtime_note,
         };
@@ -684,6 +688,13 @@ fn build_plan(
             // the weight products on dinoedge's kernels, where this CPU runs them
             if fast_ops {
                 let kernels = crate::qmatmul::Kernels::available();
+                // attention first: its products are the ones swap_products would take
+                if kernels.f32 && crate::attention::enabled() {
+                    let n = crate::attention::swap_attention(&mut model)
+                        .map_err(|e| ModelError::tract("fuse the attention", e))?;
+                    tracing::debug!("{n} attention blocks fused");
+                    report.fused_attention = n;
+                }
                 let n = crate::qmatmul::swap_products(&mut model, kernels)
                     .map_err(|e| ModelError::tract("swap in dinoedge's products", e))?;
                 tracing::debug!("{n} products on dinoedge's kernels ({kernels:?})");
@@ -708,6 +719,7 @@ fn build_plan(
                         || n.op_as::<crate::ops::FastDequantizeLinearF32>().is_some()
                         || n.op_as::<crate::qmatmul::MatMulInt8>().is_some()
                         || n.op_as::<crate::qmatmul::MatMulF32>().is_some()
+                        || n.op_as::<crate::attention::FusedAttention>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)

@@ -165,6 +165,30 @@ dispatch!(
     pub fn quantize_i8(scale: f32, zero_point: i8, xs: &[f32], ys: &mut [i8]) => quantize_i8_impl);
 
 #[inline(always)]
+fn quantize_i8_columns_impl(scales: &[f32], xs: &[f32], ys: &mut [i8]) {
+    for ((x, s), y) in xs.iter().zip(scales).zip(ys.iter_mut()) {
+        *y = low_byte(round_clamped(*x * s).clamp(-128.0, 127.0)) as i8;
+    }
+}
+
+dispatch!(
+    /// `ys[i] = saturate_i8(round_ties_even(xs[i] * scales[i]))`: one row of a matrix
+    /// quantised with a multiplier per column.
+    pub fn quantize_i8_columns(scales: &[f32], xs: &[f32], ys: &mut [i8]) => quantize_i8_columns_impl);
+
+#[inline(always)]
+fn scale_dots_impl(dots: &[i32], offsets: &[i32], scale: f32, scales: &[f32], out: &mut [f32]) {
+    for (((d, o), s), y) in dots.iter().zip(offsets).zip(scales).zip(out.iter_mut()) {
+        *y = (d - o) as f32 * (scale * s);
+    }
+}
+
+dispatch!(
+    /// `out[c] = f32(dots[c] − offsets[c]) · scale · scales[c]`: one row of an int8 product
+    /// with a scale for the row and one per column.
+    pub fn scale_dots(dots: &[i32], offsets: &[i32], scale: f32, scales: &[f32], out: &mut [f32]) => scale_dots_impl);
+
+#[inline(always)]
 fn dequantize_i32_impl(acc: &[i32], scale: f32, bias: &[f32], out: &mut [f32]) {
     for (a, o) in acc
         .chunks_exact(bias.len())
@@ -223,6 +247,264 @@ dispatch!(
     /// [`dequantize_i8`] for u8 inputs.
     pub fn dequantize_u8(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) => dequantize_u8_impl);
 
+/// `eˣ` for `x ≤ 0` (what a softmax exponentiates once its maximum is taken out), within 2
+/// units in the last place: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, Cephes' degree-7
+/// polynomial for `eʳ`, and `2ⁿ` built from its bits. Below −87 (where `eˣ` is under
+/// 2⁻¹²⁵) it gives `e⁻⁸⁷`, which a softmax's sum cannot tell from 0. Plain float
+/// operations and bit casts, so it vectorises.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 0.0);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // t's bits are MAGIC's plus n (two's complement); 2ⁿ has n + 127 as its exponent
+    let n_bits = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    e * f32::from_bits(((n_bits + 127) << 23) as u32)
+}
+
+/// The largest of `xs`, in 16 lanes (`−∞` for none).
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    chunks.remainder().iter().fold(
+        hi.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)),
+        |m, v| m.max(*v),
+    )
+}
+
+#[inline(always)]
+fn softmax_impl(xs: &mut [f32]) {
+    const LANES: usize = 16;
+    let max = max_of(xs);
+    let mut sums = [0f32; LANES];
+    let mut chunks = xs.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp_nonpositive(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
+        sum += *v;
+    }
+    let scale = sum.recip();
+    for v in xs.iter_mut() {
+        *v *= scale;
+    }
+}
+
+dispatch!(
+    /// [`softmax`] in plain loops, compiled for the best instruction set.
+    fn softmax_loops(xs: &mut [f32]) => softmax_impl);
+
+/// `xs = softmax(xs)` in place: `eˣ⁻ᵐᵃˣ / Σ`, the division as one multiplication by the
+/// sum's reciprocal (as tract's Softmax does). Within a few units in the last place of the
+/// exact value: the sum is taken in 16 lanes, the exponential is a degree-7 polynomial
+/// (`exp_nonpositive`; with AVX-512, the same in intrinsics with `vscalefps` for `2ⁿ`).
+pub fn softmax(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F and BW (checked by `level`).
+        unsafe { exp512::softmax(xs) };
+        return;
+    }
+    softmax_loops(xs)
+}
+
+#[inline(always)]
+fn scale_impl(scale: f32, xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x *= scale;
+    }
+}
+
+#[inline(always)]
+fn softmax_u8_impl(xs: &[f32], ys: &mut [u8]) -> f32 {
+    const LANES: usize = 16;
+    let max = max_of(xs);
+    let mut sums = [0f32; LANES];
+    let mut xc = xs.chunks_exact(LANES);
+    let mut yc = ys.chunks_exact_mut(LANES);
+    for (x, y) in (&mut xc).zip(&mut yc) {
+        for i in 0..LANES {
+            let e = exp_nonpositive(x[i] - max);
+            sums[i] += e;
+            y[i] = low_byte(round_clamped(e * 255.0));
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for (x, y) in xc.remainder().iter().zip(yc.into_remainder()) {
+        let e = exp_nonpositive(x - max);
+        sum += e;
+        *y = low_byte(round_clamped(e * 255.0));
+    }
+    (255.0 * sum).recip()
+}
+
+dispatch!(
+    /// [`softmax_u8`] in plain loops, compiled for the best instruction set.
+    fn softmax_u8_loops(xs: &[f32], ys: &mut [u8]) -> f32 => softmax_u8_impl);
+
+/// The softmax of `xs` as bytes: `ys = round(255 · eˣ⁻ᵐᵃˣ)` (the largest is 255), and the
+/// scale that makes them probabilities, `1 / (255 · Σ eˣ⁻ᵐᵃˣ)`. One pass after the maximum,
+/// no division: what an int8 product with the probabilities needs. `ys` is as long as `xs`.
+pub fn softmax_u8(xs: &[f32], ys: &mut [u8]) -> f32 {
+    assert_eq!(xs.len(), ys.len(), "softmax_u8: one byte per value");
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: the CPU has AVX-512F and BW (checked by `level`); the lengths match.
+        return unsafe { exp512::softmax_u8(xs, ys) };
+    }
+    softmax_u8_loops(xs, ys)
+}
+
+/// The softmax's loops in AVX-512 intrinsics: the maximum, then `eˣ⁻ᵐᵃˣ` 16 lanes at a time
+/// (the tail under a mask), `2ⁿ` by `vscalefps`.
+#[cfg(target_arch = "x86_64")]
+mod exp512 {
+    use std::arch::x86_64::*;
+
+    /// The mask of the first `rem.min(16)` lanes.
+    fn lanes(rem: usize) -> __mmask16 {
+        if rem >= 16 {
+            0xffff
+        } else {
+            ((1u32 << rem) - 1) as __mmask16
+        }
+    }
+
+    /// `eˣ` for each lane, `x ≤ 0` (clamped to −87..0 as `exp_nonpositive` does).
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_setzero_ps());
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        _mm512_scalef_ps(e, n)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn max(xs: &[f32]) -> f32 {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (i, c) in xs.chunks(16).enumerate() {
+            // SAFETY: the mask covers the chunk's lanes alone.
+            let x = unsafe { _mm512_mask_loadu_ps(m, lanes(c.len()), xs.as_ptr().add(16 * i)) };
+            m = _mm512_max_ps(m, x);
+        }
+        _mm512_reduce_max_ps(m)
+    }
+
+    /// `eˣ⁻ᵗᵒᵖ` of the lanes under `k` from `p`, 0 in the others.
+    ///
+    /// # Safety
+    /// The lanes under `k` from `p` must be readable.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn shifted_exp(p: *const f32, k: __mmask16, top: __m512) -> __m512 {
+        // SAFETY: the caller's promise.
+        let x = unsafe { _mm512_maskz_loadu_ps(k, p) };
+        _mm512_maskz_mov_ps(k, exp(_mm512_sub_ps(x, top)))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn softmax(xs: &mut [f32]) {
+        let top = _mm512_set1_ps(max(xs));
+        let mut sum = _mm512_setzero_ps();
+        let p = xs.as_mut_ptr();
+        for i in (0..xs.len()).step_by(16) {
+            let k = lanes(xs.len() - i);
+            // SAFETY: lanes under `k` are in the slice.
+            unsafe {
+                let e = shifted_exp(p.add(i), k, top);
+                sum = _mm512_add_ps(sum, e);
+                _mm512_mask_storeu_ps(p.add(i), k, e);
+            }
+        }
+        let inv = _mm512_set1_ps(_mm512_reduce_add_ps(sum).recip());
+        for i in (0..xs.len()).step_by(16) {
+            let k = lanes(xs.len() - i);
+            // SAFETY: as above.
+            unsafe {
+                let e = _mm512_maskz_loadu_ps(k, p.add(i));
+                _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(e, inv));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn softmax_u8(xs: &[f32], ys: &mut [u8]) -> f32 {
+        let top = _mm512_set1_ps(max(xs));
+        let mut sum = _mm512_setzero_ps();
+        let (p, q) = (xs.as_ptr(), ys.as_mut_ptr());
+        for i in (0..xs.len()).step_by(16) {
+            let k = lanes(xs.len() - i);
+            // SAFETY: lanes under `k` are in both slices (the caller's equal lengths).
+            unsafe {
+                let e = shifted_exp(p.add(i), k, top);
+                sum = _mm512_add_ps(sum, e);
+                let b = _mm512_cvtps_epi32(_mm512_mul_ps(e, _mm512_set1_ps(255.0)));
+                _mm512_mask_cvtepi32_storeu_epi8(q.add(i) as *mut i8, k, b);
+            }
+        }
+        (255.0 * _mm512_reduce_add_ps(sum)).recip()
+    }
+}
+
+dispatch!(
+    /// `xs *= scale` in place.
+    pub fn scale(scale: f32, xs: &mut [f32]) => scale_impl);
+
+#[inline(always)]
+fn fake_quantize_i8_impl(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i8, xs: &mut [f32]) {
+    let (qz, dz) = (q_zero as f32, dq_zero as f32);
+    for x in xs.iter_mut() {
+        let q = (round_clamped(*x * q_scale) + qz).clamp(-128.0, 127.0);
+        *x = (q - dz) * dq_scale;
+    }
+}
+
+dispatch!(
+    /// `xs = dequantize(quantize(xs))` in place: tract's static `QuantizeLinearI8` (`q_scale`
+    /// the reciprocal of the ONNX scale) then its `DequantizeLinearF32`, bit for bit, without
+    /// the int8 tensor between them.
+    pub fn fake_quantize_i8(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i8, xs: &mut [f32]) => fake_quantize_i8_impl);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +522,68 @@ mod tests {
         assert_eq!(min_max_with_zero(&[3.0, 4.0]), (0.0, 4.0));
         let xs: Vec<f32> = (0..100).map(|i| i as f32 - 70.0).collect();
         assert_eq!(min_max_with_zero(&xs), (-70.0, 29.0));
+    }
+
+    #[test]
+    fn exp_is_close_to_libm_over_a_softmax_s_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 87.0 / 200_000.0;
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 3.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1e9) < 1e-37);
+    }
+
+    #[test]
+    fn softmax_matches_its_definition_in_every_instruction_set() {
+        for len in [1usize, 7, 16, 33, 257, 705] {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+                .collect();
+            let max = xs.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+            let sum: f64 = xs.iter().map(|v| (*v as f64 - max).exp()).sum();
+            let mut got = xs.clone();
+            softmax(&mut got);
+            let mut portable = xs.clone();
+            softmax_impl(&mut portable);
+            let mut bytes = vec![0u8; len];
+            let scale = softmax_u8(&xs, &mut bytes);
+            let mut bytes_portable = vec![0u8; len];
+            let scale_portable = softmax_u8_impl(&xs, &mut bytes_portable);
+            assert!((scale / scale_portable - 1.0).abs() < 1e-6);
+            for (i, x) in xs.iter().enumerate() {
+                let want = (*x as f64 - max).exp() / sum;
+                for g in [got[i], portable[i]] {
+                    assert!(
+                        (g as f64 - want).abs() <= 1e-6 * want + 1e-12,
+                        "{g} vs {want}"
+                    );
+                }
+                // bytes: 255·eˣ⁻ᵐᵃˣ rounded, the largest 255
+                for b in [bytes[i], bytes_portable[i]] {
+                    let exact = want / (scale as f64);
+                    assert!((b as f64 - exact).abs() <= 0.5 + 1e-3, "{b} vs {exact}");
+                }
+            }
+            assert_eq!(bytes.iter().max(), Some(&255));
+        }
+    }
+
+    #[test]
+    fn fake_quantisation_is_tract_s_quantise_then_dequantise() {
+        use tract_core::ops::quant::quantize_linear_f32_i8;
+        let xs: Vec<f32> = (0..2000).map(|i| (i as f32 - 1000.0) * 0.013).collect();
+        let (qs, qz, ds) = (25.19048f32, -5i8, 0.03969754f32);
+        let mut got = xs.clone();
+        fake_quantize_i8(qs, qz, ds, qz, &mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let q = quantize_linear_f32_i8(*x, qs, qz as i32);
+            let want = (q as i32 - qz as i32) as f32 * ds;
+            assert_eq!(g.to_bits(), want.to_bits(), "{x}");
+        }
     }
 }

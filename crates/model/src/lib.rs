@@ -8,7 +8,8 @@
 //!
 //! Depends on no other dinoedge crate; everything else builds on it. Where the CPU allows,
 //! the weight products run on dinoedge's own kernels ([`qgemm`], [`sgemm`], swapped in by
-//! [`qmatmul`]); the rest of the graph on tract's.
+//! [`qmatmul`]) and each block's attention as one fused operator ([`attention`]; int8 in an
+//! int8 file); the rest of the graph on tract's.
 //!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
@@ -27,6 +28,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod backbone;
 pub mod cache;
 pub mod config;

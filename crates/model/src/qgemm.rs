@@ -193,6 +193,44 @@ impl PackedWeights {
         self.n
     }
 
+    /// Pack signed weights given column by column (`bt`: `[N, K]` row-major, each column's
+    /// `K` values together, as attention's keys lie), with zero points of 0. The same
+    /// packing as [`PackedWeights::new`] of the transpose, in a copy of 4 bytes at a time.
+    pub fn from_columns(bt: &[i8], k: usize, n: usize) -> Result<Self, ShapeError> {
+        if k == 0 || n == 0 || bt.len() != k * n {
+            return Err(ShapeError(format!("{} weights for [{k}, {n}]", bt.len())));
+        }
+        let k4 = k.div_ceil(4);
+        let mut panels = vec![0i8; n.div_ceil(NR) * k4 * NR * 4];
+        let mut colsum = vec![0i32; n];
+        for (c, (src, sum)) in bt.chunks_exact(k).zip(colsum.iter_mut()).enumerate() {
+            *sum = src.iter().map(|v| *v as i32).sum();
+            let base = (c / NR) * k4 * NR;
+            for (step, quad) in src.chunks(4).enumerate() {
+                let at = ((base + step * NR) + c % NR) * 4;
+                panels[at..at + quad.len()].copy_from_slice(quad);
+            }
+        }
+        Ok(PackedWeights {
+            k,
+            n,
+            k4,
+            panels,
+            colsum,
+            zero: vec![0; n],
+        })
+    }
+
+    /// `4·⌈K/4⌉`: the row length [`dots`] reads activations with.
+    pub fn padded_k(&self) -> usize {
+        4 * self.k4
+    }
+
+    /// `Σ_k b` per column (the weights as signed bytes).
+    pub fn column_sums(&self) -> &[i32] {
+        &self.colsum
+    }
+
     fn zero_is_zero(&self) -> bool {
         self.zero.iter().all(|z| *z == 0)
     }
@@ -365,6 +403,27 @@ pub(crate) fn par_panels(
     .map_err(|e| ShapeError(format!("{e}")))
 }
 
+/// The raw dot products `Σ_k a·b` of unsigned activations (rows of
+/// [`PackedWeights::padded_k`], zero padded) and signed weights (zero points ignored) into
+/// `out` (`[M, N]`), on this thread: for callers that split the work and apply their own
+/// epilogue (attention's products, [`crate::attention`]).
+pub fn dots(a: &[u8], b: &PackedWeights, out: &mut [i32]) -> Result<(), ShapeError> {
+    let (lda, n) = (b.padded_k(), b.n);
+    let m = a.len() / lda;
+    if !a.len().is_multiple_of(lda) || out.len() != m * n {
+        return Err(ShapeError(format!(
+            "{} activations and {} outputs for rows of {lda}, N {n}",
+            a.len(),
+            out.len()
+        )));
+    }
+    let out = std::cell::RefCell::new(out);
+    tiles(a, b, 0..n.div_ceil(NR), |row, c0, v| {
+        out.borrow_mut()[row * n + c0..][..v.len()].copy_from_slice(v)
+    });
+    Ok(())
+}
+
 /// Every tile's dot products `Σ a·b` (unsigned by signed) in `panels`, handed to
 /// `store(row, first column, values)` a row segment at a time.
 fn tiles(
@@ -492,6 +551,21 @@ mod vnni {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_by_columns_is_packing_the_transpose() {
+        for (k, n) in [(64, 705), (705, 64), (5, 49), (1, 1)] {
+            let b: Vec<i8> = noise(k * n, 7).map(|v| v as i8).collect();
+            let bt: Vec<i8> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let want = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+            assert_eq!(
+                PackedWeights::from_columns(&bt, k, n).unwrap(),
+                want,
+                "[{k}, {n}]"
+            );
+        }
+        assert!(PackedWeights::from_columns(&[0; 5], 2, 3).is_err());
+    }
 
     /// `Σ (a − a₀)(b − b₀)` straight from the definition.
     fn definition(a: &[i32], za: i32, b: &[i32], zb: &[i32], k: usize, n: usize) -> Vec<i32> {

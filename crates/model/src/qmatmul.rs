@@ -7,8 +7,9 @@
 //! [`ScaleI32`](crate::ops::ScaleI32) (QDQ: a scale per column). [`swap_products`] replaces
 //! each such pair whose weights are constant by one [`MatMulInt8`], which holds the weights
 //! packed once and writes `f32` directly, and each `f32` `EinSum` with constant weights (and
-//! the bias `Add` after it) by one [`MatMulF32`]. The products of activations by activations
-//! (attention's) stay tract's.
+//! the bias `Add` after it) by one [`MatMulF32`]. Attention is fused before this pass runs
+//! ([`crate::attention`]); the products of activations by activations it leaves (the block
+//! whose attention map is a model output) become [`BatchedMatMulF32`].
 //!
 //! It runs on the decluttered graph just before tract optimises it (not on what the compile
 //! cache stores), and only for the kernels this CPU runs ([`Kernels::available`]): x86-64

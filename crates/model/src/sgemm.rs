@@ -78,6 +78,30 @@ impl PackedF32 {
         Ok(PackedF32 { k, n, panels })
     }
 
+    /// Pack `[K, N]` values given by `at(k, n)` (a strided view: a head of attention's keys
+    /// or values, read where it lies).
+    pub fn from_fn(
+        k: usize,
+        n: usize,
+        at: impl Fn(usize, usize) -> f32,
+    ) -> Result<Self, ShapeError> {
+        if k == 0 || n == 0 {
+            return Err(ShapeError(format!("no weights for [{k}, {n}]")));
+        }
+        let panels_n = n.div_ceil(NR);
+        let mut panels = vec![0f32; panels_n * k * NR];
+        for p in 0..panels_n {
+            let cols = NR.min(n - p * NR);
+            for kk in 0..k {
+                let row = &mut panels[(p * k + kk) * NR..][..cols];
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = at(kk, p * NR + c);
+                }
+            }
+        }
+        Ok(PackedF32 { k, n, panels })
+    }
+
     /// `K` (the shared dimension).
     pub fn k(&self) -> usize {
         self.k

@@ -6,12 +6,23 @@ use crate::common::*;
 use dinoedge_model::{Backbone, Precision};
 use ndarray::{Array2, s};
 
+/// `blocks` where this CPU runs dinoedge's `f32` kernels (attention fuses there), else 0.
+fn fused(blocks: usize) -> usize {
+    if dinoedge_model::qmatmul::Kernels::available().f32 {
+        blocks
+    } else {
+        0
+    }
+}
+
 #[test]
 fn small_fp32_224_tokens_blocks_and_attention() {
     let mut o = options(224, 224, 1);
     o.blocks = vec![2, 5, 8, 11];
     o.attention = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
+    // every block's attention fused but the last one's, whose map is an output
+    assert_eq!(bb.load_report().fused_attention, fused(11));
     assert_eq!(bb.info().variant(), "DINOv2 ViT-S/14");
     assert_eq!(bb.heads(), Some(6));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
@@ -45,6 +56,7 @@ fn small_fp32_224_tokens_blocks_and_attention() {
     o.blocks = vec![2, 5, 8];
     o.normalize_blocks = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
+    assert_eq!(bb.load_report().fused_attention, fused(12));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
     for b in [2, 5, 8] {
         let r = batch_item(
@@ -83,7 +95,7 @@ fn small_fp32_308x448() {
 }
 
 /// One int8 file at one size: against onnxruntime's output of the same file, and against
-/// PyTorch fp32 no worse than onnxruntime is (minus 0.002 of mean patch cosine).
+/// PyTorch fp32 no worse than onnxruntime is (minus 1e-4 of mean patch cosine).
 fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     let mut bb = Backbone::load(
         model(&format!("dinov2-small/onnx/{file}.onnx")),
@@ -91,6 +103,7 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     )
     .unwrap();
     assert_eq!(bb.precision(), precision);
+    assert_eq!(bb.load_report().fused_attention, fused(12));
     if precision.is_int8() {
         // Dynamic: 49 DynamicQuantizeLinear; QDQ: 194 QuantizeLinear (fewer after decluttering).
         assert!(
@@ -114,7 +127,10 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     );
     assert!(vs_ort <= 0.15, "{vs_ort}");
     assert!(cos_ort >= 0.9999, "{cos_ort}");
-    assert!(cos_fp32 >= ort_fp32 - 0.002, "{cos_fp32} vs ORT {ort_fp32}");
+    // Against PyTorch no worse than onnxruntime (to 1e-4 of mean cosine): where attention
+    // runs in int8 (AVX-512 VNNI, `crate::attention`) it moves dinoedge away from onnxruntime's
+    // numbers (fp32 attention) a little, but not away from fp32's.
+    assert!(cos_fp32 >= ort_fp32 - 1e-4, "{cos_fp32} vs ORT {ort_fp32}");
 }
 
 #[test]
