@@ -6,7 +6,9 @@
 //!    with a region summary, the live view (no viewer), then also an MCAP recording, then also
 //!    the files sink (16-bit depth PNG, depth `.npy`, colour PNG per frame).
 //!    Everything after the backbone runs on other threads; the ratio says how well it hides.
-//! 3. Memory over a 1,000-frame run (tiny model, so that it takes seconds): resident set and
+//! 3. Workers (`RunOptions::workers`, `dinoedge run --workers`): frames per second and
+//!    latency with the cores split between 1, 2, … backbones, fp32 and int8.
+//! 4. Memory over a 1,000-frame run (tiny model, so that it takes seconds): resident set and
 //!    its peak after 100, 500 and 1,000 frames.
 //!
 //! `cargo bench --bench pipeline` (fixtures from `../shared/fixtures`; FRAMES=N frames per
@@ -216,7 +218,59 @@ fn main() {
         );
     }
 
-    // 3. memory over 1,000 frames
+    // 3. workers: frames per second and latency with the backbone's threads split between
+    //    1, 2, … backbones (results in frame order), fp32 and int8
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("workers (depth head, JSON lines; latency = capture to sink, p50):");
+    for (label, file) in [
+        ("fp32", "dinov2-small/onnx/model.onnx"),
+        ("int8 (S8 weights)", "dinov2-small/onnx/model_int8.onnx"),
+    ] {
+        let model = fixtures().join(file);
+        let mut results = vec![Vec::new(); cores];
+        for _round in 0..rounds {
+            for (w, result) in results.iter_mut().enumerate() {
+                let report = run(
+                    Box::new(Memory {
+                        frames: frames.clone(),
+                        n,
+                        seq: 0,
+                    }),
+                    load(&model, &options),
+                    Analysis::Depth(head.clone()),
+                    vec![Box::new(JsonLinesSink::new(
+                        std::io::sink(),
+                        "jsonl",
+                        vec![region.clone()],
+                    ))],
+                    RunOptions {
+                        workers: w + 1,
+                        board_root: None,
+                        ..RunOptions::default()
+                    },
+                    |_| {},
+                )
+                .unwrap();
+                let s = &report.stats;
+                result.push((s.frames_out as f64 / s.seconds, s.latency_ms[0] as f64));
+            }
+        }
+        for (w, r) in results.iter().enumerate() {
+            let fps = median(&r.iter().map(|x| x.0).collect::<Vec<_>>());
+            let lat = median(&r.iter().map(|x| x.1).collect::<Vec<_>>());
+            let one = median(&results[0].iter().map(|x| x.0).collect::<Vec<_>>());
+            println!(
+                "  {label:<18} {} worker(s) × {} thread(s): {fps:>6.2} fps ({:.2}x), latency p50 {lat:.0} ms",
+                w + 1,
+                (cores / (w + 1)).max(1),
+                fps / one
+            );
+        }
+    }
+
+    // 4. memory over 1,000 frames
     let tiny = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
     let options = BackboneOptions {
         resolution: Some(Resolution::new(112, 112)),

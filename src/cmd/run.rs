@@ -116,6 +116,11 @@ pub struct Args {
     /// Backbone threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Backbones working on frames side by side, the threads split between them: more frames
+    /// per second on several cores (results stay in frame order; each frame takes longer).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    workers: usize,
     /// Where compiled models are cached (default: $DINOEDGE_CACHE_DIR or ~/.cache/dinoedge/compiled).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -217,6 +222,7 @@ fn print_settings(args: &Args) {
         "sinks": args.sinks,
         "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
         "threads": args.threads,
+        "workers": args.workers,
         "runtime": args.runtime.unwrap_or_default().name(),
         "size": args.size.map(|s| s.to_string()),
         "every": args.every.map(|e| format!("{e:?}")),
@@ -511,6 +517,7 @@ pub fn run(args: Args) -> Result<()> {
         drop_frames: Some(!args.lossless && (info.live || paced)),
         cadence: args.every.unwrap_or_default(),
         stats,
+        workers: args.workers,
         // the board's temperature and throttling in the stats, warnings when it throttles
         ..RunOptions::default()
     };

@@ -432,6 +432,58 @@ impl Backbone {
         self.batch * 3 * self.resolution.pixels()
     }
 
+    /// A second backbone on the same compiled graph (weights shared, not copied; nothing
+    /// recompiled) with its own state, input buffer and `threads` threads: one of several
+    /// workers that each take a frame (`dinoedge run --workers`).
+    pub fn worker(&self, threads: usize) -> Result<Backbone> {
+        if threads == 0 {
+            return Err(ModelError::InvalidOption(
+                "threads must be at least 1".into(),
+            ));
+        }
+        if self.report.runtime == Runtime::Cuda {
+            // tract's CUDA plan carries its own session state: one backbone per GPU
+            return Err(ModelError::InvalidOption(
+                "several workers run on the CPU only: on CUDA use one worker".into(),
+            ));
+        }
+        let executor = if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        };
+        let run_options = RunOptions {
+            executor: Some(executor.clone()),
+            ..RunOptions::default()
+        };
+        let plan = TypedSimplePlan::new_with_options(self.plan.model().clone(), &run_options)
+            .map_err(|e| ModelError::tract("build the execution plan", e))?;
+        let state = plan
+            .spawn()
+            .map_err(|e| ModelError::tract("start the model", e))?;
+        let input = Arc::new(
+            Tensor::zero::<f32>(self.input.shape())
+                .map_err(|e| ModelError::tract("allocate the input", e))?,
+        );
+        Ok(Backbone {
+            info: self.info.clone(),
+            resolution: self.resolution,
+            batch: self.batch,
+            layout: self.layout,
+            heads: self.heads,
+            blocks: self.blocks.clone(),
+            normalize_blocks: self.normalize_blocks,
+            attention: self.attention,
+            threads,
+            executor,
+            plan,
+            state,
+            input,
+            input_allocations: 1,
+            report: self.report.clone(),
+        })
+    }
+
     /// How many times the input buffer had to be (re)allocated; stays 1 in a steady stream.
     pub fn input_allocations(&self) -> usize {
         self.input_allocations
@@ -470,6 +522,9 @@ impl Backbone {
         // then works on one part itself and wakes one other thread, instead of handing every
         // part to the pool and waiting (two wake-ups per operator, from outside it).
         let outputs = match &self.executor {
+            Executor::MultiThread(pool) if crate::awake::enabled() => {
+                crate::awake::install(pool, || state.run(input))
+            }
             Executor::MultiThread(pool) => pool.install(|| state.run(input)),
             _ => state.run(input),
         }

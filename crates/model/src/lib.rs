@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+mod awake;
 pub mod backbone;
 pub mod cache;
 pub mod config;

@@ -107,6 +107,11 @@ impl std::fmt::Debug for Preprocessor {
 }
 
 impl Preprocessor {
+    /// Another preprocessor with the same settings and buffers of its own (one per worker).
+    pub fn fresh(&self) -> Result<Self> {
+        Self::new(self.resolution, self.mode, self.norm)
+    }
+
     /// A preprocessor for one target resolution.
     pub fn new(resolution: Resolution, mode: ResizeMode, norm: Normalization) -> Result<Self> {
         if resolution.height == 0 || resolution.width == 0 {

@@ -81,6 +81,10 @@ pub struct RunOptions {
     pub board_root: Option<std::path::PathBuf>,
     /// SoC temperature that warns, °C.
     pub hot_c: f32,
+    /// Backbones working on frames side by side, the backbone's threads split between them
+    /// (results still reach the head in frame order). More frames per second where one
+    /// frame cannot use every core; each frame's latency grows. 0 or 1: one.
+    pub workers: usize,
 }
 
 impl Default for RunOptions {
@@ -94,6 +98,7 @@ impl Default for RunOptions {
             board_root: Some("/".into()),
             hot_c: 80.0,
             stats: SharedStats::default(),
+            workers: 1,
         }
     }
 }
@@ -356,32 +361,107 @@ fn drive_source(
 /// time, frames dropped before it.
 type Analysing = (Arc<Frame>, Features, Duration, u64);
 
-/// The backbone's thread.
+/// An [`Analysing`] with the order in which its frame was taken from the source's queue.
+type Ticketed = (u64, Analysing);
+
+/// The source's queue as the backbone workers share it: whoever takes a frame takes the next
+/// ticket with it.
+struct FrameDesk {
+    rx: Rx<Arc<Frame>>,
+    next_ticket: u64,
+}
+
+/// `n` backbones on the same compiled graph with `backbone`'s threads split between them
+/// (the first ones get one more where they do not divide evenly).
+fn team(
+    (backbone, pre): (Backbone, Preprocessor),
+    n: usize,
+) -> Result<Vec<(Backbone, Preprocessor)>> {
+    if n <= 1 {
+        return Ok(vec![(backbone, pre)]);
+    }
+    let threads = backbone.threads();
+    if n > threads {
+        tracing::warn!(
+            "{n} workers on {threads} backbone threads: each runs on one thread, and they share cores"
+        );
+    }
+    (0..n)
+        .map(|i| {
+            let own = (threads / n + usize::from(i < threads % n)).max(1);
+            Ok((backbone.worker(own)?, pre.fresh()?))
+        })
+        .collect()
+}
+
+/// One backbone worker's thread: frames from the shared desk, features to the head with their
+/// tickets.
 fn drive_backbone(
     (backbone, pre): (&mut Backbone, &mut Preprocessor),
     flow: &Flow,
-    frame_rx: Rx<Arc<Frame>>,
-    feat_tx: Tx<Analysing>,
+    desk: &Mutex<FrameDesk>,
+    feat_tx: Tx<Ticketed>,
     sh: &Shared,
 ) -> Result<()> {
-    while let Some((frame, dropped)) = frame_rx.recv() {
+    loop {
+        let (ticket, (frame, dropped)) = {
+            let mut d = lock(desk);
+            let Some(item) = d.rx.recv() else {
+                break;
+            };
+            d.next_ticket += 1;
+            (d.next_ticket - 1, item)
+        };
         if !flow.low_rate() && sh.should_stop() {
             break;
         }
         sh.stats.dropped(dropped);
         let (f, took) = backbone_stage(backbone, pre, &frame)?;
-        if !feat_tx.send((frame, f, took, dropped)) {
+        if !feat_tx.send((ticket, (frame, f, took, dropped))) {
             break;
         }
     }
     Ok(())
 }
 
+/// The head's side of the backbones' queue, in ticket order: with several workers a frame
+/// that finishes early waits for those taken before it. A ticket that never comes (its
+/// worker stopped) is skipped once every worker has ended.
+struct InOrder {
+    rx: Rx<Ticketed>,
+    /// Wait for missing tickets (several workers, lossless queue); one worker's queue is in
+    /// order already, and a newest-wins one skips tickets on purpose.
+    reorder: bool,
+    pending: std::collections::BTreeMap<u64, Analysing>,
+    next: u64,
+}
+
+impl InOrder {
+    fn recv(&mut self) -> Option<(Analysing, u64)> {
+        if !self.reorder {
+            return self.rx.recv().map(|((_, a), lost)| (a, lost));
+        }
+        loop {
+            if let Some(a) = self.pending.remove(&self.next) {
+                self.next += 1;
+                return Some((a, 0));
+            }
+            match self.rx.recv() {
+                Some(((ticket, a), _)) => {
+                    self.pending.insert(ticket, a);
+                }
+                // every worker has ended: what is left, in order
+                None => self.next = *self.pending.keys().next()?,
+            }
+        }
+    }
+}
+
 /// The head's thread: each result to the sinks (every-frame mode) or to `flow.newest`.
 fn drive_head(
     analysis: &Analysis,
     flow: &Flow,
-    feat_rx: Rx<Analysing>,
+    mut feat_rx: InOrder,
     result_done: std::sync::mpsc::Sender<()>,
     sink_txs: &[Tx<Arc<Output>>],
     sh: &Shared,
@@ -432,10 +512,11 @@ impl BoardWatch<'_> {
 /// `max_frames` are done or `stop` is set. `on_status` gets the numbers every
 /// `status_every`. Source and sink errors are collected in the report, not returned: a
 /// failing sink is closed and the others go on. A backbone or head error ends the run
-/// (after every sink is flushed) and is returned.
+/// (after every sink is flushed) and is returned. With `options.workers` above 1 the
+/// backbone is split into that many workers first (see [`Backbone::worker`]).
 pub fn run(
     mut source: Box<dyn FrameSource>,
-    (mut backbone, mut pre): (Backbone, Preprocessor),
+    backbone: (Backbone, Preprocessor),
     analysis: Analysis,
     sinks: Vec<Box<dyn Sink>>,
     options: RunOptions,
@@ -456,8 +537,15 @@ pub fn run(
         emitted: Arc::default(),
         max_frames: options.max_frames,
     };
+    let mut workers = team(backbone, options.workers)?;
     sh.stats.restart(sinks.iter().map(|s| s.name()).collect());
 
+    // the source's queue, which the backbone workers share
+    let (frame_tx, frame_rx) = queue::<Arc<Frame>>(flow.live);
+    let desk = Mutex::new(FrameDesk {
+        rx: frame_rx,
+        next_ticket: 0,
+    });
     let result = std::thread::scope(|sc| -> Result<()> {
         let (flow, sh) = (&flow, &sh);
         let mut sink_txs = Vec::new();
@@ -472,17 +560,34 @@ pub fn run(
         } else {
             (Vec::new(), sink_txs)
         };
-        let (frame_tx, frame_rx) = queue::<Arc<Frame>>(flow.live);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let source_thread =
             sc.spawn(move || drive_source(&mut *source, flow, frame_tx, done_rx, source_txs, sh));
-        // the backbone on its own thread, the head on another: the next frame's backbone
+        // the backbone on its own thread(s), the head on another: the next frame's backbone
         // runs while the head finishes this one
-        let (feat_tx, feat_rx) = queue::<Analysing>(flow.live);
-        let (backbone, pre) = (&mut backbone, &mut pre);
-        let inference = sc.spawn(move || {
-            sh.stage_ended(drive_backbone((backbone, pre), flow, frame_rx, feat_tx, sh))
-        });
+        let reorder = workers.len() > 1;
+        // one sender per worker: several share a lossless queue, one has the queue of old
+        let (feat_txs, feat_rx) = if reorder {
+            let (t, r) = sync_channel(2 * workers.len());
+            let txs: Vec<_> = workers.iter().map(|_| Tx::Lossless(t.clone())).collect();
+            (txs, Rx::Lossless(r))
+        } else {
+            let (t, r) = queue::<Ticketed>(flow.live);
+            (vec![t], r)
+        };
+        let feat_rx = InOrder {
+            rx: feat_rx,
+            reorder,
+            pending: Default::default(),
+            next: 0,
+        };
+        let desk = &desk;
+        let mut inference = Vec::new();
+        for ((backbone, pre), feat_tx) in workers.iter_mut().zip(feat_txs) {
+            inference.push(sc.spawn(move || {
+                sh.stage_ended(drive_backbone((backbone, pre), flow, desk, feat_tx, sh))
+            }));
+        }
         let head = sc.spawn(move || {
             let result = drive_head(&analysis, flow, feat_rx, done_tx, &head_txs, sh);
             // dropping the sinks' queues (every-frame mode) lets every sink finish
@@ -506,10 +611,16 @@ pub fn run(
                 on_status(&sh.stats.snapshot());
             }
         }
-        let backbone_result = inference.join().expect("backbone thread panicked");
+        let backbone_results: Vec<Result<()>> = inference
+            .into_iter()
+            .map(|t| t.join().expect("backbone thread panicked"))
+            .collect();
         let head_result = head.join().expect("head thread panicked");
         source_thread.join().expect("source thread panicked");
-        backbone_result.and(head_result)
+        backbone_results
+            .into_iter()
+            .collect::<Result<Vec<()>>>()
+            .and(head_result)
     });
     let snap = sh.stats.snapshot();
     on_status(&snap);

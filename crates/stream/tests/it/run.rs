@@ -223,3 +223,104 @@ fn every_third_frame_to_the_backbone_every_frame_to_the_sinks() {
         ]
     );
 }
+
+/// Each output's frame number and CLS token.
+type Collected = Arc<Mutex<Vec<(u64, Vec<f32>)>>>;
+
+/// Keeps what [`Collected`] holds.
+struct Collect(Collected);
+impl Sink for Collect {
+    fn name(&self) -> String {
+        "collect".into()
+    }
+    fn write(&mut self, out: &Output) -> Result<(), StreamError> {
+        let r = out.result.as_ref().expect("every frame has its result");
+        assert_eq!(r.seq, out.frame.seq, "a frame with another frame's result");
+        let dinoedge_stream::Analysed::Features(f) = &r.analysed else {
+            panic!("features asked for")
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push((out.frame.seq, f.cls().to_vec()));
+        Ok(())
+    }
+}
+
+/// Three backbone workers on one compiled graph: every frame comes out once, in order, with
+/// its own features (the same as one backbone gives on that frame).
+#[test]
+fn three_workers_deliver_every_frame_in_order_with_its_own_features() {
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        threads: Some(2),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let url = "synthetic://?width=64&height=48&frames=14&pace=fast";
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let report = run(
+        dinoedge_camera::open(url).unwrap(),
+        (bb, pre),
+        Analysis::Features,
+        vec![Box::new(Collect(got.clone()))],
+        RunOptions {
+            workers: 3,
+            drop_frames: Some(false),
+            board_root: None,
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.stats.frames_out, 14, "{}", report.stats.line());
+    let got = got.lock().unwrap();
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (0..14).collect::<Vec<u64>>());
+    // the same frames through one backbone, one by one
+    let mut bb = Backbone::load(&model, &options).unwrap();
+    let mut pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let mut source = dinoedge_camera::open(url).unwrap();
+    let mut distinct = 0;
+    for (seq, cls) in got.iter() {
+        let frame = source.next_frame().unwrap().unwrap();
+        assert_eq!(frame.seq, *seq);
+        let want = bb.run_image(&mut pre, &frame.to_image()).unwrap();
+        let diff = want
+            .cls()
+            .iter()
+            .zip(cls)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "frame {seq}: CLS differs by {diff}");
+        if *seq > 0 && got[0].1 != *cls {
+            distinct += 1;
+        }
+    }
+    // the frames differ, so matching each one is not a coincidence
+    assert!(
+        distinct >= 10,
+        "only {distinct} frames differ from the first"
+    );
+}
+
+/// A backbone split into more workers than threads still runs (one thread each), and a
+/// worker asked for no threads is an error, not a hang.
+#[test]
+fn a_worker_with_no_threads_is_an_error() {
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        threads: Some(1),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let e = bb.worker(0).unwrap_err().to_string();
+    assert!(e.contains("threads must be at least 1"), "{e}");
+    let w = bb.worker(1).unwrap();
+    assert_eq!((w.threads(), w.resolution()), (1, bb.resolution()));
+}

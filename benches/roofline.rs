@@ -1,0 +1,171 @@
+//! The roofline of the products: this CPU's peak multiply-adds per second (int8 on VNNI,
+//! fp32 on FMA; one thread, then every thread at once) against what dinoedge's int8 kernel
+//! reaches on ViT-S/14's own product shapes.
+//!
+//! `cargo bench --bench roofline` (no fixtures needed). The peak loops run 12 independent
+//! accumulators, so that neither latency nor memory bounds them: what they measure is the
+//! issue rate of the multiply-add instructions at the clock the CPU runs now. Compare a model
+//! run with it: ViT-S/14 at 224 is 6.12 GMAC, of which 5.46 are the 72 weight products
+//! (`dinoedge bench --profile` gives their time).
+
+use std::time::Instant;
+
+use dinoedge_model::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// `iters` × 12 `vpdpbusd` on zmm registers (64 multiply-adds each).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn vnni512(iters: u64) -> i32 {
+        let a = _mm512_set1_epi32(0x0101_0101);
+        let b = _mm512_set1_epi32(0x0102_0102);
+        let mut acc = [_mm512_setzero_si512(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_si512();
+        for v in acc {
+            s = _mm512_add_epi32(s, v);
+        }
+        _mm512_reduce_add_epi32(s)
+    }
+
+    /// `iters` × 12 `vfmadd` on zmm registers (16 multiply-adds each).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: u64) -> f32 {
+        let a = _mm512_set1_ps(0.999_999);
+        let b = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// `iters` × 12 `vfmadd` on ymm registers (8 multiply-adds each): AVX2 machines.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: u64) -> f32 {
+        let a = _mm256_set1_ps(0.999_999);
+        let b = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for v in acc {
+            s = _mm256_add_ps(s, v);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+}
+
+/// A peak loop: its name, the CPU feature it needs, multiply-adds per iteration, the loop.
+#[cfg(target_arch = "x86_64")]
+type Peak = (&'static str, &'static str, f64, fn(u64) -> f64);
+
+/// Multiply-adds per second of `f(iters)` doing `macs_per_iter` each, best of 5, on `threads`
+/// threads at once (summed).
+fn rate(threads: usize, macs_per_iter: f64, f: fn(u64) -> f64) -> f64 {
+    let iters = 20_000_000u64;
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| std::hint::black_box(f(iters)));
+                }
+            });
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    threads as f64 * iters as f64 * macs_per_iter / best
+}
+
+/// GMAC/s of dinoedge's int8 product on `[m, k] × [k, n]`, one thread, best of 20.
+fn product(m: usize, k: usize, n: usize) -> f64 {
+    let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
+    let b: Vec<i8> = (0..k * n).map(|i| (i * 13 % 255) as i8).collect();
+    let w = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+    let mut out = vec![0f32; m * n];
+    let epilogue = Epilogue::Scale {
+        scale: 1e-3,
+        bias: None,
+    };
+    let best = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            qgemm::matmul(&Activations::U8(&a, 3), &w, &epilogue, &mut out).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    std::hint::black_box(&out);
+    (m * k * n) as f64 / best / 1e9
+}
+
+fn main() {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("roofline ({threads} threads):");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &str| match f {
+            "vnni" => {
+                is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
+            }
+            "avx512" => is_x86_feature_detected!("avx512f"),
+            _ => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        };
+        // SAFETY (each closure): the features were detected just before it runs.
+        let peaks: [Peak; 3] = [
+            ("int8 vpdpbusd zmm", "vnni", 12.0 * 64.0, |n| unsafe {
+                peak::vnni512(n) as f64
+            }),
+            ("fp32 vfmadd zmm", "avx512", 12.0 * 16.0, |n| unsafe {
+                peak::fma512(n) as f64
+            }),
+            ("fp32 vfmadd ymm", "avx2", 12.0 * 8.0, |n| unsafe {
+                peak::fma256(n) as f64
+            }),
+        ];
+        for (name, feature, macs, f) in peaks {
+            if !has(feature) {
+                println!("  {name:<20} not on this CPU");
+                continue;
+            }
+            let one = rate(1, macs, f);
+            let all = rate(threads, macs, f);
+            println!(
+                "  {name:<20} peak {:>6.1} GMAC/s on 1 thread, {:>6.1} on {threads} ({:.2}x)",
+                one / 1e9,
+                all / 1e9,
+                all / one
+            );
+        }
+    }
+    println!("dinoedge's int8 product (qgemm, 1 thread; ViT-S/14 at 224 has 257 tokens):");
+    for (what, m, k, n) in [
+        ("qkv 257x384x1152", 257, 384, 1152),
+        ("proj 257x384x384", 257, 384, 384),
+        ("fc1 257x384x1536", 257, 384, 1536),
+        ("fc2 257x1536x384", 257, 1536, 384),
+        ("square 1024^3", 1024, 1024, 1024),
+    ] {
+        println!("  {what:<20} {:>6.1} GMAC/s", product(m, k, n));
+    }
+}
