@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", help="substring of the file names to keep")
+    ap.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
+                    help="time this file instead of the fixtures (repeat for more; benches/board.sh uses it)")
     ap.add_argument("--before", help="another dinoedge binary, timed in the same run")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -110,7 +112,15 @@ def main():
     if before:
         head += f" {'before ms':>10} {'before/ort':>10}"
     print(head)
-    for label, rel in FILES:
+    files = FILES
+    if a.model:
+        files = []
+        for m in a.model:
+            label, sep, path = m.partition("=")
+            if not sep or not label or not path:
+                sys.exit(f"--model {m!r}: give LABEL=PATH, e.g. --model 'int8=vits14-int8.onnx'")
+            files.append((label, path))
+    for label, rel in files:
         if a.only and a.only not in rel:
             continue
         path = fixtures / rel

@@ -318,26 +318,12 @@ pub fn matmul(
     let mut scratch = Vec::new();
     let (a_rows, row_sums) = prepared(a, k, b.k4, 0..m, sums, &mut scratch);
     let out = SharedRows::new(out);
-    #[cfg(target_arch = "x86_64")]
-    let vector = available();
     let store = |row: usize, c0: usize, dots: &[i32]| {
         // SAFETY: `par_panels` hands each panel's columns to one call alone.
         let dst = unsafe { out.segment(row * n + c0, dots.len()) };
         let terms = &terms[c0..c0 + dots.len()];
         let zero = &b.zero[c0..c0 + dots.len()];
         let rs = if sums { row_sums[row] } else { 0 };
-        #[cfg(target_arch = "x86_64")]
-        if vector {
-            let (scale, bias) = match epilogue {
-                Epilogue::Scale { scale, bias } => {
-                    (Scales::One(*scale), bias.map(|v| &v[c0..c0 + dots.len()]))
-                }
-                Epilogue::Columns(v) => (Scales::Each(&v[c0..c0 + dots.len()]), None),
-            };
-            // SAFETY: `vector` says the CPU has AVX-512F (with BW and VNNI).
-            unsafe { vnni::finish(dots, terms, zero, rs, scale, bias, dst) };
-            return;
-        }
         let exact = |i: usize| {
             dots[i]
                 .wrapping_add(terms[i])
@@ -483,67 +469,10 @@ fn portable_tiles(
     }
 }
 
-/// The scale of an epilogue: one for the product, or one per column.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-enum Scales<'a> {
-    One(f32),
-    Each(&'a [f32]),
-}
-
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{MR, NR, PackedWeights, Scales};
+    use super::{MR, NR, PackedWeights};
     use std::arch::x86_64::*;
-
-    /// One row segment of [`super::matmul`]'s epilogue, 16 lanes at a time:
-    /// `f32(dots + terms − zero·rs) · scale (+ bias)`, a product and a sum rounded apart
-    /// (no fused multiply-add), as the scalar epilogue and tract's chain round them.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn finish(
-        dots: &[i32],
-        terms: &[i32],
-        zero: &[i32],
-        rs: i32,
-        scale: Scales,
-        bias: Option<&[f32]>,
-        dst: &mut [f32],
-    ) {
-        let n = dst.len();
-        assert!(dots.len() == n && terms.len() == n && zero.len() == n);
-        assert!(bias.is_none_or(|b| b.len() == n));
-        assert!(
-            matches!(scale, Scales::One(_)) || matches!(scale, Scales::Each(v) if v.len() == n)
-        );
-        let rs = _mm512_set1_epi32(rs);
-        for c in (0..n).step_by(16) {
-            let lanes = 16.min(n - c);
-            let k: __mmask16 = if lanes == 16 {
-                0xffff
-            } else {
-                (1 << lanes) - 1
-            };
-            // SAFETY: every load and store is masked to `lanes` values from `c`, all of
-            // which the slices hold (lengths asserted above).
-            unsafe {
-                let load_i = |v: &[i32]| _mm512_maskz_loadu_epi32(k, v.as_ptr().add(c));
-                let load_f = |v: &[f32]| _mm512_maskz_loadu_ps(k, v.as_ptr().add(c));
-                let exact = _mm512_sub_epi32(
-                    _mm512_add_epi32(load_i(dots), load_i(terms)),
-                    _mm512_mullo_epi32(load_i(zero), rs),
-                );
-                let s = match scale {
-                    Scales::One(s) => _mm512_set1_ps(s),
-                    Scales::Each(v) => load_f(v),
-                };
-                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), s);
-                if let Some(b) = bias {
-                    y = _mm512_add_ps(y, load_f(b));
-                }
-                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(c), k, y);
-            }
-        }
-    }
 
     /// One tile of `R` rows: the dot products of rows `a` (stride `lda`) with one panel.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
