@@ -971,3 +971,76 @@ fn runtime_cuda_without_a_gpu_says_why_and_cuda_or_cpu_runs_on_the_cpu() {
         "{t}"
     );
 }
+
+/// `benches/board.sh` on the fixture files: the same table a board prints (both runtimes in
+/// one run), and a clear error for a file that is not there. Needs onnxruntime in the venv of
+/// `$DINOEDGE_PYTHON` (as `.ci/run` sets it); skipped without, unless `DINOEDGE_REQUIRE_PYTHON=1`.
+#[test]
+fn board_script_prints_the_ratio_table() {
+    let py = std::env::var_os("DINOEDGE_PYTHON").map(PathBuf::from);
+    let has_ort = py.as_ref().is_some_and(|p| {
+        Command::new(p)
+            .args(["-c", "import onnxruntime, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !has_ort {
+        assert!(
+            std::env::var_os("DINOEDGE_REQUIRE_PYTHON").is_none_or(|v| v != "1"),
+            "DINOEDGE_PYTHON has no onnxruntime"
+        );
+        eprintln!("skipping the board script test: no DINOEDGE_PYTHON with onnxruntime");
+        return;
+    }
+    // the venv the Python lives in: <venv>/bin/python
+    let venv = py
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/board.sh");
+    let board = |files: &[PathBuf]| {
+        Command::new("sh")
+            .arg(&script)
+            .args(files)
+            .env("DINOEDGE", env!("CARGO_BIN_EXE_dinoedge"))
+            .env("ORT_VENV", &venv)
+            .env("SIZES", "56x56")
+            .env("RUNS", "1")
+            .output()
+            .unwrap()
+    };
+    let tiny = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let out = board(std::slice::from_ref(&tiny));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("size 56x56"), "{stdout}");
+    // one row per thread count: label, threads, both times and their ratio
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("model ") && !l.contains("threads"))
+        .collect();
+    assert!(!rows.is_empty(), "{stdout}");
+    for row in rows {
+        let v: Vec<f64> = row
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(v.len(), 4, "{row}");
+        assert!(v[1] > 0.0 && v[2] > 0.0, "{row}");
+        // times are printed to 0.1 ms, the ratio from the unrounded ones
+        let bound = 0.01 + 0.06 / v[1] * (1.0 + v[3]);
+        assert!((v[3] - v[2] / v[1]).abs() <= bound, "{row}");
+    }
+    let out = board(&[tiny.with_file_name("no-such.onnx")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such.onnx: no such file"), "{stderr}");
+}
