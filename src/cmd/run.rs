@@ -117,10 +117,11 @@ pub struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Backbones working on frames side by side, the threads split between them: more frames
-    /// per second on several cores (results stay in frame order; each frame takes longer).
-    #[arg(long, default_value_t = 1,
+    /// per second on several cores (results stay in frame order; each frame takes longer;
+    /// default: the board profile's, else 1).
+    #[arg(long,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
-    workers: usize,
+    workers: Option<usize>,
     /// Where compiled models are cached (default: $DINOEDGE_CACHE_DIR or ~/.cache/dinoedge/compiled).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -222,7 +223,7 @@ fn print_settings(args: &Args) {
         "sinks": args.sinks,
         "listen": args.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
         "threads": args.threads,
-        "workers": args.workers,
+        "workers": args.workers.unwrap_or(1),
         "runtime": args.runtime.unwrap_or_default().name(),
         "size": args.size.map(|s| s.to_string()),
         "every": args.every.map(|e| format!("{e:?}")),
@@ -341,6 +342,7 @@ fn apply_board(mut args: Args) -> Result<Args> {
         head: given(args.head.is_some()),
         task_given: args.task.is_some(),
         threads: args.threads,
+        workers: args.workers,
         runtime: given(args.runtime.is_some()),
         resolution: given(args.size.is_some()),
         camera: args.source.clone(),
@@ -387,6 +389,7 @@ fn apply_board(mut args: Args) -> Result<Args> {
             .map_err(|e| err("", e))?;
     }
     args.threads = s.threads;
+    args.workers = s.workers;
     args.source = s.camera;
     args.sinks = s.sinks;
     args.listen = s.listen;
@@ -517,7 +520,7 @@ pub fn run(args: Args) -> Result<()> {
         drop_frames: Some(!args.lossless && (info.live || paced)),
         cadence: args.every.unwrap_or_default(),
         stats,
-        workers: args.workers,
+        workers: args.workers.unwrap_or(1),
         // the board's temperature and throttling in the stats, warnings when it throttles
         ..RunOptions::default()
     };

@@ -845,6 +845,7 @@ fn board_profiles_and_their_units_reach_the_runner() {
         assert_eq!(v["sinks"], serde_json::json!(r.sinks), "{name}");
         assert_eq!(v["listen"], r.listen.as_deref().unwrap(), "{name}");
         assert_eq!(v["threads"], r.threads, "{name}");
+        assert_eq!(v["workers"], r.workers.unwrap_or(1), "{name}");
         assert_eq!(v["size"], r.resolution.as_str(), "{name}");
         let every = match r.every.as_deref() {
             Some("idle") => "WhenIdle".to_string(),
@@ -878,6 +879,8 @@ fn board_profiles_and_their_units_reach_the_runner() {
         "synthetic://",
         "--threads",
         "1",
+        "--workers",
+        "3",
         "--sink",
         "jsonl",
         "--every",
@@ -892,6 +895,7 @@ fn board_profiles_and_their_units_reach_the_runner() {
         (v["source"].as_str(), v["threads"].as_u64()),
         (Some("synthetic://"), Some(1))
     );
+    assert_eq!(v["workers"], 3);
     assert_eq!(
         (v["sinks"].clone(), v["every"].as_str()),
         (serde_json::json!(["jsonl"]), Some("EveryNth(2)"))

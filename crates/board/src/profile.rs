@@ -69,6 +69,8 @@ pub struct RunSection {
     pub precision: Precision,
     /// `--threads`.
     pub threads: usize,
+    /// `--workers` (backbones sharing the threads; default 1).
+    pub workers: Option<usize>,
     /// `--runtime` (`cpu`, `cuda`, `cuda-or-cpu`; default `cpu`).
     pub runtime: Option<String>,
     /// `--size` (`HxW`).
@@ -112,6 +114,14 @@ impl Profile {
         }
         if r.threads == 0 {
             return Err(err("run.threads: at least 1".into()));
+        }
+        if let Some(w) = r.workers
+            && !(1..=r.threads).contains(&w)
+        {
+            return Err(err(format!(
+                "run.workers {w}: from 1 to run.threads ({})",
+                r.threads
+            )));
         }
         if r.sinks.is_empty() {
             return Err(err("run.sinks: at least one (e.g. [\"http\"])".into()));
@@ -202,6 +212,7 @@ impl Profile {
             fill(&mut settings.head, r.head.as_ref());
         }
         settings.threads = settings.threads.or(Some(r.threads));
+        settings.workers = settings.workers.or(r.workers);
         fill(&mut settings.runtime, r.runtime.as_ref());
         fill(&mut settings.resolution, Some(&r.resolution));
         fill(&mut settings.camera, Some(&r.camera));
@@ -228,6 +239,8 @@ pub struct RunSettings {
     pub task_given: bool,
     /// Backbone threads.
     pub threads: Option<usize>,
+    /// Backbones sharing them.
+    pub workers: Option<usize>,
     /// Where the backbone runs.
     pub runtime: Option<String>,
     /// Input size, `HxW`.

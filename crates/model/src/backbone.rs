@@ -343,11 +343,7 @@ impl Backbone {
         };
 
         let t = Instant::now();
-        let executor = if threads == 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(threads)
-        };
+        let executor = executor_for(threads);
         let plan = build_plan(model, runtime, fast_ops, executor.clone(), &mut report)?;
         let state = plan
             .spawn()
@@ -447,11 +443,7 @@ impl Backbone {
                 "several workers run on the CPU only: on CUDA use one worker".into(),
             ));
         }
-        let executor = if threads == 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(threads)
-        };
+        let executor = executor_for(threads);
         let run_options = RunOptions {
             executor: Some(executor.clone()),
             ..RunOptions::default()
@@ -721,6 +713,15 @@ fn token_layout(
         grid: (gh, gw),
         dim: d,
     })
+}
+
+/// tract's executor for `threads`: inline on one, its own pool on more.
+fn executor_for(threads: usize) -> Executor {
+    if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    }
 }
 
 /// Optimise the graph for `runtime` (on the CPU with dinoedge's operators swapped in when

@@ -61,6 +61,10 @@ fn profile_mistakes_are_named() {
         ),
         (text.replace("threads = 4", "threads = 0"), "at least 1"),
         (
+            text.replace("threads = 4", "threads = 4\nworkers = 5"),
+            "run.workers 5: from 1 to run.threads (4)",
+        ),
+        (
             text.replace("precision = \"int8\"", "precision = \"int4\""),
             "unknown variant",
         ),
@@ -107,6 +111,23 @@ fn a_profile_fills_only_what_the_user_left_unset() {
     assert_eq!(empty.sinks.len(), 2);
     assert_eq!(empty.listen.as_deref(), Some("0.0.0.0:8080"));
     assert_eq!(empty.every.as_deref(), Some("1"));
+    assert_eq!(empty.workers, None);
+    let two = Profile::parse(
+        &BUILTIN[1]
+            .1
+            .replace("threads = 4", "threads = 4\nworkers = 2"),
+        "two.toml",
+    )
+    .unwrap();
+    let mut s = dinoedge_board::RunSettings::default();
+    two.apply(&mut s);
+    assert_eq!(s.workers, Some(2));
+    let mut s = dinoedge_board::RunSettings {
+        workers: Some(1),
+        ..Default::default()
+    };
+    two.apply(&mut s);
+    assert_eq!(s.workers, Some(1));
 
     let mut given = dinoedge_board::RunSettings {
         model: Some("my.onnx".into()),
