@@ -11,7 +11,7 @@
 //!     'assets/sample/vtest_pedestrians.mjpeg?loop&fps=10'
 //! ```
 //!
-//! SOURCE defaults to the first camera (`v4l2:///dev/video0`, built with `--features camera`),
+//! SOURCE defaults to the first camera (`v4l2:///dev/video0`),
 //! ADDR to 127.0.0.1:8080. The same as `dinoedge run --head HEAD --sink http`.
 
 use anyhow::{Context, Result, bail};

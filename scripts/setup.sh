@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # What building every feature and running every test needs, on Debian, Ubuntu or Raspberry Pi
 # OS, in one command: `bash scripts/setup.sh` (apt through sudo; run from the checkout).
-#   libclang-dev          the `camera` feature (nokhwa's V4L2 bindings run bindgen)
 #   ffmpeg                the ffmpeg sources (any video file or stream) and their tests
 #   chromium, -driver     the live view's browser test (skipped without them)
 #   target/ci-venv        onnxruntime and friends (models/export/requirements.txt) for the
@@ -25,10 +24,10 @@ if [ "$(id -u)" != 0 ]; then
   as_root=(sudo)
 fi
 command -v apt-get >/dev/null || {
-  echo "error: no apt-get: install libclang, ffmpeg and chromium with this system's package manager" >&2
+  echo "error: no apt-get: install ffmpeg and chromium with this system's package manager" >&2
   exit 1
 }
-packages=(libclang-dev ffmpeg python3-venv)
+packages=(ffmpeg python3-venv)
 # chromium's package name differs between Debian and Ubuntu; the browser test is optional
 if apt-cache show chromium-driver >/dev/null 2>&1; then
   packages+=(chromium chromium-driver)

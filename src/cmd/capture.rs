@@ -30,7 +30,7 @@ pub struct Args {
 
 /// The source URI forms, for `--help`.
 pub const SOURCE_HELP: &str = "The frame source, as a URI:
-  v4l2:///dev/video0?width=1280&height=720&fps=30&format=mjpeg   USB/V4L2 camera (build with --features camera)
+  v4l2:///dev/video0?width=1280&height=720&fps=30&format=mjpeg   USB/V4L2 camera (or v4l2://0, /dev/v4l/by-id/...)
   csi://0?width=1280&height=720&fps=30                           Raspberry Pi CSI camera (runs rpicam-vid)
   photo.jpg | frames/ | 'frames/*.png'                          images: one, a folder, a glob (natural order)
   clip.mjpeg | clip.y4m                                         MJPEG stream file, YUV4MPEG2 video

@@ -1,4 +1,4 @@
-//! Raspberry Pi CSI cameras. They are driven by libcamera, which nokhwa cannot open, so
+//! Raspberry Pi CSI cameras. They are driven by libcamera, which plain V4L2 capture cannot open, so
 //! dinoedge runs `rpicam-vid --codec mjpeg -o -` (or the older `libcamera-vid`) and splits
 //! its MJPEG output.
 

@@ -1,5 +1,5 @@
 //! Frame sources for dinoedge: one [`FrameSource`] interface over USB/V4L2 cameras
-//! (through `nokhwa`, feature `v4l2`), Raspberry Pi CSI cameras (through `rpicam-vid`),
+//! (V4L2 ioctls, feature `v4l2`, on by default), Raspberry Pi CSI cameras (through `rpicam-vid`),
 //! image files, folders and globs, MJPEG streams, Y4M video, any video or network stream
 //! through `ffmpeg`, MJPEG on stdin and a moving test pattern — chosen by a URI a user can
 //! type (see [`source`]).

@@ -536,3 +536,16 @@ fn v4l2_missing_device() {
         assert!(msg.contains("--features camera"), "{msg}");
     }
 }
+
+#[test]
+fn v4l2_a_node_that_is_no_camera() {
+    // /dev/null opens, but answers no V4L2 format query: the error says what it is not
+    let err = open("v4l2:///dev/null").err().expect("not a camera");
+    let msg = err.to_string();
+    if dinoedge_camera::V4L2_BUILT {
+        assert!(matches!(err, CameraError::Device { .. }), "{msg}");
+        assert!(msg.contains("not a V4L2 video capture device"), "{msg}");
+    } else {
+        assert!(matches!(err, CameraError::NotBuilt(_)), "{msg}");
+    }
+}
