@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use dinoedge_model::attention::{self, Dims, Layout, Spec, Step};
 use dinoedge_model::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
 
 #[cfg(target_arch = "x86_64")]
@@ -117,6 +118,51 @@ fn product(m: usize, k: usize, n: usize) -> f64 {
     (m * k * n) as f64 / best / 1e9
 }
 
+/// Milliseconds of one block's fused attention (`heads` × `tokens` × 64, scaled by 1/8), one
+/// thread, best of 20, with Q, K and V read where DINOv2's ONNX graph leaves them: one
+/// `[tokens, 3, heads, 64]` tensor, and the output `[tokens, heads, 64]`.
+fn attention(heads: usize, tokens: usize, int8: bool) -> f64 {
+    let d = 64;
+    let width = 3 * heads * d;
+    let qkv: Vec<f32> = (0..tokens * width)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 2.0)
+        .collect();
+    let lay = Layout {
+        head: d,
+        row: width,
+        col: 1,
+    };
+    let spec = Spec {
+        dims: Dims {
+            heads,
+            queries: tokens,
+            keys: tokens,
+            depth: d,
+            value_depth: d,
+        },
+        q: lay,
+        k: lay,
+        v: lay,
+        out: Layout {
+            head: d,
+            row: heads * d,
+            col: 1,
+        },
+        before: vec![Step::Scale(0.125)],
+        after: Vec::new(),
+        int8,
+    };
+    let (q, k, v) = (&qkv[..], &qkv[heads * d..], &qkv[2 * heads * d..]);
+    let mut out = vec![0f32; tokens * heads * d];
+    (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            attention::attend(&spec, q, k, v, &mut out).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 fn main() {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -167,5 +213,17 @@ fn main() {
         ("square 1024^3", 1024, 1024, 1024),
     ] {
         println!("  {what:<20} {:>6.1} GMAC/s", product(m, k, n));
+    }
+    println!("one block's fused attention (1 thread; 6 heads of 64, as ViT-S/14):");
+    for (what, tokens) in [("224x224, 257 tokens", 257), ("308x448, 705 tokens", 705)] {
+        let macs = 2.0 * 6.0 * (tokens * tokens * 64) as f64;
+        for int8 in [true, false] {
+            let ms = attention(6, tokens, int8);
+            println!(
+                "  {what:<20} {:<5} {ms:>6.2} ms  {:>6.1} GMAC/s",
+                if int8 { "int8" } else { "fp32" },
+                macs / ms / 1e6
+            );
+        }
     }
 }

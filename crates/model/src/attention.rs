@@ -219,6 +219,8 @@ pub fn attend(
 /// One head's keys (as `Kᵀ`, `[depth, keys]`) and values (`[keys, value_depth]`), packed
 /// for the products.
 #[derive(Clone, Debug)]
+// one per head, alive for one call: the size of the variants does not matter
+#[allow(clippy::large_enum_variant)]
 enum Packed {
     F32 {
         keys: PackedF32,
@@ -228,8 +230,12 @@ enum Packed {
     Int8 {
         keys: PackedWeights,
         key_scales: Vec<f32>,
+        /// `128·Σ k` per key: what queries as unsigned bytes (`q + 128`) add to each sum.
+        key_offsets: Vec<i32>,
         values: PackedWeights,
         value_scales: Vec<f32>,
+        /// Zeros, one per value channel (probabilities are bytes from 0: no offsets).
+        value_offsets: Vec<i32>,
     },
 }
 
@@ -250,49 +256,100 @@ impl Packed {
                 values: PackedF32::from_fn(n, dv, value)?,
             });
         }
-        // one scale per key (a column of Kᵀ) and per value channel (a column of V), both
-        // packed column by column: K's rows as they are, V by channel
-        let keys = gather(k, kl, hh, n, d);
+        // one scale per key (a column of Kᵀ) and per value channel (a column of V): K packed
+        // from its rows as they are (a key's channels together), V from its rows (keys)
         let mut kt = vec![0i8; n * d];
         let mut key_scales = vec![0f32; n];
-        for ((scale, dst), row) in key_scales
+        let mut row = vec![0f32; d.max(dv)];
+        for (j, (scale, dst)) in key_scales
             .iter_mut()
             .zip(kt.chunks_exact_mut(d))
-            .zip(keys.chunks_exact(d))
+            .enumerate()
         {
-            let (lo, hi) = kernels::min_max_with_zero(row);
+            let src = read_row(k, kl, hh, j, d, &mut row);
+            let (lo, hi) = kernels::min_max_with_zero(src);
             let amax = hi.max(-lo);
             *scale = amax / 127.0;
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            kernels::quantize_i8(inv, 0, row, dst);
+            kernels::quantize_i8(inv, 0, src, dst);
         }
-        let values = gather(v, vl, hh, n, dv);
         let mut amax = vec![0f32; dv];
-        for row in values.chunks_exact(dv) {
-            for (m, x) in amax.iter_mut().zip(row) {
-                *m = m.max(x.abs());
-            }
+        for j in 0..n {
+            let src = read_row(v, vl, hh, j, dv, &mut row);
+            kernels::max_abs_into(&mut amax, src);
         }
         let value_scales: Vec<f32> = amax.iter().map(|m| m / 127.0).collect();
         let inv: Vec<f32> = amax
             .iter()
             .map(|m| if *m > 0.0 { 127.0 / m } else { 0.0 })
             .collect();
-        let mut vt = vec![0i8; dv * n];
-        let mut row8 = vec![0i8; dv];
-        for (j, row) in values.chunks_exact(dv).enumerate() {
-            kernels::quantize_i8_columns(&inv, row, &mut row8);
-            for (c, v) in row8.iter().enumerate() {
-                vt[c * n + j] = *v;
-            }
+        let mut vq = vec![0i8; n * dv];
+        for (j, dst) in vq.chunks_exact_mut(dv).enumerate() {
+            let src = read_row(v, vl, hh, j, dv, &mut row);
+            kernels::quantize_i8_columns(&inv, src, dst);
         }
+        let keys = PackedWeights::from_columns(&kt, d, n)?;
+        let key_offsets = keys.column_sums().iter().map(|s| 128 * s).collect();
+        let values = PackedWeights::from_rows(&vq, n, dv)?;
         Ok(Packed::Int8 {
-            keys: PackedWeights::from_columns(&kt, d, n)?,
+            keys,
             key_scales,
-            values: PackedWeights::from_columns(&vt, n, dv)?,
+            key_offsets,
+            values,
             value_scales,
+            value_offsets: vec![0; dv],
         })
     }
+}
+
+/// Row `r` of head `hh` of `xs` laid out as `l` (`cols` values): the slice itself when its
+/// columns are adjacent, else gathered into `tmp`.
+fn read_row<'a>(
+    xs: &'a [f32],
+    l: Layout,
+    hh: usize,
+    r: usize,
+    cols: usize,
+    tmp: &'a mut [f32],
+) -> &'a [f32] {
+    let base = hh * l.head + r * l.row;
+    if l.col == 1 {
+        return &xs[base..base + cols];
+    }
+    let tmp = &mut tmp[..cols];
+    for (c, x) in tmp.iter_mut().enumerate() {
+        *x = xs[base + c * l.col];
+    }
+    tmp
+}
+
+/// A task's working memory, kept per thread from task to task (fresh `Vec`s per task were
+/// ~15 % of a block's attention at 224: allocation, zeroing and, past 128 KB, page faults).
+#[derive(Default)]
+struct Scratch {
+    a: Vec<f32>,
+    scores: Vec<f32>,
+    o: Vec<f32>,
+    a8: Vec<i8>,
+    a_u8: Vec<u8>,
+    dots: Vec<i32>,
+    p8: Vec<u8>,
+    q8: Vec<i8>,
+    q_scales: Vec<f32>,
+    p_scales: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// The first `len` elements of `v`, grown if it is shorter (what it held before is left:
+/// each caller writes what it reads).
+fn room<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
 }
 
 /// One task: rows `r0..r0 + rows` of head `hh`.
@@ -305,22 +362,42 @@ fn block(
     rows: usize,
     out: &SharedRows,
 ) -> Result<(), ShapeError> {
+    SCRATCH.with_borrow_mut(|scratch| block_in(spec, q, packed, hh, r0, rows, out, scratch))
+}
+
+/// [`block`] in a thread's [`Scratch`].
+#[allow(clippy::too_many_arguments)]
+fn block_in(
+    spec: &Spec,
+    q: &[f32],
+    packed: &Packed,
+    hh: usize,
+    r0: usize,
+    rows: usize,
+    out: &SharedRows,
+    scratch: &mut Scratch,
+) -> Result<(), ShapeError> {
     let Dims {
         keys: n,
         depth: d,
         value_depth: dv,
         ..
     } = spec.dims;
+    let Scratch {
+        a,
+        scores,
+        o,
+        a8,
+        a_u8,
+        dots,
+        p8,
+        q8,
+        q_scales,
+        p_scales,
+    } = scratch;
     let (ql, ol) = (spec.q, spec.out);
-    let mut a = vec![0f32; rows * d];
-    for (i, row) in a.chunks_exact_mut(d).enumerate() {
-        let base = hh * ql.head + (r0 + i) * ql.row;
-        for (c, x) in row.iter_mut().enumerate() {
-            *x = q[base + c * ql.col];
-        }
-    }
-    let mut scores = vec![0f32; rows * n];
-    let mut o = vec![0f32; rows * dv];
+    let scores = room(scores, rows * n);
+    let o = room(o, rows * dv);
     let probabilities = |scores: &mut [f32]| {
         for row in scores.chunks_exact_mut(n) {
             spec.before.iter().for_each(|s| s.apply(row));
@@ -330,29 +407,48 @@ fn block(
     };
     match packed {
         Packed::F32 { keys, values } => {
-            sgemm::matmul_here(&a, keys, None, &mut scores)?;
-            probabilities(&mut scores);
-            sgemm::matmul_here(&scores, values, None, &mut o)?;
+            let a = room(a, rows * d);
+            for (i, dst) in a.chunks_exact_mut(d).enumerate() {
+                let base = hh * ql.head + (r0 + i) * ql.row;
+                if ql.col == 1 {
+                    dst.copy_from_slice(&q[base..base + d]);
+                } else {
+                    for (c, x) in dst.iter_mut().enumerate() {
+                        *x = q[base + c * ql.col];
+                    }
+                }
+            }
+            sgemm::matmul_here(a, keys, None, scores)?;
+            probabilities(scores);
+            sgemm::matmul_here(scores, values, None, o)?;
         }
         Packed::Int8 {
             keys,
             key_scales,
+            key_offsets,
             values,
             value_scales,
+            value_offsets,
         } => {
             // Q as unsigned bytes (q + 128): 128·Σ_k k per key comes off each sum
             let lq = keys.padded_k();
-            let mut a8 = vec![0i8; rows * d];
-            let q_scales = quantize_rows_i8(&a, d, &mut a8);
-            let mut a_u8 = vec![0u8; rows * lq];
-            for (dst, src) in a_u8.chunks_exact_mut(lq).zip(a8.chunks_exact(d)) {
-                for (x, y) in dst.iter_mut().zip(src) {
+            let tmp = room(a, d);
+            let a8 = room(a8, d);
+            let a_u8 = room(a_u8, rows * lq);
+            q_scales.clear();
+            for (i, dst) in a_u8.chunks_exact_mut(lq).enumerate() {
+                let src = read_row(q, ql, hh, r0 + i, d, tmp);
+                let (lo, hi) = kernels::min_max_with_zero(src);
+                let amax = hi.max(-lo);
+                q_scales.push(amax / 127.0);
+                kernels::quantize_i8(if amax > 0.0 { 127.0 / amax } else { 0.0 }, 0, src, a8);
+                for (x, y) in dst.iter_mut().zip(a8.iter()) {
                     *x = (*y as u8) ^ 0x80;
                 }
+                dst[d..].fill(0);
             }
-            let offsets: Vec<i32> = keys.column_sums().iter().map(|s| 128 * s).collect();
-            let mut dots = vec![0i32; rows * n.max(dv)];
-            qgemm::dots(&a_u8, keys, &mut dots[..rows * n])?;
+            let dots = room(dots, rows * n.max(dv));
+            qgemm::dots(a_u8, keys, &mut dots[..rows * n])?;
             // leading scale steps folded into each row's scale
             let lead = spec
                 .before
@@ -367,8 +463,8 @@ fn block(
                 })
                 .product();
             let lp = values.padded_k();
-            let mut p8 = vec![0u8; rows * lp];
-            let mut p_scales = Vec::with_capacity(rows);
+            let p8 = room(p8, rows * lp);
+            p_scales.clear();
             // a QDQ file's probabilities are quantised with a zero point of −128: their
             // bytes `q + 128` are the product's operand as they are
             let qdq = match spec.after.as_slice() {
@@ -382,15 +478,16 @@ fn block(
                 ] => Some((*q_scale, *q_zero, *dq_scale)),
                 _ => None,
             };
-            let mut q8 = vec![0i8; n];
+            let q8 = room(q8, n);
             for (((row, acc), s), bytes) in scores
                 .chunks_exact_mut(n)
                 .zip(dots.chunks_exact(n))
-                .zip(&q_scales)
+                .zip(q_scales.iter())
                 .zip(p8.chunks_exact_mut(lp))
             {
-                kernels::scale_dots(acc, &offsets, *s * folded, key_scales, row);
+                kernels::scale_dots(acc, key_offsets, *s * folded, key_scales, row);
                 spec.before[lead..].iter().for_each(|s| s.apply(row));
+                bytes[n..].fill(0);
                 let bytes = &mut bytes[..n];
                 if spec.after.is_empty() {
                     p_scales.push(kernels::softmax_u8(row, bytes));
@@ -398,8 +495,8 @@ fn block(
                 }
                 kernels::softmax(row);
                 if let Some((q_scale, q_zero, dq_scale)) = qdq {
-                    kernels::quantize_i8(q_scale, q_zero, row, &mut q8);
-                    for (b, q) in bytes.iter_mut().zip(&q8) {
+                    kernels::quantize_i8(q_scale, q_zero, row, q8);
+                    for (b, q) in bytes.iter_mut().zip(q8.iter()) {
                         *b = (*q as u8) ^ 0x80;
                     }
                     p_scales.push(dq_scale);
@@ -408,57 +505,30 @@ fn block(
                 spec.after.iter().for_each(|s| s.apply(row));
                 p_scales.extend(quantize_rows_u8(row, n, n, bytes));
             }
-            qgemm::dots(&p8, values, &mut dots[..rows * dv])?;
-            let zeros = vec![0i32; dv];
+            qgemm::dots(p8, values, &mut dots[..rows * dv])?;
             for ((row, acc), s) in o
                 .chunks_exact_mut(dv)
                 .zip(dots.chunks_exact(dv))
-                .zip(&p_scales)
+                .zip(p_scales.iter())
             {
-                kernels::scale_dots(acc, &zeros, *s, value_scales, row);
+                kernels::scale_dots(acc, value_offsets, *s, value_scales, row);
             }
         }
     }
     for (i, row) in o.chunks_exact(dv).enumerate() {
         let base = hh * ol.head + (r0 + i) * ol.row;
-        for (c, x) in row.iter().enumerate() {
+        if ol.col == 1 {
             // SAFETY: `out` is dense for this layout (checked by `attend`), so each (head,
-            // query, channel) has its own offset, and each task writes its own queries.
+            // query) row has its own `dv` values, and each task writes its own queries.
+            unsafe { out.segment(base, dv) }.copy_from_slice(row);
+            continue;
+        }
+        for (c, x) in row.iter().enumerate() {
+            // SAFETY: as above, one (head, query, channel) at a time.
             unsafe { out.segment(base + c * ol.col, 1)[0] = *x };
         }
     }
     Ok(())
-}
-
-/// Head `hh` of `xs` laid out as `l`, as a dense `[rows, cols]` copy (row by row when its
-/// columns are adjacent).
-fn gather(xs: &[f32], l: Layout, hh: usize, rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for (r, dst) in out.chunks_exact_mut(cols).enumerate() {
-        let base = hh * l.head + r * l.row;
-        if l.col == 1 {
-            dst.copy_from_slice(&xs[base..base + cols]);
-        } else {
-            for (c, x) in dst.iter_mut().enumerate() {
-                *x = xs[base + c * l.col];
-            }
-        }
-    }
-    out
-}
-
-/// Each row of `xs` (`len` values) as symmetric int8 into `ys`: the rows' scales.
-fn quantize_rows_i8(xs: &[f32], len: usize, ys: &mut [i8]) -> Vec<f32> {
-    xs.chunks_exact(len)
-        .zip(ys.chunks_exact_mut(len))
-        .map(|(x, y)| {
-            let (lo, hi) = kernels::min_max_with_zero(x);
-            let amax = hi.max(-lo);
-            let scale = amax / 127.0;
-            kernels::quantize_i8(if amax > 0.0 { 127.0 / amax } else { 0.0 }, 0, x, y);
-            scale
-        })
-        .collect()
 }
 
 /// Each row of non-negative `xs` (probabilities, rows of `len`) as uint8 from 0 into `ys`

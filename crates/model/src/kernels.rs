@@ -123,11 +123,17 @@ fn min_max_impl(xs: &[f32]) -> (f32, f32) {
             hi[i] = hi[i].max(c[i]);
         }
     }
-    let (mut min, mut max) = (0f32, 0f32);
-    for i in 0..LANES {
-        min = min.min(lo[i]);
-        max = max.max(hi[i]);
+    // halves folded onto halves: vector instructions, not 32 scalar steps (which cost more
+    // than the loop itself on a 64-value row, one attention head's query or key)
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lo[i] = lo[i].min(lo[i + width]);
+            hi[i] = hi[i].max(hi[i + width]);
+        }
+        width /= 2;
     }
+    let (mut min, mut max) = (lo[0], hi[0]);
     for v in chunks.remainder() {
         min = min.min(*v);
         max = max.max(*v);
@@ -138,6 +144,19 @@ fn min_max_impl(xs: &[f32]) -> (f32, f32) {
 dispatch!(
     /// `(min(0, xs…), max(0, xs…))`: the range ONNX's dynamic quantiser covers.
     pub fn min_max_with_zero(xs: &[f32]) -> (f32, f32) => min_max_impl);
+
+#[inline(always)]
+fn max_abs_into_impl(acc: &mut [f32], xs: &[f32]) {
+    for (m, x) in acc.iter_mut().zip(xs) {
+        let a = x.abs();
+        // a select, not `f32::max`: one `vmaxps` (NaN is not expected here)
+        *m = if a > *m { a } else { *m };
+    }
+}
+
+dispatch!(
+    /// `acc[i] = max(acc[i], |xs[i]|)`: column maxima of a matrix, a row at a time.
+    pub fn max_abs_into(acc: &mut [f32], xs: &[f32]) => max_abs_into_impl);
 
 #[inline(always)]
 fn quantize_u8_impl(scale: f32, zero_point: u8, xs: &[f32], ys: &mut [u8]) {

@@ -205,10 +205,88 @@ impl PackedWeights {
         let mut colsum = vec![0i32; n];
         for (c, (src, sum)) in bt.chunks_exact(k).zip(colsum.iter_mut()).enumerate() {
             *sum = src.iter().map(|v| *v as i32).sum();
-            let base = (c / NR) * k4 * NR;
-            for (step, quad) in src.chunks(4).enumerate() {
-                let at = ((base + step * NR) + c % NR) * 4;
-                panels[at..at + quad.len()].copy_from_slice(quad);
+            let base = (c / NR) * k4 * NR + c % NR;
+            let mut quads = src.chunks_exact(4);
+            // whole quads as fixed-size copies (a variable-length one is a call to memcpy)
+            for (step, quad) in (&mut quads).enumerate() {
+                let at = (base + step * NR) * 4;
+                panels[at..at + 4].copy_from_slice(quad);
+            }
+            let rest = quads.remainder();
+            if !rest.is_empty() {
+                let at = (base + (k / 4) * NR) * 4;
+                panels[at..at + rest.len()].copy_from_slice(rest);
+            }
+        }
+        Ok(PackedWeights {
+            k,
+            n,
+            k4,
+            panels,
+            colsum,
+            zero: vec![0; n],
+        })
+    }
+
+    /// Pack signed `[K, N]` weights given row by row, with zero points of 0: the same packing
+    /// as [`PackedWeights::new`], four rows at a time (attention's values, one key per row).
+    pub fn from_rows(b: &[i8], k: usize, n: usize) -> Result<Self, ShapeError> {
+        if k == 0 || n == 0 || b.len() != k * n {
+            return Err(ShapeError(format!("{} weights for [{k}, {n}]", b.len())));
+        }
+        let k4 = k.div_ceil(4);
+        let panels_n = n.div_ceil(NR);
+        let mut panels = vec![0i8; panels_n * k4 * NR * 4];
+        let mut colsum = vec![0i32; n];
+        for row in b.chunks_exact(n) {
+            for (sum, v) in colsum.iter_mut().zip(row) {
+                *sum += *v as i32;
+            }
+        }
+        // four rows interleaved a byte at a time, a whole panel of fixed length at once (so the
+        // loop compiles to shuffles), then the last panel's columns
+        let full = n / NR;
+        for step in 0..k / 4 {
+            let rows: [&[i8]; 4] = std::array::from_fn(|i| &b[(4 * step + i) * n..][..n]);
+            for p in 0..full {
+                let dst: &mut [i8; NR * 4] = (&mut panels[(p * k4 + step) * NR * 4..][..NR * 4])
+                    .try_into()
+                    .expect("a panel step is NR·4 bytes");
+                let src: [&[i8; NR]; 4] = std::array::from_fn(|i| {
+                    rows[i][p * NR..][..NR]
+                        .try_into()
+                        .expect("a panel is NR columns")
+                });
+                for col in 0..NR {
+                    for i in 0..4 {
+                        dst[col * 4 + i] = src[i][col];
+                    }
+                }
+            }
+            let last = &mut panels[(full * k4 + step) * NR * 4..][..(n - full * NR) * 4];
+            for (col, quad) in last.chunks_exact_mut(4).enumerate() {
+                for (q, r) in quad.iter_mut().zip(&rows) {
+                    *q = r[full * NR + col];
+                }
+            }
+        }
+        // the last rows, fewer than four
+        for step in k / 4..k4 {
+            let row = |i: usize| b.get((4 * step + i) * n..(4 * step + i + 1) * n);
+            let rows: [&[i8]; 4] = [row(0), row(1), row(2), row(3)].map(|r| r.unwrap_or(&[]));
+            for p in 0..panels_n {
+                let dst = &mut panels[(p * k4 + step) * NR * 4..][..NR * 4];
+                for (col, quad) in dst.chunks_exact_mut(4).enumerate() {
+                    let c = p * NR + col;
+                    if c >= n {
+                        break;
+                    }
+                    for (q, r) in quad.iter_mut().zip(&rows) {
+                        if let Some(v) = r.get(c) {
+                            *q = *v;
+                        }
+                    }
+                }
             }
         }
         Ok(PackedWeights {
@@ -565,6 +643,20 @@ mod tests {
             );
         }
         assert!(PackedWeights::from_columns(&[0; 5], 2, 3).is_err());
+    }
+
+    #[test]
+    fn packing_by_rows_is_packing() {
+        for (k, n) in [(257, 64), (64, 705), (5, 49), (1, 1), (7, 3)] {
+            let b: Vec<i8> = noise(k * n, 11).map(|v| v as i8).collect();
+            let want = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+            assert_eq!(
+                PackedWeights::from_rows(&b, k, n).unwrap(),
+                want,
+                "[{k}, {n}]"
+            );
+        }
+        assert!(PackedWeights::from_rows(&[0; 5], 2, 3).is_err());
     }
 
     /// `Σ (a − a₀)(b − b₀)` straight from the definition.
