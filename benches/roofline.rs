@@ -1,5 +1,5 @@
-//! The roofline of the products: this CPU's peak multiply-adds per second (int8 on VNNI,
-//! fp32 on FMA; one thread, then every thread at once) against what dinoedge's int8 kernel
+//! The roofline of the products: this CPU's peak multiply-adds per second (int8 on VNNI or
+//! AVX2's `vpmaddwd`, fp32 on FMA; one thread, then every thread at once) against what dinoedge's int8 kernel
 //! reaches on ViT-S/14's own product shapes.
 //!
 //! `cargo bench --bench roofline` (no fixtures needed). The peak loops run 12 independent
@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use dinoedge_model::attention::{self, Dims, Layout, Spec, Step};
 use dinoedge_model::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+use dinoedge_model::sgemm;
 
 #[cfg(target_arch = "x86_64")]
 mod peak {
@@ -33,6 +34,29 @@ mod peak {
             s = _mm512_add_epi32(s, v);
         }
         _mm512_reduce_add_epi32(s)
+    }
+
+    /// `iters` × 12 `vpmaddwd` + `vpaddd` on ymm registers (16 multiply-adds each): the
+    /// int8 rate of an AVX2 machine, as dinoedge's AVX2 kernel reaches it (bytes widened to
+    /// 16 bits; `vpmaddubsw` would saturate).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn madd256(iters: u64) -> i32 {
+        let b = _mm256_set1_epi16(-2);
+        let mut acc = [_mm256_set1_epi16(3); 12];
+        for _ in 0..iters {
+            // each product reads its own accumulator, so none can be hoisted out of the loop
+            for v in acc.iter_mut() {
+                *v = _mm256_add_epi32(*v, _mm256_madd_epi16(*v, b));
+            }
+        }
+        let mut s = _mm256_setzero_si256();
+        for v in acc {
+            s = _mm256_add_epi32(s, v);
+        }
+        let mut out = [0i32; 8];
+        // SAFETY: `out` holds 8 integers.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s) };
+        out.iter().fold(0, |x, y| x.wrapping_add(*y))
     }
 
     /// `iters` × 12 `vfmadd` on zmm registers (16 multiply-adds each).
@@ -118,6 +142,23 @@ fn product(m: usize, k: usize, n: usize) -> f64 {
     (m * k * n) as f64 / best / 1e9
 }
 
+/// GMAC/s of dinoedge's `f32` product on `[m, k] × [k, n]`, one thread, best of 20.
+fn product_f32(m: usize, k: usize, n: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
+    let w = sgemm::PackedF32::new(&b, k, n).unwrap();
+    let mut out = vec![0f32; m * n];
+    let best = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            sgemm::matmul_here(&a, &w, None, &mut out).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    std::hint::black_box(&out);
+    (m * k * n) as f64 / best / 1e9
+}
+
 /// Milliseconds of one block's fused attention (`heads` × `tokens` × 64, scaled by 1/8), one
 /// thread, best of 20, with Q, K and V read where DINOv2's ONNX graph leaves them: one
 /// `[tokens, 3, heads, 64]` tensor, and the output `[tokens, heads, 64]`.
@@ -178,9 +219,12 @@ fn main() {
             _ => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
         };
         // SAFETY (each closure): the features were detected just before it runs.
-        let peaks: [Peak; 3] = [
+        let peaks: [Peak; 4] = [
             ("int8 vpdpbusd zmm", "vnni", 12.0 * 64.0, |n| unsafe {
                 peak::vnni512(n) as f64
+            }),
+            ("int8 vpmaddwd ymm", "avx2", 12.0 * 16.0, |n| unsafe {
+                peak::madd256(n) as f64
             }),
             ("fp32 vfmadd zmm", "avx512", 12.0 * 16.0, |n| unsafe {
                 peak::fma512(n) as f64
@@ -204,7 +248,10 @@ fn main() {
             );
         }
     }
-    println!("dinoedge's int8 product (qgemm, 1 thread; ViT-S/14 at 224 has 257 tokens):");
+    println!(
+        "dinoedge's products (1 thread, int8 kernel {}; ViT-S/14 at 224 has 257 tokens):",
+        qgemm::kernel_name()
+    );
     for (what, m, k, n) in [
         ("qkv 257x384x1152", 257, 384, 1152),
         ("proj 257x384x384", 257, 384, 384),
@@ -212,7 +259,11 @@ fn main() {
         ("fc2 257x1536x384", 257, 1536, 384),
         ("square 1024^3", 1024, 1024, 1024),
     ] {
-        println!("  {what:<20} {:>6.1} GMAC/s", product(m, k, n));
+        println!(
+            "  {what:<20} int8 {:>6.1} GMAC/s  fp32 {:>6.1} GMAC/s",
+            product(m, k, n),
+            product_f32(m, k, n)
+        );
     }
     println!("one block's fused attention (1 thread; 6 heads of 64, as ViT-S/14):");
     for (what, tokens) in [("224x224, 257 tokens", 257), ("308x448, 705 tokens", 705)] {

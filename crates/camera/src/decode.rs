@@ -16,13 +16,21 @@ use crate::error::{CameraError, Result};
 
 /// Decode one JPEG (a file or an MJPEG frame) to packed RGB8, into `out` (resized as
 /// needed, so a caller can reuse one buffer). Frames from webcams usually carry no Huffman
-/// tables (the "AVI1" MJPEG convention); the standard tables are used then.
+/// tables (the "AVI1" MJPEG convention, often without the APP0 segment that says so); every
+/// table no DHT segment defines is then the standard one (JPEG Annex K.3).
 /// Returns width and height.
 pub fn jpeg_to_rgb(data: &[u8], out: &mut Vec<u8>) -> Result<(u32, u32)> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(1 << 15)
         .set_max_height(1 << 15);
+    let marked;
+    let data = if needs_standard_tables(data) {
+        marked = with_avi1_marker(data);
+        &marked[..]
+    } else {
+        data
+    };
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
     decoder
         .decode_headers()
@@ -44,6 +52,67 @@ pub fn jpeg_to_rgb(data: &[u8], out: &mut Vec<u8>) -> Result<(u32, u32)> {
         .decode_into(out)
         .map_err(|e| CameraError::decode("JPEG frame", e))?;
     Ok((w as u32, h as u32))
+}
+
+/// The APP0 segment of the AVI1 MJPEG convention ("the Huffman tables are the standard
+/// ones"): zune-jpeg then fills in each standard table that no DHT segment defined.
+const AVI1_APP0: [u8; 18] = [
+    0xFF, 0xE0, 0x00, 0x10, b'A', b'V', b'I', b'1', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// Whether a JPEG's segments before its first scan leave one of the four baseline Huffman
+/// tables (DC and AC, 0 and 1) undefined without an AVI1 APP0 that says to use the standard
+/// ones. A malformed stream answers no: the decoder reports what is wrong with it.
+fn needs_standard_tables(data: &[u8]) -> bool {
+    if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
+        return false;
+    }
+    let mut defined = [false; 4]; // DC0, DC1, AC0, AC1
+    let mut at = 2;
+    while at + 4 <= data.len() {
+        if data[at] != 0xFF {
+            return false;
+        }
+        let marker = data[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            break; // SOS (or EOI): the tables must be known by now
+        }
+        let len = u16::from_be_bytes([data[at + 2], data[at + 3]]) as usize;
+        let Some(body) = data.get(at + 4..at + 2 + len).filter(|_| len >= 2) else {
+            return false;
+        };
+        match marker {
+            0xE0 if body.starts_with(b"AVI1") => return false,
+            0xC4 => {
+                // one or more tables: class/id byte, 16 counts, the values
+                let mut t = body;
+                while t.len() >= 17 {
+                    let (class, id) = (t[0] >> 4, t[0] & 15);
+                    if class < 2 && id < 2 {
+                        defined[(class * 2 + id) as usize] = true;
+                    }
+                    let n: usize = t[1..17].iter().map(|c| *c as usize).sum();
+                    t = t.get(17 + n..).unwrap_or(&[]);
+                }
+            }
+            _ => {}
+        }
+        at += 2 + len;
+    }
+    !defined.iter().all(|d| *d)
+}
+
+/// `data` with [`AVI1_APP0`] after its SOI marker.
+fn with_avi1_marker(data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(data.len() + AVI1_APP0.len());
+    v.extend_from_slice(&data[..2]);
+    v.extend_from_slice(&AVI1_APP0);
+    v.extend_from_slice(&data[2..]);
+    v
 }
 
 /// How YUV values map to RGB.
@@ -232,6 +301,68 @@ pub fn load_image(path: &Path) -> Result<image::RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `jpeg` without its APP0 and DHT segments, as many USB cameras send MJPEG frames.
+    fn strip_tables(jpeg: &[u8]) -> Vec<u8> {
+        let mut out = jpeg[..2].to_vec();
+        let mut at = 2;
+        loop {
+            let marker = jpeg[at + 1];
+            if marker == 0xDA {
+                out.extend_from_slice(&jpeg[at..]);
+                return out;
+            }
+            let len = u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]) as usize;
+            if marker != 0xE0 && marker != 0xC4 {
+                out.extend_from_slice(&jpeg[at..at + 2 + len]);
+            }
+            at += 2 + len;
+        }
+    }
+
+    #[test]
+    fn frames_without_huffman_tables_or_app0_get_the_standard_ones() {
+        // a real photo, encoded with the standard tables (jpeg-encoder's default) at 4:2:0 and
+        // 4:2:2, with and without restart intervals, then stripped of APP0 and DHT
+        let photo = image::open(dinoedge_testkit::media(
+            "photo_paris_exif_orientation_5.jpg",
+        ))
+        .unwrap()
+        .to_rgb8();
+        let (w, h) = (photo.width() as u16, photo.height() as u16);
+        for sampling in [
+            jpeg_encoder::SamplingFactor::F_2_2,
+            jpeg_encoder::SamplingFactor::F_2_1,
+        ] {
+            for restart in [0, 4] {
+                let mut jpeg = Vec::new();
+                let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 85);
+                enc.set_sampling_factor(sampling);
+                enc.set_restart_interval(restart);
+                enc.encode(photo.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+                    .unwrap();
+                let bare = strip_tables(&jpeg);
+                assert!(
+                    bare.len() < jpeg.len() - 400,
+                    "{sampling:?}: tables stripped"
+                );
+                assert!(!needs_standard_tables(&jpeg));
+                assert!(needs_standard_tables(&bare));
+                let (mut want, mut got) = (Vec::new(), Vec::new());
+                assert_eq!(jpeg_to_rgb(&jpeg, &mut want).unwrap(), (w as u32, h as u32));
+                let size = jpeg_to_rgb(&bare, &mut got)
+                    .unwrap_or_else(|e| panic!("{sampling:?} restart {restart}: {e}"));
+                assert_eq!(size, (w as u32, h as u32));
+                assert!(want == got, "{sampling:?} restart {restart}: pixels differ");
+            }
+        }
+        // what is not a JPEG is left to the decoder's error
+        assert!(!needs_standard_tables(b"not a jpeg"));
+        assert!(!needs_standard_tables(&[
+            0xFF, 0xD8, 0xFF, 0xC4, 0xFF, 0xFF
+        ]));
+        assert!(jpeg_to_rgb(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2], &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn yuyv_grey_and_colours() {

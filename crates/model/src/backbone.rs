@@ -745,7 +745,8 @@ fn build_plan(
             if fast_ops {
                 let kernels = crate::qmatmul::Kernels::available();
                 // attention first: its products are the ones swap_products would take
-                if kernels.f32 && crate::attention::enabled() {
+                let int8 = crate::attention::int8_products(&model);
+                if crate::qmatmul::Kernels::fused_attention(int8) && crate::attention::enabled() {
                     let n = crate::attention::swap_attention(&mut model)
                         .map_err(|e| ModelError::tract("fuse the attention", e))?;
                     tracing::debug!("{n} attention blocks fused");
@@ -946,12 +947,17 @@ fn compile(
 ) -> Result<TypedModel> {
     let onnx = tract_onnx::onnx().with_ignore_value_info(true);
     let dir = info.path.parent().and_then(|p| p.to_str());
-    // QDQ files: their weight products as int8 products (see `qdq`)
+    // int8 files: the patch embedding as an exact float convolution (see `conv`); QDQ files:
+    // their weight products as int8 products (see `qdq`)
     let rewritten;
-    let proto = if fast_ops && info.graph.precision == Precision::QdqInt8 {
+    let proto = if fast_ops && info.graph.precision.is_int8() {
         let mut p = (*info.proto).clone();
-        let n = crate::qdq::integer_products(&mut p);
-        tracing::debug!("{n} QDQ products rewritten as int8 products");
+        if info.graph.precision == Precision::QdqInt8 {
+            let n = crate::qdq::integer_products(&mut p);
+            tracing::debug!("{n} QDQ products rewritten as int8 products");
+        }
+        let n = crate::conv::float_convolutions(&mut p);
+        tracing::debug!("{n} int8 convolutions rewritten as float convolutions");
         rewritten = p;
         &rewritten
     } else {

@@ -20,7 +20,8 @@ use crate::error::{ModelError, Result};
 
 /// tract version the cache format depends on (kept equal to the pinned dependency).
 pub const TRACT_VERSION: &str = "0.23.9";
-const FORMAT: u32 = 1;
+/// Cache layout version: 2 since int8 convolutions are rewritten before compiling (`conv`).
+const FORMAT: u32 = 2;
 
 /// Where compiled models are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

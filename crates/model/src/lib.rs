@@ -33,6 +33,7 @@ mod awake;
 pub mod backbone;
 pub mod cache;
 pub mod config;
+pub mod conv;
 pub mod error;
 pub mod features;
 pub mod graph;

@@ -20,16 +20,16 @@ use std::collections::HashMap;
 
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
-const FLOAT: i32 = 1;
+pub(crate) const FLOAT: i32 = 1;
 const UINT8: i32 = 2;
 const INT8: i32 = 3;
-const ATTR_INT: i32 = 2;
+pub(crate) const ATTR_INT: i32 = 2;
 
-fn external(t: &TensorProto) -> bool {
+pub(crate) fn external(t: &TensorProto) -> bool {
     t.data_location == Some(1)
 }
 
-fn floats(t: &TensorProto) -> Option<Vec<f32>> {
+pub(crate) fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     if t.data_type != FLOAT || external(t) {
         return None;
     }
@@ -44,7 +44,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
 }
 
 /// The values of an 8-bit initializer as i32 (int8 or uint8).
-fn bytes(t: &TensorProto) -> Option<Vec<i32>> {
+pub(crate) fn bytes(t: &TensorProto) -> Option<Vec<i32>> {
     if external(t) || !matches!(t.data_type, INT8 | UINT8) {
         return None;
     }

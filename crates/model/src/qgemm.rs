@@ -18,9 +18,11 @@
 //! (wrapping `i32` arithmetic whose result is the true sum), so the product equals tract's
 //! bit for bit and the `f32` epilogue rounds as `Cast → Mul → Add` do.
 //!
-//! The kernel needs AVX-512 VNNI ([`available`]); [`crate::ops`] uses it only then and leaves
-//! other CPUs (ARM's `sdot`, AVX2) to tract. The portable path here is the reference the
-//! tests compare the kernel with.
+//! Two kernels, picked at run time ([`kernel_name`]): AVX-512 VNNI, and AVX2 (`VPMADDWD` on
+//! bytes widened in registers, exact; see `avx2`), which replaces tract's AVX2 int8 kernel
+//! (one byte broadcast, widened and multiplied per `k`: ~2 multiply-adds per instruction).
+//! [`available`] says whether either runs; other CPUs (ARM's `sdot`) keep tract's products.
+//! The portable path here is the reference the tests compare both kernels with.
 
 /// Columns in a panel (three 16-lane vectors).
 const NR: usize = 48;
@@ -93,27 +95,58 @@ pub enum Epilogue<'a> {
     Columns(&'a [f32]),
 }
 
-/// Whether the fast kernel can run on this CPU (x86-64 with AVX-512 VNNI; not when
-/// `DINOEDGE_KERNELS` caps dinoedge's loops below AVX-512).
-pub fn available() -> bool {
+/// The int8 kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `VPDPBUSD` on zmm registers (AVX-512 VNNI).
+    Vnni,
+    /// `VPMADDWD` on ymm registers (AVX2): the bytes widened to 16 bits in registers.
+    Avx2,
+    /// One multiply-add at a time (the reference; other CPUs leave the products to tract).
+    Portable,
+}
+
+/// The best kernel this CPU has, unless `DINOEDGE_KERNELS` caps dinoedge's loops
+/// (`baseline`: none; `avx2`: no AVX-512).
+fn kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static VNNI: OnceLock<bool> = OnceLock::new();
-        *VNNI.get_or_init(|| {
-            let capped = matches!(
-                std::env::var("DINOEDGE_KERNELS").as_deref(),
-                Ok("baseline") | Ok("avx2")
-            );
-            !capped
-                && std::arch::is_x86_feature_detected!("avx512f")
+        static KERNEL: OnceLock<Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let cap = std::env::var("DINOEDGE_KERNELS").unwrap_or_default();
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            let vnni = std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vnni");
+            match cap.as_str() {
+                "baseline" => Kernel::Portable,
+                "avx2" if avx2 => Kernel::Avx2,
+                "avx2" => Kernel::Portable,
+                _ if vnni => Kernel::Vnni,
+                _ if avx2 => Kernel::Avx2,
+                _ => Kernel::Portable,
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Kernel::Portable
+    }
+}
+
+/// Whether a fast kernel can run on this CPU (x86-64 with AVX-512 VNNI or AVX2; not when
+/// `DINOEDGE_KERNELS=baseline`).
+pub fn available() -> bool {
+    kernel() != Kernel::Portable
+}
+
+/// The int8 kernel in use, for reports: `vnni`, `avx2` or `portable`.
+pub fn kernel_name() -> &'static str {
+    match kernel() {
+        Kernel::Vnni => "vnni",
+        Kernel::Avx2 => "avx2",
+        Kernel::Portable => "portable",
     }
 }
 
@@ -510,13 +543,15 @@ fn tiles(
     panels: std::ops::Range<usize>,
     store: impl Fn(usize, usize, &[i32]),
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `available`).
-        unsafe { vnni::tiles(a, b, panels, store) };
-        return;
+    match kernel() {
+        // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `kernel`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni => unsafe { vnni::tiles(a, b, panels, store) },
+        // SAFETY: the CPU has AVX2 (checked by `kernel`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::tiles(a, b, panels, store) },
+        _ => portable_tiles(a, b, panels, store),
     }
-    portable_tiles(a, b, panels, store)
 }
 
 /// The reference: the same tiles, one multiply-add at a time.
@@ -623,6 +658,113 @@ mod vnni {
                 }
             }
         }
+    }
+}
+
+/// The AVX2 kernel. AVX2 has no `VPDPBUSD`, and its byte product `VPMADDUBSW` saturates
+/// (two `255 · −128` overflow 16 bits), so the bytes are widened to 16 bits in registers
+/// and multiplied by `VPMADDWD`, exact: from each 32-bit lane of 4 `k`, bytes 0 and 2 in
+/// one vector and bytes 1 and 3 in another, each pair's two products summed into the lane.
+/// The same packing as VNNI's (8 columns per ymm), the same exact sums.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{NR, PackedWeights};
+    use std::arch::x86_64::*;
+
+    /// Rows in a tile.
+    const MR: usize = 4;
+    /// Vectors of 8 columns in a tile (a panel is done in `NR / 8 / NV` passes).
+    const NV: usize = 2;
+
+    /// `R` rows from `a` (stride `lda`) against `NV` vectors of columns from vector `v0` of
+    /// a panel, into `out`'s columns `8·v0..`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile<const R: usize>(
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        panel: *const i8,
+        v0: usize,
+        out: &mut [[i32; NR]; MR],
+    ) {
+        let mut acc = [[_mm256_setzero_si256(); NV]; R];
+        let low = _mm256_set1_epi16(0x00ff);
+        for kk in 0..k4 {
+            // SAFETY: the panel holds k4 steps of NR·4 bytes; each row has lda ≥ 4·k4 bytes.
+            unsafe {
+                let bp = panel.add(kk * NR * 4 + v0 * 32);
+                let mut even = [_mm256_setzero_si256(); NV];
+                let mut odd = [_mm256_setzero_si256(); NV];
+                for v in 0..NV {
+                    let b = _mm256_loadu_si256(bp.add(32 * v) as *const __m256i);
+                    even[v] = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
+                    odd[v] = _mm256_srai_epi16(b, 8);
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = (a.add(r * lda + kk * 4) as *const i32).read_unaligned();
+                    let x = _mm256_set1_epi32(x);
+                    let xe = _mm256_and_si256(x, low);
+                    let xo = _mm256_srli_epi16(x, 8);
+                    for v in 0..NV {
+                        let s = _mm256_add_epi32(
+                            _mm256_madd_epi16(xe, even[v]),
+                            _mm256_madd_epi16(xo, odd[v]),
+                        );
+                        acc[v] = _mm256_add_epi32(acc[v], s);
+                    }
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(out.iter_mut()) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `out` holds NR ≥ 8·(v0 + NV) values.
+                unsafe {
+                    _mm256_storeu_si256(out.as_mut_ptr().add(8 * (v0 + v)) as *mut __m256i, *acc)
+                };
+            }
+        }
+    }
+
+    /// [`super::tiles`] with the AVX2 kernel, in the order of the VNNI one.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tiles(
+        a: &[u8],
+        b: &PackedWeights,
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
+    ) {
+        let lda = 4 * b.k4;
+        let m = a.len() / lda;
+        let mut out = [[0i32; NR]; MR];
+        let panel_len = b.k4 * NR * 4;
+        for p in panels {
+            let panel = b.panels[p * panel_len..].as_ptr();
+            let cols = NR.min(b.n - p * NR);
+            for r0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - r0);
+                let ap = a[r0 * lda..].as_ptr();
+                for v0 in (0..cols.div_ceil(8)).step_by(NV) {
+                    // SAFETY: `rows` rows of `lda` from `ap`, one whole panel from `panel`.
+                    unsafe {
+                        match rows {
+                            4 => tile::<4>(b.k4, ap, lda, panel, v0, &mut out),
+                            3 => tile::<3>(b.k4, ap, lda, panel, v0, &mut out),
+                            2 => tile::<2>(b.k4, ap, lda, panel, v0, &mut out),
+                            _ => tile::<1>(b.k4, ap, lda, panel, v0, &mut out),
+                        }
+                    }
+                }
+                for (r, dots) in out.iter().enumerate().take(rows) {
+                    store(r0 + r, p * NR, &dots[..cols]);
+                }
+            }
+        }
+    }
+
+    /// Whether this CPU can run [`tiles`] (for the tests, whatever kernel is in use).
+    #[cfg(test)]
+    pub(super) fn detected() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
     }
 }
 
@@ -749,10 +891,22 @@ mod tests {
             fast.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
         let slow = std::sync::Mutex::new(vec![0i32; m * n]);
-        portable_tiles(rows, &packed, panels, |r, c0, d| {
+        portable_tiles(rows, &packed, panels.clone(), |r, c0, d| {
             slow.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
         assert_eq!(*fast.lock().unwrap(), *slow.lock().unwrap());
+        // the AVX2 kernel too, whichever kernel this CPU picked
+        #[cfg(target_arch = "x86_64")]
+        if avx2::detected() {
+            let wide = std::sync::Mutex::new(vec![0i32; m * n]);
+            // SAFETY: the CPU has AVX2 (just checked).
+            unsafe {
+                avx2::tiles(rows, &packed, panels, |r, c0, d| {
+                    wide.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+                })
+            };
+            assert_eq!(*wide.lock().unwrap(), *slow.lock().unwrap(), "avx2");
+        }
     }
 
     #[test]

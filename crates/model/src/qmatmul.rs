@@ -13,8 +13,8 @@
 //!
 //! It runs on the decluttered graph just before tract optimises it (not on what the compile
 //! cache stores), and only for the kernels this CPU runs ([`Kernels::available`]): x86-64
-//! with AVX-512 (and VNNI for int8). Elsewhere (ARM's NEON and `sdot`, AVX2) tract's own
-//! kernels run.
+//! with AVX-512 (VNNI for int8) or AVX2 + FMA. Elsewhere (ARM's NEON and `sdot`) tract's
+//! own kernels run.
 
 use std::sync::Arc;
 
@@ -97,9 +97,10 @@ impl EvalOp for MatMulInt8 {
         let (k, n) = (self.weights.k(), self.weights.n());
         let a = &inputs[0];
         let shape = a.shape();
+        let rows = self.out_shape.iter().product::<usize>() / n;
         ensure!(
-            shape.last() == Some(&k),
-            "activations {shape:?} for K = {k}"
+            a.len() == rows * k,
+            "activations {shape:?} for {rows} rows of K = {k}"
         );
         let first = |t: &TValue| -> TractResult<Tensor> {
             let t = t.cast_to::<i32>()?.into_owned();
@@ -183,7 +184,9 @@ fn values<T: Datum>(model: &TypedModel, outlet: OutletId, len: usize) -> Option<
 
 /// `(K, N, output shape)` when `node` is the plain product `[.., M, K] x [1.., K, N] ->
 /// [.., M, N]` with constant weights of that shape: the output's rows are the input's rows in
-/// order (its other axes in the same order, unit axes dropped or added).
+/// order (its other axes in the same order, unit axes dropped or added). `K` may be several
+/// axes, the last of the input's and the same ones in the same order before `N` in the
+/// weights (`mhd,hdn->mn`: a QDQ file's attention output, quantised before its reshape).
 fn product_shape(
     model: &TypedModel,
     node: &TypedNode,
@@ -196,20 +199,34 @@ fn product_shape(
     let adims = a.shape.as_concrete()?;
     let bdims = b.shape.as_concrete()?;
     let odims: TVec<usize> = out.shape.as_concrete()?.into();
-    if ra < 2 || rb < 2 || ro < 2 || bdims[..rb - 2].iter().any(|d| *d != 1) {
+    if ra < 2 || rb < 2 || ro < 2 {
         return None;
     }
-    let (k, n) = (bdims[rb - 2], bdims[rb - 1]);
     let axes = &op.axes;
     let at = |io: InOut, i: usize| axes.axis((io, i)).ok();
-    let ka = at(InOut::In(0), ra - 1)?;
-    let kb = at(InOut::In(1), rb - 2)?;
+    // the contracted axes: the input's last ones that the output does not have
+    let c = (0..ra)
+        .rev()
+        .take_while(|i| at(InOut::In(0), *i).is_some_and(|ax| ax.outputs[0].is_empty()))
+        .count();
+    if c == 0 || c >= ra || c >= rb || bdims[..rb - 1 - c].iter().any(|d| *d != 1) {
+        return None;
+    }
+    let same_k = (0..c).all(|j| {
+        let (ka, kb) = (
+            at(InOut::In(0), ra - c + j),
+            at(InOut::In(1), rb - 1 - c + j),
+        );
+        ka.zip(kb).is_some_and(|(ka, kb)| ka.repr == kb.repr)
+            && adims[ra - c + j] == bdims[rb - 1 - c + j]
+    });
+    let (k, n) = (adims[ra - c..].iter().product::<usize>(), bdims[rb - 1]);
     let nb = at(InOut::In(1), rb - 1)?;
-    let ma = at(InOut::In(0), ra - 2)?;
+    let ma = at(InOut::In(0), ra - c - 1)?;
     // every other axis of `a` in the output in order, or a unit axis left out
     let mut last = None;
     let in_order =
-        (0..ra - 1).all(
+        (0..ra - c).all(
             |i| match at(InOut::In(0), i).map(|ax| ax.outputs[0].as_slice()) {
                 Some([p]) => {
                     let ok = last.is_none_or(|l| *p > l);
@@ -220,14 +237,12 @@ fn product_shape(
                 _ => false,
             },
         );
-    let rows: usize = adims[..ra - 1].iter().product();
-    (ka.repr == kb.repr
-        && ka.outputs[0].is_empty()
+    let rows: usize = adims[..ra - c].iter().product();
+    (same_k
         && nb.outputs[0].as_slice() == [ro - 1]
         && nb.inputs[0].is_empty()
         && ma.outputs[0].as_slice() == [ro - 2]
         && in_order
-        && adims[ra - 1] == k
         && odims.iter().product::<usize>() == rows * n
         && konst(model, node.inputs[1]).is_some())
     .then_some((k, n, odims))
@@ -486,8 +501,18 @@ impl Kernels {
         let tract = std::env::var("DINOEDGE_PRODUCTS").is_ok_and(|v| v == "tract");
         Kernels {
             int8: !tract && qgemm::available(),
-            f32: !tract && sgemm::available(),
+            f32: !tract && sgemm::available() && !sgemm::attention_only(),
         }
+    }
+
+    /// Whether attention fuses onto dinoedge's kernels ([`crate::attention`]), `int8` when
+    /// its products would be int8 ([`crate::attention::int8_products`]): wherever an `f32`
+    /// kernel runs, but on AVX2 only in int8 (the fused op in `f32` measured slower there
+    /// than tract's chain: 169 against 149 ms per int8-weights run, 193 against 190 fp32);
+    /// never with `DINOEDGE_PRODUCTS=tract`.
+    pub fn fused_attention(int8: bool) -> bool {
+        let tract = std::env::var("DINOEDGE_PRODUCTS").is_ok_and(|v| v == "tract");
+        !tract && sgemm::available() && (int8 || !sgemm::attention_only())
     }
 }
 
@@ -563,9 +588,10 @@ impl EvalOp for MatMulF32 {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (k, n) = (self.weights.k(), self.weights.n());
         let a = &inputs[0];
+        let rows = self.out_shape.iter().product::<usize>() / n;
         ensure!(
-            a.shape().last() == Some(&k),
-            "activations {:?} for K = {k}",
+            a.len() == rows * k,
+            "activations {:?} for {rows} rows of K = {k}",
             a.shape()
         );
         let a_plain = a.try_as_plain_ram()?;

@@ -6,9 +6,10 @@ use crate::common::*;
 use dinoedge_model::{Backbone, Precision};
 use ndarray::{Array2, s};
 
-/// `blocks` where this CPU runs dinoedge's `f32` kernels (attention fuses there), else 0.
-fn fused(blocks: usize) -> usize {
-    if dinoedge_model::qmatmul::Kernels::available().f32 {
+/// `blocks` where attention fuses on this CPU (`int8`: an int8 file's), else 0.
+fn fused(blocks: usize, int8: bool) -> usize {
+    let int8 = int8 && dinoedge_model::qgemm::available();
+    if dinoedge_model::qmatmul::Kernels::fused_attention(int8) {
         blocks
     } else {
         0
@@ -22,7 +23,7 @@ fn small_fp32_224_tokens_blocks_and_attention() {
     o.attention = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
     // every block's attention fused but the last one's, whose map is an output
-    assert_eq!(bb.load_report().fused_attention, fused(11));
+    assert_eq!(bb.load_report().fused_attention, fused(11, false));
     assert_eq!(bb.info().variant(), "DINOv2 ViT-S/14");
     assert_eq!(bb.heads(), Some(6));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
@@ -56,7 +57,7 @@ fn small_fp32_224_tokens_blocks_and_attention() {
     o.blocks = vec![2, 5, 8];
     o.normalize_blocks = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
-    assert_eq!(bb.load_report().fused_attention, fused(12));
+    assert_eq!(bb.load_report().fused_attention, fused(12, false));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
     for b in [2, 5, 8] {
         let r = batch_item(
@@ -103,7 +104,7 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     )
     .unwrap();
     assert_eq!(bb.precision(), precision);
-    assert_eq!(bb.load_report().fused_attention, fused(12));
+    assert_eq!(bb.load_report().fused_attention, fused(12, true));
     if precision.is_int8() {
         // Dynamic: 49 DynamicQuantizeLinear; QDQ: 194 QuantizeLinear (fewer after decluttering).
         assert!(
@@ -128,8 +129,8 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     assert!(vs_ort <= 0.15, "{vs_ort}");
     assert!(cos_ort >= 0.9999, "{cos_ort}");
     // Against PyTorch no worse than onnxruntime (to 1e-4 of mean cosine): where attention
-    // runs in int8 (AVX-512 VNNI, `crate::attention`) it moves dinoedge away from onnxruntime's
-    // numbers (fp32 attention) a little, but not away from fp32's.
+    // runs in int8 (AVX-512 VNNI or AVX2, `crate::attention`) it moves dinoedge away from
+    // onnxruntime's numbers (fp32 attention) a little, but not away from fp32's.
     assert!(cos_fp32 >= ort_fp32 - 1e-4, "{cos_fp32} vs ORT {ort_fp32}");
 }
 
