@@ -1,6 +1,6 @@
 //! `dinoedge run --model M --source URI [--head H | --task …] --sink …`: the live runner.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -261,46 +261,56 @@ fn choose_task(
     })
 }
 
-/// A flag Ctrl-C sets (the runner finishes what is in flight and closes every sink); a second
-/// Ctrl-C quits at once.
+/// A flag Ctrl-C, SIGTERM or SIGHUP sets (the runner finishes what is in flight and closes
+/// every sink); a second one quits at once. The flag is set before anything is written, and
+/// the message's write may fail (stderr a closed pipe, as in `dinoedge run … 2>&1 | head -1`)
+/// without stopping the stop.
 fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let presses = AtomicU32::new(0);
     ctrlc::set_handler(move || {
         if presses.fetch_add(1, Ordering::Relaxed) == 0 {
-            eprintln!(
+            flag.store(true, Ordering::Relaxed);
+            let _ = writeln!(
+                std::io::stderr(),
                 "\nstopping: finishing the frames in flight and closing every sink (Ctrl-C again to quit at once)"
             );
-            flag.store(true, Ordering::Relaxed);
         } else {
             std::process::exit(130);
         }
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C/SIGTERM/SIGHUP handler")?;
     Ok(stop)
 }
 
 /// The final numbers, where results went, and an error naming what failed along the way.
 fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Result<()> {
+    // written even to a closed stderr (`… 2>&1 | head -1`): a failed write is no reason to fail
+    // a run whose outputs are complete
+    let mut err = std::io::stderr();
     if status != StatusMode::Json {
-        eprintln!("{}", report.stats.line());
+        let _ = writeln!(err, "{}", report.stats.line());
     } else {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "{}",
             serde_json::to_string(&report.stats).unwrap_or_default()
         );
     }
     for w in wheres {
-        eprintln!("wrote {w}");
+        let _ = writeln!(err, "wrote {w}");
     }
     if report.stopped {
-        eprintln!("stopped by Ctrl-C; every sink was flushed");
+        let _ = writeln!(
+            err,
+            "stopped (Ctrl-C, SIGTERM or SIGHUP); every sink was flushed"
+        );
     }
     let mut problems = Vec::new();
     if !report.source_errors.is_empty() {
         for e in &report.source_errors {
-            eprintln!("source error: {e}");
+            let _ = writeln!(err, "source error: {e}");
         }
         problems.push(format!(
             "the source failed {} time(s) (last: {})",
@@ -314,7 +324,7 @@ fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Resul
     }
     if !report.sink_errors.is_empty() {
         for e in &report.sink_errors {
-            eprintln!("sink error: {e}");
+            let _ = writeln!(err, "sink error: {e}");
         }
         problems.push(format!(
             "{} sink(s) failed; the other sinks' outputs are complete",

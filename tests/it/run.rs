@@ -385,6 +385,58 @@ fn ctrl_c_stops_cleanly_and_flushes_every_sink() {
     }
 }
 
+#[test]
+fn sigterm_and_sighup_stop_like_ctrl_c_even_with_stderr_a_closed_pipe() {
+    for signal in ["TERM", "HUP"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rec, lines) = (tmp.path().join("live.mcap"), tmp.path().join("live.jsonl"));
+        let model = tiny();
+        let mut child = cmd(tmp.path())
+            .args([
+                "run",
+                "--model",
+                model.to_str().unwrap(),
+                "--source",
+                "synthetic://?width=160&height=120&fps=20",
+                "--task",
+                "pca",
+                "--size",
+                "56x56",
+                "--sink",
+                &format!("mcap:{}", rec.display()),
+                "--sink",
+                &format!("jsonl:{}", lines.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `dinoedge run … 2>&1 | head -1`: the reader of stderr is gone
+        drop(child.stderr.take());
+        let t = Instant::now();
+        while std::fs::read_to_string(&lines)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 5
+        {
+            assert!(t.elapsed() < Duration::from_secs(120), "no frames came out");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = wait(&mut child, Duration::from_secs(30));
+        assert!(status.success(), "SIG{signal} is a clean stop: {status:?}");
+        // the recording has its footer and every frame the JSON lines have
+        let n = json_lines(&lines).len();
+        assert!(n >= 5);
+        assert_eq!(mcap_topic(&rec, "/camera/image").len(), n, "SIG{signal}");
+    }
+}
+
 /// `GET` on the live view, the body as text.
 fn get(addr: &str, path: &str) -> String {
     ureq::get(&format!("http://{addr}{path}"))

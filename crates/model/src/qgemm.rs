@@ -676,21 +676,19 @@ mod avx2 {
     /// Vectors of 8 columns in a tile (a panel is done in `NR / 8 / NV` passes).
     const NV: usize = 2;
 
-    /// `R` rows from `a` (stride `lda`) against `NV` vectors of columns from vector `v0` of
-    /// a panel, into `out`'s columns `8·v0..`.
+    /// `R` rows of widened activations from `a` (see [`widen`]; `2·k4` words a row) against
+    /// `NV` vectors of columns from vector `v0` of a panel, into `out`'s columns `8·v0..`.
     #[target_feature(enable = "avx2")]
     unsafe fn tile<const R: usize>(
         k4: usize,
-        a: *const u8,
-        lda: usize,
+        a: *const u32,
         panel: *const i8,
         v0: usize,
         out: &mut [[i32; NR]; MR],
     ) {
         let mut acc = [[_mm256_setzero_si256(); NV]; R];
-        let low = _mm256_set1_epi16(0x00ff);
         for kk in 0..k4 {
-            // SAFETY: the panel holds k4 steps of NR·4 bytes; each row has lda ≥ 4·k4 bytes.
+            // SAFETY: the panel holds k4 steps of NR·4 bytes; each row has 2·k4 words.
             unsafe {
                 let bp = panel.add(kk * NR * 4 + v0 * 32);
                 let mut even = [_mm256_setzero_si256(); NV];
@@ -701,10 +699,9 @@ mod avx2 {
                     odd[v] = _mm256_srai_epi16(b, 8);
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = (a.add(r * lda + kk * 4) as *const i32).read_unaligned();
-                    let x = _mm256_set1_epi32(x);
-                    let xe = _mm256_and_si256(x, low);
-                    let xo = _mm256_srli_epi16(x, 8);
+                    let x = a.add((r * k4 + kk) * 2);
+                    let xe = _mm256_set1_epi32(x.read() as i32);
+                    let xo = _mm256_set1_epi32(x.add(1).read() as i32);
                     for v in 0..NV {
                         let s = _mm256_add_epi32(
                             _mm256_madd_epi16(xe, even[v]),
@@ -725,7 +722,20 @@ mod avx2 {
         }
     }
 
-    /// [`super::tiles`] with the AVX2 kernel, in the order of the VNNI one.
+    /// Each row's 4 bytes a step as two words of two 16-bit values, bytes 0 and 2 then 1 and 3
+    /// (what `VPMADDWD` pairs with the weights' even and odd bytes), so that the kernel
+    /// broadcasts them as they are.
+    fn widen(a: &[u8]) -> Vec<u32> {
+        a.chunks_exact(4)
+            .flat_map(|q| {
+                let [b0, b1, b2, b3] = [q[0], q[1], q[2], q[3]].map(u32::from);
+                [b0 | b2 << 16, b1 | b3 << 16]
+            })
+            .collect()
+    }
+
+    /// [`super::tiles`] with the AVX2 kernel, in the order of the VNNI one (the activations
+    /// widened once, for every panel).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn tiles(
         a: &[u8],
@@ -733,24 +743,25 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
     ) {
-        let lda = 4 * b.k4;
-        let m = a.len() / lda;
+        let k4 = b.k4;
+        let m = a.len() / (4 * k4);
+        let wide = widen(a);
         let mut out = [[0i32; NR]; MR];
-        let panel_len = b.k4 * NR * 4;
+        let panel_len = k4 * NR * 4;
         for p in panels {
             let panel = b.panels[p * panel_len..].as_ptr();
             let cols = NR.min(b.n - p * NR);
             for r0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - r0);
-                let ap = a[r0 * lda..].as_ptr();
+                let ap = wide[r0 * 2 * k4..].as_ptr();
                 for v0 in (0..cols.div_ceil(8)).step_by(NV) {
-                    // SAFETY: `rows` rows of `lda` from `ap`, one whole panel from `panel`.
+                    // SAFETY: `rows` rows of 2·k4 words from `ap`, one whole panel from `panel`.
                     unsafe {
                         match rows {
-                            4 => tile::<4>(b.k4, ap, lda, panel, v0, &mut out),
-                            3 => tile::<3>(b.k4, ap, lda, panel, v0, &mut out),
-                            2 => tile::<2>(b.k4, ap, lda, panel, v0, &mut out),
-                            _ => tile::<1>(b.k4, ap, lda, panel, v0, &mut out),
+                            4 => tile::<4>(k4, ap, panel, v0, &mut out),
+                            3 => tile::<3>(k4, ap, panel, v0, &mut out),
+                            2 => tile::<2>(k4, ap, panel, v0, &mut out),
+                            _ => tile::<1>(k4, ap, panel, v0, &mut out),
                         }
                     }
                 }
