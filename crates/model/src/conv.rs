@@ -219,6 +219,7 @@ pub fn float_convolutions(model: &mut ModelProto) -> usize {
 mod tests {
     use super::*;
     use crate::qdq::tests::{init_f32, init_i8, value};
+    use crate::qgemm::tests::noise;
     use tract_onnx::prelude::*;
 
     fn n(op: &str, name: &str, i: &[&str], o: &[&str]) -> NodeProto {
@@ -283,16 +284,6 @@ mod tests {
         });
         let dql = n("DynamicQuantizeLinear", "dql", &["x"], &["xq", "xs", "xz"]);
         model(vec![dql, conv, to_f32], vec![w, zw])
-    }
-
-    fn noise(len: usize, seed: u32) -> impl Iterator<Item = u8> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len).map(move |_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as u8
-        })
     }
 
     fn run(proto: &ModelProto) -> Vec<f32> {

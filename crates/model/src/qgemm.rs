@@ -780,7 +780,7 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -827,7 +827,8 @@ mod tests {
         c
     }
 
-    fn noise(len: usize, seed: u32) -> impl Iterator<Item = u8> {
+    /// Reproducible pseudo-random bytes (xorshift).
+    pub(crate) fn noise(len: usize, seed: u32) -> impl Iterator<Item = u8> {
         let mut s = seed.wrapping_mul(2_654_435_761).max(1);
         (0..len).map(move |_| {
             s ^= s << 13;
