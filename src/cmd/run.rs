@@ -431,8 +431,10 @@ pub fn run(args: Args) -> Result<()> {
     let sink_specs = args
         .sinks
         .iter()
-        .map(|s| SinkSpec::parse(s))
+        .map(|s| SinkSpec::parse(s).map(|spec| (s.as_str(), spec)))
         .collect::<Result<Vec<_>, _>>()?;
+    SinkSpec::check_distinct(&sink_specs)?;
+    let sink_specs: Vec<SinkSpec> = sink_specs.into_iter().map(|(_, spec)| spec).collect();
     let model = ModelArgs {
         model: model_path(args.model.clone())?,
         size: args.size,

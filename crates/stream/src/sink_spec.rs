@@ -186,6 +186,50 @@ impl SinkSpec {
     }
 }
 
+impl SinkSpec {
+    /// What this sink writes: a path made absolute (`stdout` for JSON lines on standard
+    /// output, `listen ADDR` for the live view), to compare sinks by.
+    fn output(&self) -> String {
+        let path = |p: &std::path::Path| {
+            // `./a` and `a`, `out/` and `out` are one output
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .components()
+                .collect::<std::path::PathBuf>()
+                .display()
+                .to_string()
+        };
+        match self {
+            SinkSpec::Files { dir, .. } => path(dir),
+            SinkSpec::JsonLines { file: None } => "standard output".into(),
+            SinkSpec::JsonLines { file: Some(f) } => path(f),
+            SinkSpec::Mcap { file, .. } => path(file),
+            SinkSpec::Http { addr } => format!(
+                "the address {}",
+                addr.as_deref().unwrap_or("given by --listen")
+            ),
+        }
+    }
+
+    /// An error when two sinks would write the same file, directory or address (their
+    /// outputs would interleave into one corrupt file): `sinks` as given and as parsed.
+    pub fn check_distinct<S: AsRef<str>>(sinks: &[(S, SinkSpec)]) -> Result<()> {
+        for (i, (text, a)) in sinks.iter().enumerate() {
+            if let Some((other, _)) = sinks[..i].iter().find(|(_, b)| b.output() == a.output()) {
+                return Err(invalid(
+                    text.as_ref(),
+                    format!(
+                        "`{}` writes {} too: give each sink its own output",
+                        other.as_ref(),
+                        a.output()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::str::FromStr for SinkSpec {
     type Err = StreamError;
 
@@ -197,6 +241,32 @@ impl std::str::FromStr for SinkSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_sinks_on_one_output_are_refused() {
+        let specs = |v: &[&'static str]| -> Vec<(&'static str, SinkSpec)> {
+            v.iter()
+                .map(|s| (*s, SinkSpec::parse(s).unwrap()))
+                .collect()
+        };
+        for same in [
+            &["mcap:out.mcap", "jsonl:out.mcap"][..],
+            &["jsonl:a.jsonl", "jsonl:./a.jsonl"],
+            &["jsonl", "jsonl:-"],
+            &["files:out", "files:out/"],
+            &["http:127.0.0.1:9000", "http:127.0.0.1:9000"],
+        ] {
+            let err = SinkSpec::check_distinct(&specs(same))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("writes") && err.contains("too"),
+                "{same:?}: {err}"
+            );
+        }
+        let distinct = specs(&["mcap:a.mcap", "jsonl:a.jsonl", "jsonl", "files:out", "http"]);
+        SinkSpec::check_distinct(&distinct).unwrap();
+    }
 
     fn err(spec: &str) -> String {
         SinkSpec::parse(spec).unwrap_err().to_string()
