@@ -745,8 +745,7 @@ fn build_plan(
             if fast_ops {
                 let kernels = crate::qmatmul::Kernels::available();
                 // attention first: its products are the ones swap_products would take
-                let int8 = crate::attention::int8_products(&model);
-                if crate::qmatmul::Kernels::fused_attention(int8) && crate::attention::enabled() {
+                if crate::qmatmul::Kernels::fused_attention() && crate::attention::enabled() {
                     let n = crate::attention::swap_attention(&mut model)
                         .map_err(|e| ModelError::tract("fuse the attention", e))?;
                     tracing::debug!("{n} attention blocks fused");

@@ -505,14 +505,13 @@ impl Kernels {
         }
     }
 
-    /// Whether attention fuses onto dinoedge's kernels ([`crate::attention`]), `int8` when
-    /// its products would be int8 ([`crate::attention::int8_products`]): wherever an `f32`
-    /// kernel runs, but on AVX2 only in int8 (the fused op in `f32` measured slower there
-    /// than tract's chain: 169 against 149 ms per int8-weights run, 193 against 190 fp32);
-    /// never with `DINOEDGE_PRODUCTS=tract`.
-    pub fn fused_attention(int8: bool) -> bool {
+    /// Whether attention fuses onto dinoedge's kernels ([`crate::attention`]): wherever an
+    /// `f32` kernel runs, the AVX2 one included (there the fused op in fp32 measured 173–176
+    /// against 184–186 ms per fp32 run for tract's chain, 97–102 against 119–138 on 2
+    /// threads); never with `DINOEDGE_PRODUCTS=tract`.
+    pub fn fused_attention() -> bool {
         let tract = std::env::var("DINOEDGE_PRODUCTS").is_ok_and(|v| v == "tract");
-        !tract && sgemm::available() && (int8 || !sgemm::attention_only())
+        !tract && sgemm::available()
     }
 }
 

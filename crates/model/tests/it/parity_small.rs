@@ -6,10 +6,9 @@ use crate::common::*;
 use dinoedge_model::{Backbone, Precision};
 use ndarray::{Array2, s};
 
-/// `blocks` where attention fuses on this CPU (`int8`: an int8 file's), else 0.
-fn fused(blocks: usize, int8: bool) -> usize {
-    let int8 = int8 && dinoedge_model::qgemm::available();
-    if dinoedge_model::qmatmul::Kernels::fused_attention(int8) {
+/// `blocks` where attention fuses on this CPU, else 0.
+fn fused(blocks: usize) -> usize {
+    if dinoedge_model::qmatmul::Kernels::fused_attention() {
         blocks
     } else {
         0
@@ -23,7 +22,7 @@ fn small_fp32_224_tokens_blocks_and_attention() {
     o.attention = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
     // every block's attention fused but the last one's, whose map is an output
-    assert_eq!(bb.load_report().fused_attention, fused(11, false));
+    assert_eq!(bb.load_report().fused_attention, fused(11));
     assert_eq!(bb.info().variant(), "DINOv2 ViT-S/14");
     assert_eq!(bb.heads(), Some(6));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
@@ -57,7 +56,7 @@ fn small_fp32_224_tokens_blocks_and_attention() {
     o.blocks = vec![2, 5, 8];
     o.normalize_blocks = true;
     let mut bb = Backbone::load(model("dinov2-small/onnx/model.onnx"), &o).unwrap();
-    assert_eq!(bb.load_report().fused_attention, fused(12, false));
+    assert_eq!(bb.load_report().fused_attention, fused(12));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
     for b in [2, 5, 8] {
         let r = batch_item(
@@ -104,7 +103,7 @@ fn check_int8(file: &str, size: &str, h: u32, w: u32, precision: Precision) {
     )
     .unwrap();
     assert_eq!(bb.precision(), precision);
-    assert_eq!(bb.load_report().fused_attention, fused(12, true));
+    assert_eq!(bb.load_report().fused_attention, fused(12));
     if precision.is_int8() {
         // Dynamic: 49 DynamicQuantizeLinear; QDQ: 194 QuantizeLinear (fewer after decluttering).
         assert!(
