@@ -725,13 +725,17 @@ mod avx2 {
     /// Each row's 4 bytes a step as two words of two 16-bit values, bytes 0 and 2 then 1 and 3
     /// (what `VPMADDWD` pairs with the weights' even and odd bytes), so that the kernel
     /// broadcasts them as they are.
-    fn widen(a: &[u8]) -> Vec<u32> {
-        a.chunks_exact(4)
-            .flat_map(|q| {
-                let [b0, b1, b2, b3] = [q[0], q[1], q[2], q[3]].map(u32::from);
-                [b0 | b2 << 16, b1 | b3 << 16]
-            })
-            .collect()
+    fn widen(a: &[u8], wide: &mut Vec<u32>) {
+        wide.clear();
+        wide.extend(a.chunks_exact(4).flat_map(|q| {
+            let [b0, b1, b2, b3] = [q[0], q[1], q[2], q[3]].map(u32::from);
+            [b0 | b2 << 16, b1 | b3 << 16]
+        }));
+    }
+
+    thread_local! {
+        /// Each thread's widened activations, kept between products (no allocation per call).
+        static WIDE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// [`super::tiles`] with the AVX2 kernel, in the order of the VNNI one (the activations
@@ -745,7 +749,8 @@ mod avx2 {
     ) {
         let k4 = b.k4;
         let m = a.len() / (4 * k4);
-        let wide = widen(a);
+        let mut wide = WIDE.take();
+        widen(a, &mut wide);
         let mut out = [[0i32; NR]; MR];
         let panel_len = k4 * NR * 4;
         for p in panels {
@@ -770,6 +775,7 @@ mod avx2 {
                 }
             }
         }
+        WIDE.set(wide);
     }
 
     /// Whether this CPU can run [`tiles`] (for the tests, whatever kernel is in use).
