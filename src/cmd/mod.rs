@@ -111,7 +111,11 @@ impl ModelArgs {
         if let Some(note) = &r.runtime_note
             && !NOTED.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            eprintln!("note: {note}");
+            // not `eprintln!`: it panics when stderr is a closed pipe (`… 2>&1 | head -1`)
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("note: {note}\n").as_bytes(),
+            );
         }
         Ok(bb)
     }

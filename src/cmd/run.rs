@@ -189,17 +189,21 @@ impl Status {
         match self.mode {
             StatusMode::Off => {}
             StatusMode::Json => {
-                eprintln!("{}", serde_json::to_string(s).unwrap_or_default());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}",
+                    serde_json::to_string(s).unwrap_or_default()
+                );
             }
             StatusMode::Auto if self.tty => {
-                eprint!("\r\x1b[2K{}", s.line());
+                let _ = write!(std::io::stderr(), "\r\x1b[2K{}", s.line());
                 self.drawn = true;
             }
             StatusMode::Auto | StatusMode::Line => {
                 let every = if self.mode == StatusMode::Auto { 5 } else { 1 };
                 if self.last.elapsed() >= Duration::from_secs(every) {
                     self.last = std::time::Instant::now();
-                    eprintln!("{}", s.line());
+                    let _ = writeln!(std::io::stderr(), "{}", s.line());
                 }
             }
         }
@@ -207,7 +211,7 @@ impl Status {
 
     fn end(&mut self) {
         if self.drawn {
-            eprintln!();
+            let _ = writeln!(std::io::stderr());
             self.drawn = false;
         }
     }
@@ -488,7 +492,11 @@ pub fn run(args: Args) -> Result<()> {
     for spec in &sink_specs {
         let (s, w) = spec.open(&cx)?;
         if let (SinkSpec::Http { .. }, Some(w)) = (spec, &w) {
-            eprintln!("live view: {}", w.trim_start_matches("live view at "));
+            let _ = writeln!(
+                std::io::stderr(),
+                "live view: {}",
+                w.trim_start_matches("live view at ")
+            );
         }
         sinks.push(s);
         wheres.extend(w);
