@@ -77,6 +77,48 @@ mod peak {
         _mm512_reduce_add_ps(s)
     }
 
+    /// `iters` × 6 `tdpbusd` on AMX tiles (16 rows of 64 bytes by 16 columns: 16,384
+    /// multiply-adds each) into 6 independent accumulator tiles.
+    ///
+    /// # Safety
+    /// The CPU has AMX and this process may use it (`qgemm::kernel_name() == "amx"`).
+    pub unsafe fn amx(iters: u64) -> f64 {
+        use std::arch::asm;
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        let zeros = [0u8; 1024];
+        // SAFETY: the caller's promise; the loads read 16 rows of 64 bytes from `zeros`.
+        unsafe {
+            asm!(
+                "ldtilecfg [{c}]",
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2",
+                "tilezero tmm3", "tilezero tmm4", "tilezero tmm5",
+                "tileloadd tmm6, [{z} + {s}*1]",
+                "tileloadd tmm7, [{z} + {s}*1]",
+                c = in(reg) config.0.as_ptr(), z = in(reg) zeros.as_ptr(), s = in(reg) 64usize,
+            );
+            for _ in 0..iters {
+                asm!(
+                    "tdpbusd tmm0, tmm6, tmm7",
+                    "tdpbusd tmm1, tmm6, tmm7",
+                    "tdpbusd tmm2, tmm6, tmm7",
+                    "tdpbusd tmm3, tmm6, tmm7",
+                    "tdpbusd tmm4, tmm6, tmm7",
+                    "tdpbusd tmm5, tmm6, tmm7",
+                    options(nostack, nomem),
+                );
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        iters as f64
+    }
+
     /// `iters` × 12 `vfmadd` on ymm registers (8 multiply-adds each): AVX2 machines.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fma256(iters: u64) -> f32 {
@@ -212,6 +254,8 @@ fn main() {
     #[cfg(target_arch = "x86_64")]
     {
         let has = |f: &str| match f {
+            // dinoedge's own detection, which also asks Linux for the tiles' state
+            "amx" => qgemm::kernel_name() == "amx",
             "vnni" => {
                 is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
             }
@@ -219,7 +263,14 @@ fn main() {
             _ => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
         };
         // SAFETY (each closure): the features were detected just before it runs.
-        let peaks: [Peak; 4] = [
+        let peaks: [Peak; 5] = [
+            // n / 64 iterations of 6 instructions: 1,536 multiply-adds per unit of `n`
+            (
+                "int8 tdpbusd tiles",
+                "amx",
+                6.0 * 16384.0 / 64.0,
+                |n| unsafe { peak::amx(n / 64) },
+            ),
             ("int8 vpdpbusd zmm", "vnni", 12.0 * 64.0, |n| unsafe {
                 peak::vnni512(n) as f64
             }),

@@ -66,6 +66,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // a failed write (stderr a closed pipe: `dinoedge run … 2>&1 | head -1`) is dropped:
+        // reporting it goes through `eprintln!`, which panics there
+        .log_internal_errors(false)
         .init();
     let result = match cli.command {
         Command::Info(a) => cmd::info::run(a),

@@ -12,7 +12,7 @@ use dinoedge_heads::LinearHead;
 use dinoedge_model::{ResizeMode, Resolution, Runtime};
 use dinoedge_stream::{
     Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, RunReport, SharedStats, Sink,
-    SinkContext, SinkSpec, StatsSnapshot,
+    SinkContext, SinkSpec, SinkState, StatsSnapshot,
 };
 
 use super::{ModelArgs, head_options};
@@ -288,8 +288,10 @@ fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// The final numbers, where results went, and an error naming what failed along the way.
-fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Result<()> {
+/// The final numbers, where results went (`wheres`: one per sink, in the sinks' order; a
+/// sink that failed is not said to have written anything), and an error naming what failed
+/// along the way.
+fn summarise(report: &RunReport, status: StatusMode, wheres: &[Option<String>]) -> Result<()> {
     // written even to a closed stderr (`… 2>&1 | head -1`): a failed write is no reason to fail
     // a run whose outputs are complete
     let mut err = std::io::stderr();
@@ -302,8 +304,16 @@ fn summarise(report: &RunReport, status: StatusMode, wheres: &[String]) -> Resul
             serde_json::to_string(&report.stats).unwrap_or_default()
         );
     }
-    for w in wheres {
-        let _ = writeln!(err, "wrote {w}");
+    for (i, w) in wheres.iter().enumerate() {
+        let Some(w) = w else { continue };
+        match report.stats.sinks.get(i).map(|s| &s.state) {
+            Some(SinkState::Failed(why)) => {
+                let _ = writeln!(err, "FAILED, incomplete: {w} ({why})");
+            }
+            _ => {
+                let _ = writeln!(err, "wrote {w}");
+            }
+        }
     }
     if report.stopped {
         let _ = writeln!(
@@ -499,7 +509,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
         sinks.push(s);
-        wheres.extend(w);
+        wheres.push(w);
     }
     if !args.gpio.is_empty() {
         // the rules first (a typo is reported as such), then the pins (off a Pi: an error)
@@ -513,7 +523,7 @@ pub fn run(args: Args) -> Result<()> {
             args.alpha,
         )?;
         sinks.push(Box::new(s));
-        wheres.push(format!("GPIO ({} rules)", args.gpio.len()));
+        wheres.push(Some(format!("GPIO ({} rules)", args.gpio.len())));
     }
     let source = spec
         .open()

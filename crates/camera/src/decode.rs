@@ -274,8 +274,12 @@ pub fn planar_to_rgb(
     result.map_err(|e| CameraError::decode("YUV frame", format!("{e:?}")))
 }
 
-/// Decode an image file (JPEG — baseline, progressive, CMYK —, PNG, …) to RGB8, turned
-/// upright by its EXIF orientation.
+/// The most pixels an image file may declare (64 megapixels, 8000x8000): a header that says
+/// more is refused before its pixels are allocated.
+pub const MAX_IMAGE_PIXELS: u64 = 64_000_000;
+
+/// Decode an image file (JPEG — baseline, progressive, CMYK —, PNG, BMP, WebP, TIFF) to RGB8,
+/// turned upright by its EXIF orientation.
 pub fn load_image(path: &Path) -> Result<image::RgbImage> {
     use image::ImageDecoder;
     if !path.exists() {
@@ -289,6 +293,16 @@ pub fn load_image(path: &Path) -> Result<image::RgbImage> {
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| CameraError::decode(what.clone(), e))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(CameraError::decode(
+            what,
+            format!(
+                "it declares {w}x{h} pixels, more than the {} megapixels dinoedge decodes",
+                MAX_IMAGE_PIXELS / 1_000_000
+            ),
+        ));
+    }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);

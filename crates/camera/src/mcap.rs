@@ -17,7 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use foxglove::Decode;
 use foxglove::schemas::{CompressedImage, RawImage};
 use mcap::records::Record;
-use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader};
+use mcap::sans_io::linear_reader::{LinearReadEvent, LinearReader, LinearReaderOptions};
+
+/// The largest record or chunk (compressed or decompressed) a recording may declare: 256 MiB
+/// (dinoedge writes chunks of ~1 MiB; a camera frame is a few MiB at most).
+const MAX_RECORD: usize = 256 << 20;
 
 use crate::decode::{YuvColor, jpeg_to_rgb, yuyv_to_rgb};
 use crate::error::{CameraError, Result};
@@ -72,7 +76,13 @@ impl McapSource {
         Ok(McapSource {
             path: path.to_owned(),
             file: BufReader::with_capacity(1 << 20, file),
-            reader: LinearReader::new(),
+            // a record or chunk that declares more than MAX_RECORD (compressed or not) is an
+            // error, not an allocation: a damaged length must not take the memory
+            reader: LinearReader::new_with_options(
+                LinearReaderOptions::default()
+                    .with_prevalidate_chunk_crcs(true)
+                    .with_record_length_limit(MAX_RECORD),
+            ),
             topic,
             schemas: HashMap::new(),
             channels: HashMap::new(),

@@ -25,7 +25,11 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Frames from a Y4M file (8-bit mono, 4:2:0, 4:2:2 or 4:4:4).
+/// The largest frame read (bytes of samples): 256 MiB, 4:2:0 at 16 bit up to ~9,400 pixels
+/// square. A header declaring more is refused before anything is allocated.
+const MAX_FRAME_BYTES: usize = 256 << 20;
+
+/// Frames from a Y4M file (mono, 4:2:0, 4:2:2 or 4:4:4; 8, 10 or 12 bits, scaled to 8).
 pub struct Y4mSource {
     decoder: y4m::Decoder<Counting<BufReader<Box<dyn Read + Send>>>>,
     bytes_read: Arc<AtomicU64>,
@@ -33,6 +37,10 @@ pub struct Y4mSource {
     width: u32,
     height: u32,
     chroma: Chroma,
+    /// Bits per sample (8, 10 or 12; more than 8 are stored in two bytes, little-endian).
+    depth: usize,
+    /// The planes scaled to 8 bits, for files of more than 8.
+    narrow: [Vec<u8>; 3],
     color: YuvColor,
     fps: Option<f64>,
     seq: u64,
@@ -57,31 +65,59 @@ impl Y4mSource {
         bt709: Option<bool>,
     ) -> Result<Self> {
         let bytes_read = Arc::new(AtomicU64::new(0));
+        let mut buffered = BufReader::with_capacity(1 << 20, reader);
+        // the header line as far as the first read has it, to name the field that is wrong
+        let header = match std::io::BufRead::fill_buf(&mut buffered) {
+            Ok(b) => b.split(|c| *c == b'\n').next().unwrap_or_default().to_vec(),
+            Err(e) => return Err(CameraError::io(what, e)),
+        };
         let counting = Counting {
-            inner: BufReader::with_capacity(1 << 20, reader),
+            inner: buffered,
             count: Arc::clone(&bytes_read),
         };
-        let decoder = y4m::Decoder::new(counting).map_err(|e| match e {
+        let limits = y4m::Limits {
+            bytes: MAX_FRAME_BYTES,
+        };
+        let decoder = y4m::Decoder::new_with_limits(counting, limits).map_err(|e| match e {
             y4m::Error::EOF => CameraError::Truncated {
                 what: what.clone(),
                 reason: "the file ends inside the YUV4MPEG2 header".into(),
             },
             y4m::Error::IoError(io) => CameraError::io(what.clone(), io),
-            other => CameraError::decode(what.clone(), format!("not a YUV4MPEG2 file: {other}")),
+            y4m::Error::OutOfMemory => CameraError::decode(
+                what.clone(),
+                format!(
+                    "its header declares frames of more than {} MiB ({})",
+                    MAX_FRAME_BYTES >> 20,
+                    String::from_utf8_lossy(&header).trim()
+                ),
+            ),
+            other => CameraError::decode(
+                what.clone(),
+                header_problem(&header).unwrap_or_else(|| format!("not a YUV4MPEG2 file: {other}")),
+            ),
         })?;
-        let chroma = match decoder.get_colorspace() {
-            y4m::Colorspace::Cmono => Chroma::Mono,
+        let colorspace = decoder.get_colorspace();
+        let chroma = match colorspace {
+            y4m::Colorspace::Cmono | y4m::Colorspace::Cmono12 => Chroma::Mono,
             y4m::Colorspace::C420
+            | y4m::Colorspace::C420p10
+            | y4m::Colorspace::C420p12
             | y4m::Colorspace::C420jpeg
             | y4m::Colorspace::C420paldv
             | y4m::Colorspace::C420mpeg2 => Chroma::Yuv420,
-            y4m::Colorspace::C422 => Chroma::Yuv422,
-            y4m::Colorspace::C444 => Chroma::Yuv444,
+            y4m::Colorspace::C422 | y4m::Colorspace::C422p10 | y4m::Colorspace::C422p12 => {
+                Chroma::Yuv422
+            }
+            y4m::Colorspace::C444 | y4m::Colorspace::C444p10 | y4m::Colorspace::C444p12 => {
+                Chroma::Yuv444
+            }
             other => {
                 return Err(CameraError::Unsupported {
                     what,
                     reason: format!(
-                        "pixel format {other:?} (8-bit mono, 4:2:0, 4:2:2 and 4:4:4 are read)"
+                        "pixel format {other:?} (mono, 4:2:0, 4:2:2 and 4:4:4 in 8, 10 or 12 \
+                         bits are read)"
                     ),
                 });
             }
@@ -100,6 +136,8 @@ impl Y4mSource {
             width,
             height,
             chroma,
+            depth: colorspace.get_bit_depth(),
+            narrow: Default::default(),
             color: YuvColor {
                 full_range,
                 bt709: bt709.unwrap_or(height >= 720),
@@ -145,8 +183,21 @@ impl FrameSource for Y4mSource {
             }
         };
         let mut rgb = Vec::new();
+        let planes = [raw.get_y_plane(), raw.get_u_plane(), raw.get_v_plane()];
+        let planes = if self.depth > 8 {
+            for (plane, narrow) in planes.iter().zip(&mut self.narrow) {
+                to_8_bits(plane, self.depth, narrow);
+            }
+            [
+                &self.narrow[0][..],
+                &self.narrow[1][..],
+                &self.narrow[2][..],
+            ]
+        } else {
+            planes
+        };
         planar_to_rgb(
-            [raw.get_y_plane(), raw.get_u_plane(), raw.get_v_plane()],
+            planes,
             self.width,
             self.height,
             self.chroma,
@@ -169,5 +220,90 @@ impl FrameSource for Y4mSource {
             fps: self.fps,
             live: false,
         }
+    }
+}
+
+/// Samples of `depth` bits (two bytes each, little-endian) scaled to 8 bits, rounded.
+fn to_8_bits(wide: &[u8], depth: usize, out: &mut Vec<u8>) {
+    let shift = depth - 8;
+    let half = 1u32 << (shift - 1);
+    out.clear();
+    out.extend(wide.chunks_exact(2).map(|s| {
+        let v = u16::from_le_bytes([s[0], s[1]]) as u32;
+        ((v + half) >> shift).min(255) as u8
+    }));
+}
+
+/// What is wrong with a header line that the `y4m` crate refused, naming the field
+/// ("width 0", "unknown colour space C999"); `None` when nothing here can tell.
+fn header_problem(line: &[u8]) -> Option<String> {
+    let line = String::from_utf8_lossy(line);
+    let mut fields = line.split_ascii_whitespace();
+    let magic = fields.next().unwrap_or_default();
+    if magic != "YUV4MPEG2" {
+        let start: String = magic.chars().take(16).collect();
+        return Some(format!(
+            "not a YUV4MPEG2 file: it starts with \"{start}\", not \"YUV4MPEG2\""
+        ));
+    }
+    let (mut width, mut height) = (false, false);
+    for field in fields {
+        let (tag, value) =
+            field.split_at(field.char_indices().nth(1).map_or(field.len(), |(i, _)| i));
+        let positive = || value.parse::<u64>().is_ok_and(|v| v > 0);
+        match tag {
+            "W" if !positive() => {
+                return Some(format!("width {value}: a positive whole number is needed"));
+            }
+            "H" if !positive() => {
+                return Some(format!("height {value}: a positive whole number is needed"));
+            }
+            "W" => width = true,
+            "H" => height = true,
+            "F" | "A" => {
+                let ratio = value
+                    .split_once(':')
+                    .is_some_and(|(n, d)| n.parse::<u32>().is_ok() && d.parse::<u32>().is_ok());
+                if !ratio {
+                    let what = if tag == "F" {
+                        "frame rate"
+                    } else {
+                        "pixel aspect"
+                    };
+                    return Some(format!(
+                        "{what} {tag}{value}: expected two whole numbers, as F30000:1001"
+                    ));
+                }
+            }
+            "C" if !matches!(
+                value,
+                "mono"
+                    | "mono12"
+                    | "420"
+                    | "420p10"
+                    | "420p12"
+                    | "420jpeg"
+                    | "420paldv"
+                    | "420mpeg2"
+                    | "422"
+                    | "422p10"
+                    | "422p12"
+                    | "444"
+                    | "444p10"
+                    | "444p12"
+            ) =>
+            {
+                return Some(format!(
+                    "unknown colour space C{value} (mono, 420, 420jpeg, 420paldv, 422, 444, and \
+                     420p10, 422p10, 444p10, 420p12, 422p12, 444p12 are read)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    match (width, height) {
+        (false, _) => Some("no width (W) in the header".into()),
+        (_, false) => Some("no height (H) in the header".into()),
+        _ => None,
     }
 }

@@ -155,6 +155,9 @@ impl LinearHead {
         if has(&dict, "conv_seg.weight") {
             let (w, b) = conv_layer(&mut dict, "conv_seg", path)?;
             let (k, c) = w.dim();
+            if k == 0 {
+                return Err(not_a_head(path, "a segmentation head with no classes"));
+            }
             let bn = if has(&dict, "bn.weight") {
                 let g = vector(take(&mut dict, "bn.weight", path)?, c, "bn.weight", path)?;
                 let beta = vector(take(&mut dict, "bn.bias", path)?, c, "bn.bias", path)?;
@@ -200,11 +203,7 @@ impl LinearHead {
             let max = max_depth
                 .or_else(|| config_max_depth(&ckpt.root))
                 .unwrap_or(if name.contains("kitti") { 80.0 } else { 10.0 });
-            if max.is_nan() || max <= 0.001 {
-                return Err(HeadsError::InvalidOption(format!(
-                    "max depth {max} must be above 0.001 m"
-                )));
-            }
+            let (_, max) = depth_range(0.001, max, max_depth.is_some(), path)?;
             let layers = if name.contains("linear4") { 4 } else { 1 };
             return Ok(LinearHead::Depth(DepthHead {
                 weight: w,
@@ -689,6 +688,9 @@ fn load_trained(path: &Path, max_depth: Option<f32>) -> Result<LinearHead, Heads
     )?;
     match meta.get("task").map(String::as_str) {
         Some("segmentation") => {
+            if k == 0 {
+                return Err(not_a_head(path, "a segmentation head with no classes"));
+            }
             let names: Vec<String> = meta_json(&meta, "names", path)?;
             let colors: Vec<[u8; 3]> = meta_json(&meta, "palette", path)?;
             if names.len() != k || colors.len() != k {
@@ -716,17 +718,28 @@ fn load_trained(path: &Path, max_depth: Option<f32>) -> Result<LinearHead, Heads
             let output = match meta.get("depth_output").map(String::as_str) {
                 Some("bins") => DepthOutput::Bins,
                 Some("log") => DepthOutput::LogDepth,
-                other => {
+                Some(other) => {
                     return Err(not_a_head(
                         path,
-                        format!("depth_output {other:?}: expected \"bins\" or \"log\""),
+                        format!("depth_output \"{other}\": expected \"bins\" or \"log\""),
+                    ));
+                }
+                None => {
+                    return Err(not_a_head(
+                        path,
+                        "no depth_output (\"bins\" or \"log\") in its metadata",
                     ));
                 }
             };
             if output == DepthOutput::LogDepth && k != 1 {
                 return Err(not_a_head(path, "a log-depth head has one output"));
             }
-            let range = (range.0, max_depth.unwrap_or(range.1));
+            let range = depth_range(
+                range.0,
+                max_depth.unwrap_or(range.1),
+                max_depth.is_some(),
+                path,
+            )?;
             Ok(LinearHead::Depth(DepthHead {
                 weight,
                 bias,
@@ -737,10 +750,37 @@ fn load_trained(path: &Path, max_depth: Option<f32>) -> Result<LinearHead, Heads
                 trained: Some(meta),
             }))
         }
-        other => Err(not_a_head(
+        Some(other) => Err(not_a_head(
             path,
-            format!("task {other:?}: expected segmentation or depth"),
+            format!("task \"{other}\": expected segmentation or depth"),
         )),
+        None => Err(not_a_head(
+            path,
+            "no task (segmentation or depth) in its metadata",
+        )),
+    }
+}
+
+/// A depth head's range `(min, max)` in metres, checked: both finite, `0 ≤ min < max` and
+/// `max > 0.001 m`. `from_flag`: the maximum came from `--max-depth` (the message says so),
+/// else from the file.
+fn depth_range(min: f32, max: f32, from_flag: bool, path: &Path) -> Result<(f32, f32), HeadsError> {
+    if min.is_finite() && max.is_finite() && min >= 0.0 && max > min && max > 0.001 {
+        return Ok((min, max));
+    }
+    if from_flag {
+        Err(HeadsError::InvalidOption(format!(
+            "--max-depth {max}: a finite depth in metres above {} m (the head's nearest depth) \
+             is needed",
+            min.max(0.001)
+        )))
+    } else {
+        Err(not_a_head(
+            path,
+            format!(
+                "its depth range {min}–{max} m is not a range (finite, 0 ≤ nearest < farthest)"
+            ),
+        ))
     }
 }
 

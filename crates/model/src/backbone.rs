@@ -796,9 +796,11 @@ fn cached_or_compiled(
     report: &mut LoadReport,
 ) -> Result<TypedModel> {
     let nnef = nnef_framework;
-    // Try the cache.
+    // external data that is missing is said as such (not as tract's message later)
+    let external = cache::external_data(&info.path, &info.proto)?;
+    // Try the cache, under the digest of every file the model reads.
     let entry = match options.cache.dir() {
-        Some(dir) => match cache::sha256_file(&info.path) {
+        Some(dir) => match cache::model_digest(&info.path, &external) {
             Ok(sha) => {
                 let meta = EntryMeta::new(&sha, options_key);
                 Some((Entry::new(&dir, &meta), meta))

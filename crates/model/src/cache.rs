@@ -6,9 +6,12 @@
 //! (kernel-selected) form has no NNEF serialisation, so the last step, `into_optimized`,
 //! runs at every start; it is the cheap one.
 //!
-//! Every entry has a JSON sidecar naming what it was built from. An entry whose sidecar does
-//! not match (another dinoedge or tract version, another file hash) is stale, an entry that
-//! fails to load is corrupt: both are rebuilt and overwritten, never an error.
+//! Every entry has a JSON sidecar naming what it was built from — the digest of every file
+//! the model reads (the `.onnx` and its external data), the versions, the options — and the
+//! sha256 of the archive itself. An entry whose sidecar does not match (another dinoedge or
+//! tract version, another model file or external data) is stale; one whose archive's digest
+//! differs from the sidecar's (a flipped byte, a half copy), or that fails to load, is
+//! corrupt: both are rebuilt and overwritten, never an error.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,8 +23,9 @@ use crate::error::{ModelError, Result};
 
 /// tract version the cache format depends on (kept equal to the pinned dependency).
 pub const TRACT_VERSION: &str = "0.23.9";
-/// Cache layout version: 2 since int8 convolutions are rewritten before compiling (`conv`).
-const FORMAT: u32 = 2;
+/// Cache layout version: 2 since int8 convolutions are rewritten before compiling (`conv`),
+/// 3 since the key covers external data and the sidecar holds the archive's digest.
+const FORMAT: u32 = 3;
 
 /// Where compiled models are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -59,7 +63,7 @@ pub struct EntryMeta {
     pub dinoedge_version: String,
     /// tract version that wrote it.
     pub tract_version: String,
-    /// sha256 of the ONNX file.
+    /// sha256 of every file the model reads ([`model_digest`]).
     pub model_sha256: String,
     /// Everything else that shapes the compiled graph (resolution, batch, tapped outputs).
     pub options: String,
@@ -81,6 +85,15 @@ impl EntryMeta {
         let json = serde_json::to_string(self).expect("plain struct serialises");
         hex(&Sha256::digest(json.as_bytes()))[..32].to_string()
     }
+}
+
+/// The sidecar's contents: what the entry was built from, and its archive's digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Sidecar {
+    #[serde(flatten)]
+    meta: EntryMeta,
+    /// sha256 of the `.nnef.tar` as written.
+    archive_sha256: String,
 }
 
 /// One cache entry's files.
@@ -109,13 +122,18 @@ impl Entry {
         }
         let text =
             std::fs::read_to_string(&self.meta).map_err(|e| format!("sidecar unreadable: {e}"))?;
-        let found: EntryMeta =
+        let found: Sidecar =
             serde_json::from_str(&text).map_err(|e| format!("sidecar corrupt: {e}"))?;
-        if &found != expected {
+        if &found.meta != expected {
+            let found = found.meta;
             return Err(format!(
                 "stale (built by dinoedge {} / tract {} for {})",
                 found.dinoedge_version, found.tract_version, found.options
             ));
+        }
+        let digest = sha256_file(&self.model).map_err(|e| format!("unreadable: {e}"))?;
+        if digest != found.archive_sha256 {
+            return Err("corrupt (its archive's sha256 is not the one written)".into());
         }
         Ok(())
     }
@@ -134,10 +152,23 @@ impl Entry {
         };
         std::fs::create_dir_all(dir).map_err(|e| cache_err(format!("cannot create: {e}")))?;
         let mut tmp = tempfile_in(dir).map_err(|e| cache_err(format!("cannot write: {e}")))?;
-        write(&mut tmp.1).map_err(cache_err)?;
-        tmp.1.sync_all().ok();
+        let written = write(&mut tmp.1).map_err(cache_err).and_then(|()| {
+            tmp.1.sync_all().ok();
+            sha256_file(&tmp.0)
+        });
+        let archive_sha256 = match written {
+            Ok(digest) => digest,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp.0);
+                return Err(e);
+            }
+        };
         std::fs::rename(&tmp.0, &self.model).map_err(|e| cache_err(format!("rename: {e}")))?;
-        let json = serde_json::to_string_pretty(meta).expect("plain struct serialises");
+        let sidecar = Sidecar {
+            meta: meta.clone(),
+            archive_sha256,
+        };
+        let json = serde_json::to_string_pretty(&sidecar).expect("plain struct serialises");
         let meta_tmp = self.meta.with_extension("json.tmp");
         std::fs::write(&meta_tmp, json)
             .and_then(|_| std::fs::rename(&meta_tmp, &self.meta))
@@ -164,6 +195,50 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         .create_new(true)
         .open(&path)?;
     Ok((path, file))
+}
+
+/// The external data files a model's tensors name (`location`, relative to the model's
+/// directory), sorted, each once; a missing one is [`ModelError::MissingExternalData`].
+pub fn external_data(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<Vec<PathBuf>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut locations: Vec<&str> = proto
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .flat_map(|t| &t.external_data)
+        .filter(|kv| kv.key == "location")
+        .map(|kv| kv.value.as_str())
+        .collect();
+    locations.sort_unstable();
+    locations.dedup();
+    locations
+        .into_iter()
+        .map(|location| {
+            let data = dir.join(location);
+            if data.is_file() {
+                Ok(data)
+            } else {
+                Err(ModelError::MissingExternalData {
+                    model: path.to_owned(),
+                    data,
+                })
+            }
+        })
+        .collect()
+}
+
+/// The digest a model is cached under: sha256 over the ONNX file's sha256 and each external
+/// data file's name and sha256 ([`external_data`]).
+pub fn model_digest(path: &Path, external: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(sha256_file(path)?.as_bytes());
+    for data in external {
+        hasher.update(b"\0");
+        hasher.update(data.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update(b"\0");
+        hasher.update(sha256_file(data)?.as_bytes());
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 /// sha256 of a file, as lowercase hex.

@@ -22,6 +22,14 @@ pub enum ModelError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The model keeps its weights in an external data file that is not there.
+    #[error("{} keeps its weights in {}, which is missing: put it beside the model (a download of the model includes it)", model.display(), data.display())]
+    MissingExternalData {
+        /// The ONNX file.
+        model: PathBuf,
+        /// The external data file it names.
+        data: PathBuf,
+    },
     /// The bytes are not a valid ONNX protobuf (truncated download, wrong file, corruption).
     #[error("{} is not a readable ONNX model ({reason}); is the file truncated or corrupt? Re-download it", path.display())]
     InvalidOnnx {

@@ -18,7 +18,8 @@
 //! (wrapping `i32` arithmetic whose result is the true sum), so the product equals tract's
 //! bit for bit and the `f32` epilogue rounds as `Cast → Mul → Add` do.
 //!
-//! Two kernels, picked at run time ([`kernel_name`]): AVX-512 VNNI, and AVX2 (`VPMADDWD` on
+//! Three kernels, picked at run time ([`kernel_name`]): AMX (`TDPBUSD` on tiles, reading the
+//! same packed panels with a stride; see `amx`), AVX-512 VNNI, and AVX2 (`VPMADDWD` on
 //! bytes widened in registers, exact; see `avx2`), which replaces tract's AVX2 int8 kernel
 //! (one byte broadcast, widened and multiplied per `k`: ~2 multiply-adds per instruction).
 //! [`available`] says whether either runs; other CPUs (ARM's `sdot`) keep tract's products.
@@ -98,6 +99,8 @@ pub enum Epilogue<'a> {
 /// The int8 kernel this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
+    /// `TDPBUSD` on AMX tiles (Sapphire Rapids and later Xeons): 16x64 bytes by 16x16.
+    Amx,
     /// `VPDPBUSD` on zmm registers (AVX-512 VNNI).
     Vnni,
     /// `VPMADDWD` on ymm registers (AVX2): the bytes widened to 16 bits in registers.
@@ -107,7 +110,7 @@ enum Kernel {
 }
 
 /// The best kernel this CPU has, unless `DINOEDGE_KERNELS` caps dinoedge's loops
-/// (`baseline`: none; `avx2`: no AVX-512).
+/// (`baseline`: none; `avx2`: no AVX-512; `vnni`: no AMX).
 fn kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
@@ -123,6 +126,9 @@ fn kernel() -> Kernel {
                 "baseline" => Kernel::Portable,
                 "avx2" if avx2 => Kernel::Avx2,
                 "avx2" => Kernel::Portable,
+                "vnni" | "avx512" if vnni => Kernel::Vnni,
+                // AMX asks the kernel for the tiles' state (once): only when it is to be used
+                _ if vnni && amx::usable() => Kernel::Amx,
                 _ if vnni => Kernel::Vnni,
                 _ if avx2 => Kernel::Avx2,
                 _ => Kernel::Portable,
@@ -135,15 +141,16 @@ fn kernel() -> Kernel {
     }
 }
 
-/// Whether a fast kernel can run on this CPU (x86-64 with AVX-512 VNNI or AVX2; not when
+/// Whether a fast kernel can run on this CPU (x86-64 with AMX, AVX-512 VNNI or AVX2; not when
 /// `DINOEDGE_KERNELS=baseline`).
 pub fn available() -> bool {
     kernel() != Kernel::Portable
 }
 
-/// The int8 kernel in use, for reports: `vnni`, `avx2` or `portable`.
+/// The int8 kernel in use, for reports: `amx`, `vnni`, `avx2` or `portable`.
 pub fn kernel_name() -> &'static str {
     match kernel() {
+        Kernel::Amx => "amx",
         Kernel::Vnni => "vnni",
         Kernel::Avx2 => "avx2",
         Kernel::Portable => "portable",
@@ -544,6 +551,10 @@ fn tiles(
     store: impl Fn(usize, usize, &[i32]),
 ) {
     match kernel() {
+        // SAFETY: the CPU has AMX-TILE and AMX-INT8, and this process may use them (checked by
+        // `kernel`).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => unsafe { amx::tiles(a, b, panels, store) },
         // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `kernel`).
         #[cfg(target_arch = "x86_64")]
         Kernel::Vnni => unsafe { vnni::tiles(a, b, panels, store) },
@@ -658,6 +669,220 @@ mod vnni {
                 }
             }
         }
+    }
+}
+
+/// The AMX kernel (Intel Sapphire Rapids and later): `TDPBUSD` multiplies a tile of 16 rows of
+/// 64 unsigned bytes by a tile of 16 rows of 64 signed bytes (16 `k`-quads of 16 columns, the
+/// layout of one step of a packed panel) into 16x16 `i32` sums, 16,384 multiply-adds per
+/// instruction, exact like `VPDPBUSD`. A block is 16 rows by one panel of 48 columns: three
+/// accumulator tiles (`tmm0`–`tmm2`), one of activations (`tmm4`) and three of weights
+/// (`tmm5`–`tmm7`), the weights read straight from the panel with its stride of `NR·4`
+/// bytes. `K` goes 64 bytes at a time; a last partial step, and a last block of fewer than 16
+/// rows, are copied into zero-padded buffers first (zeros add nothing to the sums).
+///
+/// The tile instructions are written with `asm!` (Rust's AMX intrinsics are unstable); no code
+/// but this module's touches the tile registers. Linux gives a process the tiles' 8 KiB of
+/// state only when it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, [`usable`]), and each thread
+/// loads the tile configuration itself and releases the tiles when it is done, so a context
+/// switch outside a product saves no tile data.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{NR, PackedWeights};
+    use std::arch::asm;
+
+    /// Rows of activations in a tile.
+    const ROWS: usize = 16;
+    /// `k` steps of 4 bytes in a tile (64 bytes of a row).
+    const STEPS: usize = 16;
+    /// Bytes of one packed panel step (`NR` columns of 4 bytes).
+    const PANEL_STEP: usize = NR * 4;
+
+    /// Whether the CPU has AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25) and the
+    /// operating system lets this process use them (asked once, for the whole process).
+    pub(super) fn usable() -> bool {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 says it exists
+        let tiles = __cpuid(0).eax >= 7 && (__cpuid_count(7, 0).edx >> 24) & 3 == 3;
+        tiles && permitted()
+    }
+
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: Linux ≥ 5.16 enables AMX's tile
+    /// data for a process on request (it fails where the kernel or the hypervisor does not
+    /// support it, and then the VNNI kernel runs).
+    #[cfg(target_os = "linux")]
+    fn permitted() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a system call with two integer arguments and no memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn permitted() -> bool {
+        false
+    }
+
+    /// The tile configuration `LDTILECFG` reads: palette 1, every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1; // palette
+            for t in 0..8 {
+                c[16 + 2 * t] = 64; // bytes per row (little-endian u16)
+                c[48 + t] = ROWS as u8; // rows
+            }
+            Config(c)
+        }
+    }
+
+    /// One block: the dot products of 16 rows `a` (stride `lda`) with one panel, `full` whole
+    /// steps of 64 bytes from `a` and `panel`, then (if `tail`) one step from the padded copies
+    /// `a_tail` (16 rows of 64) and `b_tail` (16 steps of `NR·4`), into `out`.
+    ///
+    /// # Safety
+    /// The tiles are configured ([`Config`]); `a` holds 16 rows of `lda ≥ 64·full` bytes and
+    /// `panel` `16·full` steps.
+    unsafe fn block(
+        a: *const u8,
+        lda: usize,
+        panel: *const i8,
+        full: usize,
+        tail: Option<(&[u8; ROWS * 64], &[i8])>,
+        out: &mut [[i32; NR]; ROWS],
+    ) {
+        // SAFETY (every asm block): the tiles are configured; each load reads 16 rows of 64
+        // bytes inside the buffers the caller vouches for; the store writes 16 rows of 192
+        // bytes, `out` exactly.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                options(nostack)
+            );
+            for s in 0..full {
+                step(a.add(64 * s), lda, panel.add(STEPS * PANEL_STEP * s));
+            }
+            if let Some((at, bt)) = tail {
+                step(at.as_ptr(), 64, bt.as_ptr());
+            }
+            asm!(
+                "tilestored [{o} + {so}*1], tmm0",
+                "tilestored [{o} + {so}*1 + 64], tmm1",
+                "tilestored [{o} + {so}*1 + 128], tmm2",
+                o = in(reg) out.as_mut_ptr(),
+                so = in(reg) PANEL_STEP,
+                options(nostack),
+            );
+        }
+    }
+
+    /// `tmm0..2 += a · b`: one step of 64 bytes (16 rows of `a` with stride `lda`, the 3 tiles
+    /// of 16 columns of 16 panel steps at `b`).
+    #[inline(always)]
+    unsafe fn step(a: *const u8, lda: usize, b: *const i8) {
+        // SAFETY: the caller's (see `block`).
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a} + {lda}*1]",
+                "tileloadd tmm5, [{b} + {ldb}*1]",
+                "tileloadd tmm6, [{b} + {ldb}*1 + 64]",
+                "tileloadd tmm7, [{b} + {ldb}*1 + 128]",
+                "tdpbusd tmm0, tmm4, tmm5",
+                "tdpbusd tmm1, tmm4, tmm6",
+                "tdpbusd tmm2, tmm4, tmm7",
+                a = in(reg) a,
+                lda = in(reg) lda,
+                b = in(reg) b,
+                ldb = in(reg) PANEL_STEP,
+                options(nostack, readonly),
+            );
+        }
+    }
+
+    /// [`super::tiles`] with the AMX kernel: panel after panel, every block of 16 rows for
+    /// each (the panel stays in L2 while the activations stream).
+    ///
+    /// # Safety
+    /// The CPU has AMX-TILE and AMX-INT8 and the process may use them ([`usable`]).
+    pub(super) unsafe fn tiles(
+        a: &[u8],
+        b: &PackedWeights,
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
+    ) {
+        let (k4, lda) = (b.k4, 4 * b.k4);
+        let m = a.len() / lda;
+        let (full, rest) = (k4 / STEPS, k4 % STEPS);
+        let panel_len = k4 * PANEL_STEP;
+        // the last block's rows, zero padded to 16, and the last partial step of each
+        let last_rows = m % ROWS;
+        let mut padded = vec![0u8; if last_rows > 0 { ROWS * lda } else { 0 }];
+        if last_rows > 0 {
+            padded[..last_rows * lda].copy_from_slice(&a[(m - last_rows) * lda..]);
+        }
+        let mut a_tail = [0u8; ROWS * 64];
+        let mut b_tail = [0i8; STEPS * PANEL_STEP];
+        let mut out = [[0i32; NR]; ROWS];
+        let config = Config::new();
+        // SAFETY: the CPU has AMX (the caller's promise); the configuration is 64 aligned bytes.
+        unsafe { asm!("ldtilecfg [{c}]", c = in(reg) config.0.as_ptr(), options(nostack)) };
+        for p in panels {
+            let panel = &b.panels[p * panel_len..(p + 1) * panel_len];
+            let cols = NR.min(b.n - p * NR);
+            if rest > 0 {
+                b_tail[..rest * PANEL_STEP].copy_from_slice(&panel[full * STEPS * PANEL_STEP..]);
+            }
+            for r0 in (0..m).step_by(ROWS) {
+                let rows = ROWS.min(m - r0);
+                let block_rows = if rows == ROWS {
+                    &a[r0 * lda..]
+                } else {
+                    &padded[..]
+                };
+                if rest > 0 {
+                    for (r, dst) in a_tail.chunks_exact_mut(64).enumerate() {
+                        let src = &block_rows[r * lda + 64 * full..][..4 * rest];
+                        dst[..4 * rest].copy_from_slice(src);
+                    }
+                }
+                let tail = (rest > 0).then_some((&a_tail, &b_tail[..]));
+                // SAFETY: configured above; `block_rows` holds 16 rows of `lda` bytes (the
+                // last block through `padded`), `panel` holds `16·full` whole steps.
+                unsafe {
+                    block(
+                        block_rows.as_ptr(),
+                        lda,
+                        panel.as_ptr(),
+                        full,
+                        tail,
+                        &mut out,
+                    )
+                };
+                for (r, dots) in out.iter().enumerate().take(rows) {
+                    store(r0 + r, p * NR, &dots[..cols]);
+                }
+            }
+        }
+        // SAFETY: as above; the tiles are not used again until the next configuration.
+        unsafe { asm!("tilerelease", options(nostack)) };
+    }
+
+    /// Whether this CPU and process can run [`tiles`] (for the tests, whatever kernel is in
+    /// use).
+    #[cfg(test)]
+    pub(super) fn detected() -> bool {
+        usable()
     }
 }
 
@@ -919,11 +1144,23 @@ pub(crate) mod tests {
             let wide = std::sync::Mutex::new(vec![0i32; m * n]);
             // SAFETY: the CPU has AVX2 (just checked).
             unsafe {
-                avx2::tiles(rows, &packed, panels, |r, c0, d| {
+                avx2::tiles(rows, &packed, panels.clone(), |r, c0, d| {
                     wide.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
                 })
             };
             assert_eq!(*wide.lock().unwrap(), *slow.lock().unwrap(), "avx2");
+        }
+        // and the AMX kernel, where this CPU and system have it
+        #[cfg(target_arch = "x86_64")]
+        if amx::detected() {
+            let tiled = std::sync::Mutex::new(vec![0i32; m * n]);
+            // SAFETY: the CPU has AMX and the process may use it (just checked).
+            unsafe {
+                amx::tiles(rows, &packed, panels, |r, c0, d| {
+                    tiled.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+                })
+            };
+            assert_eq!(*tiled.lock().unwrap(), *slow.lock().unwrap(), "amx");
         }
     }
 
@@ -935,6 +1172,9 @@ pub(crate) mod tests {
             (17, 7, 50),
             (257, 384, 96),
             (3, 1536, 5),
+            // AMX: whole 64-byte steps and a partial one, 16-row blocks and a partial one
+            (33, 260, 97),
+            (16, 64, 48),
         ] {
             for (sa, sb, pc) in [
                 (false, true, false),

@@ -67,6 +67,15 @@ pub enum StreamError {
         /// What went wrong.
         reason: String,
     },
+    /// A stage of the run stopped on an internal error (a panic, caught): the run ends with
+    /// it, every sink closed.
+    #[error("the {stage} stage stopped on an internal error: {reason} (please report it)")]
+    Internal {
+        /// The stage: source, backbone, head or a sink's name.
+        stage: String,
+        /// The panic's message.
+        reason: String,
+    },
 }
 
 /// Result alias of this crate.

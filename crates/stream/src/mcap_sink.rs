@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use dinoedge_camera::mcap::unix_nanos;
 use foxglove::Encode;
@@ -25,14 +26,16 @@ use mcap::records::MessageHeader;
 
 use crate::render::{View, jpeg, render};
 use crate::result::{Analysed, Output};
-use crate::sink::{Sink, sink_err};
+use crate::sink::{Sink, chain, sink_err};
 use crate::{Result, StreamError};
 
 /// The JSON schema of `/dinoedge/stats`.
 const STATS_SCHEMA: &str = r#"{"title":"dinoedge.Stats","type":"object","properties":{"seq":{"type":"integer"},"result_seq":{"type":"integer"},"backbone_ms":{"type":"number"},"head_ms":{"type":"number"},"latency_ms":{"type":"number"},"dropped_before":{"type":"integer"}}}"#;
 
 /// Writes a run to an MCAP file; the file is complete and indexed once [`Sink::finish`] ran
-/// (Ctrl-C included). A file cut short by a crash still reads up to where it stopped.
+/// (Ctrl-C included). A file cut short by SIGKILL or a power cut reads up to its last second:
+/// every second the chunk is closed and the file flushed and synced (`mcap recover` rewrites
+/// such a file whole).
 pub struct McapSink {
     path: PathBuf,
     writer: Option<mcap::Writer<BufWriter<File>>>,
@@ -41,7 +44,14 @@ pub struct McapSink {
     schemas: HashMap<&'static str, u16>,
     quality: u8,
     alpha: f32,
+    /// The same file, to sync it to the disk after each flush.
+    file: File,
+    /// When the last chunk was closed and flushed.
+    flushed: Instant,
 }
+
+/// How often a recording's chunk is closed, flushed and synced.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl McapSink {
     /// A new recording at `path`. An existing file is kept (an error) unless `overwrite`.
@@ -54,15 +64,16 @@ impl McapSink {
             ));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| sink_err(&name, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| sink_err(&name, chain(&e)))?;
         }
-        let file = File::create(path).map_err(|e| sink_err(&name, e))?;
+        let file = File::create(path).map_err(|e| sink_err(&name, chain(&e)))?;
+        let sync = file.try_clone().map_err(|e| sink_err(&name, chain(&e)))?;
         let writer = mcap::WriteOptions::new()
             .compression(Some(mcap::Compression::Lz4))
             .profile("")
             .library(format!("dinoedge {}", env!("CARGO_PKG_VERSION")))
             .create(BufWriter::with_capacity(1 << 20, file))
-            .map_err(|e| sink_err(&name, e))?;
+            .map_err(|e| sink_err(&name, chain(&e)))?;
         Ok(McapSink {
             path: path.to_owned(),
             writer: Some(writer),
@@ -70,6 +81,8 @@ impl McapSink {
             schemas: HashMap::new(),
             quality: 85,
             alpha,
+            file: sync,
+            flushed: Instant::now(),
         })
     }
 
@@ -97,7 +110,7 @@ impl McapSink {
             None => {
                 let id = writer
                     .add_schema(schema_name, schema_encoding, schema_data)
-                    .map_err(|e| sink_err(&name, e))?;
+                    .map_err(|e| sink_err(&name, chain(&e)))?;
                 self.schemas.insert(schema_name, id);
                 id
             }
@@ -110,7 +123,7 @@ impl McapSink {
             None => {
                 let id = writer
                     .add_channel(schema_id, topic, encoding, &BTreeMap::new())
-                    .map_err(|e| sink_err(&name, e))?;
+                    .map_err(|e| sink_err(&name, chain(&e)))?;
                 self.channels.insert(topic, (id, 0));
                 (id, 0)
             }
@@ -125,7 +138,7 @@ impl McapSink {
                 },
                 data,
             )
-            .map_err(|e| sink_err(&name, e))
+            .map_err(|e| sink_err(&name, chain(&e)))
     }
 
     fn log_foxglove<T: Encode>(&mut self, topic: &'static str, msg: &T, time: u64) -> Result<()> {
@@ -156,12 +169,9 @@ fn timestamp(nanos: u64) -> Timestamp {
     )
 }
 
-impl Sink for McapSink {
-    fn name(&self) -> String {
-        format!("mcap:{}", self.path.display())
-    }
-
-    fn write(&mut self, out: &Output) -> Result<()> {
+impl McapSink {
+    /// One output's messages: the camera picture, the result view, depth or classes, stats.
+    fn record(&mut self, out: &Output) -> Result<()> {
         let t = unix_nanos(out.frame.wall);
         let stamp = Some(timestamp(t));
         let camera = jpeg(&out.frame.to_image(), self.quality).map_err(|e| self.err(e))?;
@@ -246,12 +256,36 @@ impl Sink for McapSink {
             &bytes,
         )
     }
+}
+
+impl Sink for McapSink {
+    fn name(&self) -> String {
+        format!("mcap:{}", self.path.display())
+    }
+
+    /// Record `out`; at most every [`FLUSH_EVERY`] the chunk is closed and the file flushed and
+    /// synced, so a recording cut by SIGKILL or a power cut loses at most the last second.
+    fn write(&mut self, out: &Output) -> Result<()> {
+        self.record(out)?;
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flushed = Instant::now();
+            let name = self.name();
+            if let Some(w) = self.writer.as_mut() {
+                w.flush().map_err(|e| sink_err(&name, chain(&e)))?;
+            }
+            // on the disk too, so a power cut keeps what a SIGKILL keeps
+            self.file
+                .sync_data()
+                .map_err(|e| sink_err(&name, chain(&e)))?;
+        }
+        Ok(())
+    }
 
     fn finish(&mut self) -> Result<()> {
         if let Some(mut w) = self.writer.take() {
-            w.finish().map_err(|e| self.err(e))?;
+            w.finish().map_err(|e| self.err(chain(&e)))?;
             use std::io::Write;
-            w.into_inner().flush().map_err(|e| self.err(e))?;
+            w.into_inner().flush().map_err(|e| self.err(chain(&e)))?;
         }
         Ok(())
     }

@@ -18,10 +18,10 @@ use dinoedge_heads::{DepthHead, SegHead};
 use dinoedge_model::{Backbone, Features, Preprocessor};
 use dinoedge_render::{PcaView, RenderError, pca_images};
 
-use crate::Result;
 use crate::result::{Analysed, FrameResult, Output};
 use crate::sink::Sink;
 use crate::stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
+use crate::{Result, StreamError};
 
 /// What runs on each frame after the backbone.
 pub enum Analysis {
@@ -253,8 +253,24 @@ impl Shared {
     }
 }
 
-/// One sink's thread: write each output, then finish; after an error the sink is closed
-/// and its queue drained.
+/// `f()`, with a panic in it turned into [`StreamError::Internal`] for `stage`: a stage that
+/// panics ends the run with an error (every sink closed) instead of leaving it waiting.
+fn guarded<T>(stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Err(StreamError::Internal {
+            stage: stage.to_owned(),
+            reason,
+        })
+    })
+}
+
+/// One sink's thread: write each output, then finish; after an error (or a panic in the
+/// sink) the sink is closed and its queue drained.
 fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Shared) {
     let mut failed = false;
     while let Some((out, dropped)) = rx.recv() {
@@ -262,7 +278,8 @@ fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Share
             continue;
         }
         let t0 = Instant::now();
-        if let Err(e) = sink.write(&out) {
+        let name = sink.name();
+        if let Err(e) = guarded(&format!("sink {name}"), || sink.write(&out)) {
             sh.sink_failed(i, &e);
             failed = true;
             continue;
@@ -271,7 +288,8 @@ fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Share
             .sink_wrote(i, dropped, t0.elapsed(), out.frame.captured.elapsed());
     }
     if !failed {
-        match sink.finish() {
+        let name = sink.name();
+        match guarded(&format!("sink {name}"), || sink.finish()) {
             Ok(()) => sh.stats.sink_state(i, SinkState::Finished),
             Err(e) => sh.sink_failed(i, &e),
         }
@@ -300,10 +318,52 @@ impl Flow {
     }
 }
 
+/// What the source's reader hands over: a frame, the end, or an error's message.
+type SourceRead = std::result::Result<Option<Frame>, String>;
+
+/// The source read on a thread of its own that the run does not wait for: `next_frame` may
+/// block as long as the source likes (a camera that stopped sending, `?fps=0.01`) and a stop
+/// must not wait for it. Frames are handed over one at a time; the reader ends at the
+/// source's end, at a panic in it (sent as an error), or at its next frame once the run has
+/// stopped listening. The source is dropped (closed) on that thread.
+fn read_detached(mut source: Box<dyn FrameSource>) -> Result<Receiver<SourceRead>> {
+    // a rendezvous: the next frame is read once this one is taken, as a direct read would
+    let (tx, rx) = sync_channel::<SourceRead>(0);
+    std::thread::Builder::new()
+        .name("dinoedge-source".into())
+        .spawn(move || {
+            loop {
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    source.next_frame().map_err(|e| e.to_string())
+                }));
+                let (read, last) = match read {
+                    Ok(Ok(None)) => (Ok(None), true),
+                    Ok(read) => (read, false),
+                    Err(_) => (
+                        Err(
+                            "the source stopped on an internal error (a panic; please report it)"
+                                .to_owned(),
+                        ),
+                        true,
+                    ),
+                };
+                if tx.send(read).is_err() || last {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StreamError::Internal {
+            stage: "source".into(),
+            reason: format!("cannot start its thread: {e}"),
+        })?;
+    Ok(rx)
+}
+
 /// The source's thread: frames to the backbone (every one, or the chosen ones), and in the
-/// low-rate modes every frame to the sinks with the newest result. 50 errors in a row end it.
+/// low-rate modes every frame to the sinks with the newest result. 50 errors in a row end it;
+/// a stop ends it within 50 ms, whatever the source is doing.
 fn drive_source(
-    source: &mut dyn FrameSource,
+    frames: Receiver<SourceRead>,
     flow: &Flow,
     frame_tx: Tx<Arc<Frame>>,
     // low rate, lossless (files): each chosen frame's result is waited for, so that frame n
@@ -315,7 +375,12 @@ fn drive_source(
     let mut consecutive = 0;
     let mut last_result_seq = None;
     while !sh.should_stop() {
-        match source.next_frame() {
+        let read = match frames.recv_timeout(Duration::from_millis(50)) {
+            Ok(read) => read,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match read {
             Ok(Some(f)) => {
                 consecutive = 0;
                 sh.stats.frame_in(f.dropped_before);
@@ -515,7 +580,7 @@ impl BoardWatch<'_> {
 /// (after every sink is flushed) and is returned. With `options.workers` above 1 the
 /// backbone is split into that many workers first (see [`Backbone::worker`]).
 pub fn run(
-    mut source: Box<dyn FrameSource>,
+    source: Box<dyn FrameSource>,
     backbone: (Backbone, Preprocessor),
     analysis: Analysis,
     sinks: Vec<Box<dyn Sink>>,
@@ -538,6 +603,7 @@ pub fn run(
         max_frames: options.max_frames,
     };
     let mut workers = team(backbone, options.workers)?;
+    let frames = read_detached(source)?;
     sh.stats.restart(sinks.iter().map(|s| s.name()).collect());
 
     // the source's queue, which the backbone workers share
@@ -561,8 +627,16 @@ pub fn run(
             (Vec::new(), sink_txs)
         };
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let source_thread =
-            sc.spawn(move || drive_source(&mut *source, flow, frame_tx, done_rx, source_txs, sh));
+        let source_thread = sc.spawn(move || {
+            let ran = guarded("source", || {
+                drive_source(frames, flow, frame_tx, done_rx, source_txs, sh);
+                Ok(())
+            });
+            if let Err(e) = ran {
+                tracing::error!("{e}");
+                lock(&sh.source_errors).push(e.to_string());
+            }
+        });
         // the backbone on its own thread(s), the head on another: the next frame's backbone
         // runs while the head finishes this one
         let reorder = workers.len() > 1;
@@ -585,11 +659,15 @@ pub fn run(
         let mut inference = Vec::new();
         for ((backbone, pre), feat_tx) in workers.iter_mut().zip(feat_txs) {
             inference.push(sc.spawn(move || {
-                sh.stage_ended(drive_backbone((backbone, pre), flow, desk, feat_tx, sh))
+                sh.stage_ended(guarded("backbone", || {
+                    drive_backbone((backbone, pre), flow, desk, feat_tx, sh)
+                }))
             }));
         }
         let head = sc.spawn(move || {
-            let result = drive_head(&analysis, flow, feat_rx, done_tx, &head_txs, sh);
+            let result = guarded("head", || {
+                drive_head(&analysis, flow, feat_rx, done_tx, &head_txs, sh)
+            });
             // dropping the sinks' queues (every-frame mode) lets every sink finish
             drop(head_txs);
             sh.done.store(true, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Where results go. Each sink runs on its own thread; a sink that fails is reported and
 //! closed while the others go on.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,22 @@ pub fn sink_err(name: &str, reason: impl std::fmt::Display) -> StreamError {
         name: name.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// An error with its causes, for messages: the MCAP writer's "I/O error from writing, or
+/// reading a compression stream" says nothing until its cause follows ("No space left on
+/// device").
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Picture format of a [`FileSink`]'s overlays.
@@ -77,6 +94,9 @@ impl Sink for FileSink {
             PictureFormat::Png => "png",
             PictureFormat::Jpeg => "jpg",
         };
+        let npy = |path: PathBuf, write: &dyn Fn(&mut Buffered) -> std::io::Result<()>| {
+            write_whole(&path, write).map_err(|e| err(&e))
+        };
         let picture = |stem: &str| -> Result<()> {
             let img = render(out, View::Result, self.alpha);
             let path = p(&format!("{stem}.{ext}"));
@@ -84,10 +104,11 @@ impl Sink for FileSink {
                 PictureFormat::Png => save_png(&img, &path).map_err(|e| err(&e)),
                 PictureFormat::Jpeg => {
                     let bytes = jpeg(&img, 90).map_err(|e| err(&e))?;
-                    std::fs::write(&path, bytes).map_err(|e| err(&e))
+                    write_whole(&path, &|f| f.write_all(&bytes)).map_err(|e| err(&e))
                 }
             }
         };
+        use ndarray_npy::WriteNpyExt;
         match &a.analysed {
             Analysed::Seg(seg, _) => {
                 save_png(&class_png(seg.labels.view()), &p("classes.png")).map_err(|e| err(&e))?;
@@ -95,32 +116,69 @@ impl Sink for FileSink {
             }
             Analysed::Depth(d) => {
                 save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
-                ndarray_npy::write_npy(p("depth.npy"), d).map_err(|e| err(&e))?;
+                npy(p("depth.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
                 picture("depth")
             }
             Analysed::Pca(_) => picture("pca"),
             Analysed::Features(f) => {
-                ndarray_npy::write_npy(p("patches.npy"), f.patches()).map_err(|e| err(&e))?;
-                ndarray_npy::write_npy(p("cls.npy"), f.cls()).map_err(|e| err(&e))
+                npy(p("patches.npy"), &|w| {
+                    f.patches().write_npy(w).map_err(npy_io)
+                })?;
+                npy(p("cls.npy"), &|w| f.cls().write_npy(w).map_err(npy_io))
             }
         }
     }
 }
 
+/// A file being written by [`write_whole`].
+type Buffered = std::io::BufWriter<File>;
+
+/// An `.npy` writer's error as the I/O error it is (its cause kept: "No space left on device").
+fn npy_io(e: ndarray_npy::WriteNpyError) -> std::io::Error {
+    match e {
+        ndarray_npy::WriteNpyError::Io(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// Write `path` whole or not at all: `write` fills a hidden temporary file beside it
+/// (`.NAME.part`), renamed to `path` once complete and flushed. On an error (a full disk)
+/// the temporary file is removed: nothing half-written is left under the final name, and the
+/// error is the operating system's ("No space left on device").
+fn write_whole(
+    path: &Path,
+    write: &dyn Fn(&mut Buffered) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let part = path.with_file_name(format!(".{name}.part"));
+    let written = File::create(&part).and_then(|f| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        write(&mut w)?;
+        w.flush()
+    });
+    let done = written.and_then(|()| std::fs::rename(&part, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    done
+}
+
 /// `img` as a PNG at `path` with fast compression (one filter, fast deflate): several times
-/// faster than the default for somewhat larger files, which matters when a run writes every frame.
-fn save_png<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> image::ImageResult<()>
+/// faster than the default for somewhat larger files, which matters when a run writes every
+/// frame. Written whole or not at all ([`write_whole`]).
+fn save_png<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> std::io::Result<()>
 where
     P: image::PixelWithColorType,
     [P::Subpixel]: image::EncodableLayout,
 {
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    img.write_with_encoder(PngEncoder::new_with_quality(
-        file,
-        CompressionType::Fast,
-        FilterType::Sub,
-    ))
+    write_whole(path, &|f| {
+        let encoder = PngEncoder::new_with_quality(f, CompressionType::Fast, FilterType::Sub);
+        img.write_with_encoder(encoder).map_err(|e| match e {
+            image::ImageError::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })
+    })
 }
 
 /// One JSON object per output (timestamps, times, and summaries of the result over each

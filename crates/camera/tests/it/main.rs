@@ -1,4 +1,5 @@
 //! The integration tests, one binary (each module was once a test binary of its own; one
 //! binary links the crate graph once instead of once per file).
 
+mod properties;
 mod sources;

@@ -54,6 +54,58 @@ fn single_images_real_files() {
     );
 }
 
+#[test]
+fn bmp_webp_and_tiff_images_read_as_the_png() {
+    // a real photo written losslessly in each format by the `image` crate's encoders
+    let photo = image::open(media("photo_kodim03_grayscale.png"))
+        .unwrap()
+        .to_rgb8();
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["bmp", "webp", "tiff", "tif"] {
+        let path = dir.path().join(format!("photo.{ext}"));
+        photo.save(&path).unwrap();
+        let (f, e) = drain(&mut *open(&uri(&path)).unwrap());
+        assert!(e.is_empty(), "{ext}: {e:?}");
+        assert_eq!((f[0].width, f[0].height), photo.dimensions(), "{ext}");
+        assert!(f[0].rgb == photo.as_raw()[..], "{ext}: not the same pixels");
+    }
+}
+
+/// CRC-32 (ISO-HDLC, PNG's) of `data`.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn an_image_that_declares_too_many_pixels_is_refused_before_decoding() {
+    // a real PNG whose IHDR is rewritten to 100000x100000 (CRC recomputed)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    write_png(&path, 7);
+    let mut png = std::fs::read(&path).unwrap();
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&path, &png).unwrap();
+    let (f, e) = drain(&mut *open(&uri(&path)).unwrap());
+    assert!(f.is_empty());
+    let text = e.first().map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("100000x100000"), "{e:?}");
+}
+
 fn write_png(path: &Path, value: u8) {
     image::RgbImage::from_pixel(16, 8, image::Rgb([value, 0, 0]))
         .save(path)
@@ -213,6 +265,84 @@ fn y4m_frames_and_truncated_files() {
         open(&uri(&cut)).err().unwrap(),
         CameraError::Decode { .. }
     ));
+}
+
+/// A Y4M file (frames of `frame_len` samples) with every sample widened to `bits` (two bytes,
+/// little-endian), and its colour space renamed `to`: the same picture at another depth.
+fn widened_y4m(bytes: &[u8], frame_len: usize, from: &str, to: &str, bits: u32) -> Vec<u8> {
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let header = String::from_utf8(bytes[..header_end].to_vec()).unwrap();
+    assert!(header.contains(from), "{header}");
+    let mut out = header.replace(from, to).into_bytes();
+    for frame in bytes[header_end..].chunks(6 + frame_len) {
+        assert!(frame.starts_with(b"FRAME\n") && frame.len() == 6 + frame_len);
+        out.extend_from_slice(b"FRAME\n");
+        for v in &frame[6..] {
+            out.extend_from_slice(&((*v as u16) << (bits - 8)).to_le_bytes());
+        }
+    }
+    out
+}
+
+#[test]
+fn y4m_of_10_and_12_bits_reads_as_the_8_bit_picture() {
+    let path = media("y4m_rav1e_small_input_64x64_420jpeg.y4m");
+    let bytes = std::fs::read(&path).unwrap();
+    let (eight, errors) = drain(&mut *open(&uri(&path)).unwrap());
+    assert!(errors.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    for (to, bits) in [("C420p10", 10), ("C420p12", 12)] {
+        let wide = dir.path().join(format!("{to}.y4m"));
+        std::fs::write(
+            &wide,
+            widened_y4m(&bytes, 64 * 64 * 3 / 2, "C420jpeg", to, bits),
+        )
+        .unwrap();
+        let (frames, errors) = drain(&mut *open(&uri(&wide)).unwrap());
+        assert!(errors.is_empty(), "{to}: {errors:?}");
+        assert_eq!(frames.len(), eight.len(), "{to}");
+        for (a, b) in frames.iter().zip(&eight) {
+            assert_eq!(a.rgb, b.rgb, "{to}");
+        }
+    }
+    // 4:2:2 and 4:4:4 at 10 bits, full range, on a file made here
+    for (c8, c10, chroma) in [
+        ("C422", "C422p10", 2 * 8 * 4),
+        ("C444", "C444p10", 2 * 8 * 8),
+    ] {
+        let samples: Vec<u8> = (0..8 * 8 + chroma).map(|i| (i * 37 % 251) as u8).collect();
+        let mut file = format!("YUV4MPEG2 W8 H8 F30:1 {c8} XCOLORRANGE=FULL\nFRAME\n").into_bytes();
+        file.extend_from_slice(&samples);
+        let narrow = dir.path().join(format!("{c8}.y4m"));
+        std::fs::write(&narrow, &file).unwrap();
+        let wide = dir.path().join(format!("{c10}.y4m"));
+        std::fs::write(&wide, widened_y4m(&file, samples.len(), c8, c10, 10)).unwrap();
+        let (a, ea) = drain(&mut *open(&uri(&narrow)).unwrap());
+        let (b, eb) = drain(&mut *open(&uri(&wide)).unwrap());
+        assert!(ea.is_empty() && eb.is_empty(), "{ea:?} {eb:?}");
+        assert_eq!((a.len(), b.len()), (1, 1));
+        assert_eq!(a[0].rgb, b[0].rgb, "{c10}");
+    }
+}
+
+#[test]
+fn y4m_header_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.y4m");
+    for (header, says) in [
+        ("YUV4MPEG2 W0 H8 F30:1 C420", "width 0"),
+        ("YUV4MPEG2 W8 H-1 F30:1 C420", "height -1"),
+        ("YUV4MPEG2 W8 H8 F30:1 C999", "unknown colour space C999"),
+        ("YUV4MPEG2 H8 F30:1 C420", "no width"),
+        ("YUV4MPEG2 W8 H8 Fthirty C420", "frame rate Fthirty"),
+        ("YUV4MPEG2 W99999 H99999 C444p12", "more than 256 MiB"),
+    ] {
+        std::fs::write(&path, format!("{header}\nFRAME\n")).unwrap();
+        let err = open(&uri(&path)).err().expect(header);
+        let text = err.to_string();
+        assert!(text.contains(says), "{header}: {text}");
+        assert!(!text.contains("General parsing error"), "{text}");
+    }
 }
 
 #[test]

@@ -144,3 +144,125 @@ fn dynamic_int8_models_are_cached_too() {
         second.run(input().view()).unwrap()
     );
 }
+
+/// The tiny model in `dir/onnx/` with every initializer of 1 KiB or more moved to
+/// `model.onnx.data` (ONNX's external data: `location`, `offset`, `length`), its configs one
+/// directory up as the Hub lays them. Returns the `.onnx` path.
+fn with_external_data(dir: &std::path::Path) -> std::path::PathBuf {
+    use prost::Message;
+    use tract_onnx::pb::{ModelProto, StringStringEntryProto};
+    let src = model("tiny/dinov2-tiny/onnx/model.onnx");
+    for config in ["config.json", "preprocessor_config.json"] {
+        std::fs::copy(
+            src.parent().unwrap().join("..").join(config),
+            dir.join(config),
+        )
+        .unwrap();
+    }
+    let mut proto = ModelProto::decode(&std::fs::read(&src).unwrap()[..]).unwrap();
+    let mut data = Vec::new();
+    let entry = |key: &str, value: String| StringStringEntryProto {
+        key: key.into(),
+        value,
+    };
+    for t in &mut proto.graph.as_mut().unwrap().initializer {
+        if !t.float_data.is_empty() {
+            t.raw_data = t.float_data.drain(..).flat_map(f32::to_le_bytes).collect();
+        }
+        if t.raw_data.len() >= 1024 {
+            t.external_data = vec![
+                entry("location", "model.onnx.data".into()),
+                entry("offset", data.len().to_string()),
+                entry("length", t.raw_data.len().to_string()),
+            ];
+            data.append(&mut t.raw_data);
+            t.data_location = Some(1);
+        }
+    }
+    assert!(
+        data.len() > 100_000,
+        "weights moved out: {} bytes",
+        data.len()
+    );
+    let onnx = dir.join("onnx");
+    std::fs::create_dir(&onnx).unwrap();
+    std::fs::write(onnx.join("model.onnx.data"), data).unwrap();
+    std::fs::write(onnx.join("model.onnx"), proto.encode_to_vec()).unwrap();
+    onnx.join("model.onnx")
+}
+
+/// The cache is keyed by the external data too: changed weights are recompiled (not the old
+/// entry's features), missing ones are an error that names the file; a byte flipped inside a
+/// cached archive is caught by its digest and rebuilt.
+#[test]
+fn external_data_is_part_of_the_key_and_flipped_bytes_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let path = with_external_data(dir.path());
+    let mut first = Backbone::load(&path, &opts(&cache)).unwrap();
+    assert_eq!(first.load_report().source, LoadSource::Compiled);
+    let a = first.run(input().view()).unwrap();
+    // the same features as the file with its weights inside
+    let mut inside = Backbone::load(
+        model("tiny/dinov2-tiny/onnx/model.onnx"),
+        &BackboneOptions {
+            cache: CacheMode::Off,
+            ..opts(&cache)
+        },
+    )
+    .unwrap();
+    assert_eq!(a, inside.run(input().view()).unwrap());
+    assert_eq!(
+        Backbone::load(&path, &opts(&cache))
+            .unwrap()
+            .load_report()
+            .source,
+        LoadSource::Cache
+    );
+
+    // other weights in the external file: another entry, other features
+    let data_path = path.with_file_name("model.onnx.data");
+    let mut data = std::fs::read(&data_path).unwrap();
+    for f in data.chunks_exact_mut(4) {
+        let v = f32::from_le_bytes([f[0], f[1], f[2], f[3]]) * 0.5;
+        f.copy_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&data_path, &data).unwrap();
+    let mut changed = Backbone::load(&path, &opts(&cache)).unwrap();
+    assert_eq!(changed.load_report().source, LoadSource::Compiled);
+    assert_ne!(changed.run(input().view()).unwrap(), a);
+
+    // a byte flipped in the middle of the cached archive: rebuilt, the right features
+    let entry = changed.load_report().cache_entry.clone().unwrap();
+    let mut archive = std::fs::read(&entry).unwrap();
+    let mid = archive.len() / 2;
+    archive[mid] ^= 0x10;
+    std::fs::write(&entry, &archive).unwrap();
+    let mut rebuilt = Backbone::load(&path, &opts(&cache)).unwrap();
+    let r = rebuilt.load_report().clone();
+    assert_eq!(r.source, LoadSource::Compiled, "{r:?}");
+    assert!(r.cache_note.unwrap_or_default().contains("corrupt"));
+    assert_eq!(
+        rebuilt.run(input().view()).unwrap(),
+        changed.run(input().view()).unwrap()
+    );
+
+    // the external data gone: an error that names it, with or without the cache
+    std::fs::remove_file(&data_path).unwrap();
+    for o in [
+        opts(&cache),
+        BackboneOptions {
+            cache: CacheMode::Off,
+            ..opts(&cache)
+        },
+    ] {
+        let Err(e) = Backbone::load(&path, &o) else {
+            panic!("a model whose external data is missing loaded")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("model.onnx.data") && e.contains("missing"),
+            "{e}"
+        );
+    }
+}

@@ -3,4 +3,5 @@
 
 mod http;
 mod memory;
+mod properties;
 mod run;

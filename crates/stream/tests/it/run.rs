@@ -324,3 +324,214 @@ fn a_worker_with_no_threads_is_an_error() {
     let w = bb.worker(1).unwrap();
     assert_eq!((w.threads(), w.resolution()), (1, bb.resolution()));
 }
+
+/// Panics on its third output (a bug in a sink, say).
+struct Panicking(u32);
+impl Sink for Panicking {
+    fn name(&self) -> String {
+        "panicking".into()
+    }
+    fn write(&mut self, _: &Output) -> Result<(), StreamError> {
+        self.0 += 1;
+        assert!(self.0 < 3, "a bug in the sink");
+        Ok(())
+    }
+}
+
+/// A sink that panics is reported and closed while the others finish; a run whose status
+/// callback panics would have hung before (the stages never heard of it): here every stage's
+/// panic becomes an error and the run ends.
+#[test]
+fn a_panicking_sink_is_an_error_and_the_others_finish() {
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        threads: Some(1),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let report = run(
+        dinoedge_camera::open("synthetic://?width=64&height=48&frames=6&pace=fast").unwrap(),
+        (bb, pre),
+        Analysis::Features,
+        vec![Box::new(Panicking(0)), Box::new(Collect(got.clone()))],
+        RunOptions {
+            drop_frames: Some(false),
+            board_root: None,
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.stats.frames_out, 6, "{}", report.stats.line());
+    assert_eq!(got.lock().unwrap().len(), 6);
+    assert_eq!(report.sink_errors.len(), 1, "{:?}", report.sink_errors);
+    let e = &report.sink_errors[0];
+    assert!(
+        e.contains("sink panicking") && e.contains("a bug in the sink"),
+        "{e}"
+    );
+}
+
+/// A camera that sends two frames and then nothing (unplugged without an error, say).
+struct Stalling(u64);
+impl dinoedge_camera::FrameSource for Stalling {
+    fn next_frame(&mut self) -> dinoedge_camera::Result<Option<dinoedge_camera::Frame>> {
+        if self.0 == 2 {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        self.0 += 1;
+        Ok(Some(dinoedge_camera::Frame::new(
+            vec![128; 64 * 48 * 3],
+            64,
+            48,
+            self.0 - 1,
+        )))
+    }
+    fn info(&self) -> dinoedge_camera::SourceInfo {
+        dinoedge_camera::SourceInfo {
+            kind: "stalling",
+            description: "two frames, then silence".into(),
+            size: Some((64, 48)),
+            fps: None,
+            live: true,
+        }
+    }
+}
+
+/// Sets the run's stop flag (as Ctrl-C does) at its second output.
+struct StopAtSecond(Arc<std::sync::atomic::AtomicBool>, u32);
+impl Sink for StopAtSecond {
+    fn name(&self) -> String {
+        "stop".into()
+    }
+    fn write(&mut self, _: &Output) -> Result<(), StreamError> {
+        self.1 += 1;
+        if self.1 == 2 {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A stop while the source is blocked (no frame for an hour) ends the run, every sink
+/// finished, without waiting for the source's next frame.
+#[test]
+fn a_stop_does_not_wait_for_a_stalled_source() {
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(56, 56)),
+        threads: Some(1),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(StopAtSecond(stop.clone(), 0))];
+    std::thread::spawn(move || {
+        let report = run(
+            Box::new(Stalling(0)),
+            (bb, pre),
+            Analysis::Features,
+            sinks,
+            RunOptions {
+                stop,
+                drop_frames: Some(false),
+                board_root: None,
+                ..RunOptions::default()
+            },
+            |_| {},
+        );
+        let _ = tx.send(report.map(|r| (r.stats.frames_out, r.stopped)));
+    });
+    // an hour's stall, so any answer at all shows the run did not wait for the source
+    let report = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run waited for the stalled source")
+        .unwrap();
+    assert_eq!(report, (2, true));
+}
+
+/// A full disk: the files sink fails with the operating system's reason, and every file it
+/// left under a final name is whole (it writes to a hidden name and renames when complete).
+/// Needs a small tmpfs, so root (as in CI); elsewhere it says why it did not run.
+#[test]
+fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "skipped: cannot mount a small tmpfs here ({}); CI runs it as root",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipped: no `mount` ({e})");
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(112, 112)),
+        threads: Some(1),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let out = dir.path().join("out");
+    let report = run(
+        dinoedge_camera::open("synthetic://?width=64&height=48&frames=40&pace=fast").unwrap(),
+        (bb, pre),
+        Analysis::Features,
+        vec![Box::new(
+            FileSink::new(out.clone(), PictureFormat::Png, 0.5).unwrap(),
+        )],
+        RunOptions {
+            drop_frames: Some(false),
+            board_root: None,
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.sink_errors.len(), 1, "{:?}", report.sink_errors);
+    assert!(
+        report.sink_errors[0].contains("No space left on device"),
+        "{:?}",
+        report.sink_errors
+    );
+    let mut whole = 0;
+    for e in std::fs::read_dir(&out).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".part"),
+            "a temporary file was left: {name}"
+        );
+        if name.ends_with("_patches.npy") {
+            let a: ndarray::Array3<f32> = ndarray_npy::read_npy(&path).unwrap();
+            assert_eq!(a.dim(), (8, 8, 48), "{name}");
+            whole += 1;
+        }
+    }
+    assert!((1..40).contains(&whole), "{whole} whole files");
+}
