@@ -277,6 +277,12 @@ impl Backbone {
                     "threads must be at least 1".into(),
                 ));
             }
+            Some(n) if n > MAX_THREADS => {
+                return Err(ModelError::InvalidOption(format!(
+                    "{n} threads: at most {MAX_THREADS} (this machine has {} cores)",
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                )));
+            }
             Some(n) => n,
             None => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -783,6 +789,9 @@ fn build_plan(
         }
     })
 }
+
+/// The most threads a backbone takes (`--threads 99999` would spend minutes starting them).
+pub const MAX_THREADS: usize = 256;
 
 /// The decluttered graph for these taps: from the compile cache when it has a sound entry, else
 /// compiled from the ONNX file (and stored). What happened goes into `report`.

@@ -436,43 +436,107 @@ pub fn matmul(
     let mut scratch = Vec::new();
     let (a_rows, row_sums) = prepared(a, k, b.k4, 0..m, sums, &mut scratch);
     let out = SharedRows::new(out);
+    // the AVX-512 epilogue wherever the int8 kernel is an AVX-512 one (AMX CPUs have it too)
+    let wide = matches!(kernel(), Kernel::Amx | Kernel::Vnni);
     let store = |row: usize, c0: usize, dots: &[i32]| {
         // SAFETY: `par_panels` hands each panel's columns to one call alone.
         let dst = unsafe { out.segment(row * n + c0, dots.len()) };
-        let terms = &terms[c0..c0 + dots.len()];
-        let zero = &b.zero[c0..c0 + dots.len()];
-        let rs = if sums { row_sums[row] } else { 0 };
-        let exact = |i: usize| {
-            dots[i]
-                .wrapping_add(terms[i])
-                .wrapping_sub(zero[i].wrapping_mul(rs))
+        let cols = c0..c0 + dots.len();
+        let (scale, scales, bias) = match epilogue {
+            Epilogue::Scale { scale, bias } => (*scale, None, bias.map(|b| &b[cols.clone()])),
+            Epilogue::Columns(scales) => (1.0, Some(&scales[cols.clone()]), None),
         };
-        match epilogue {
-            Epilogue::Scale { scale, bias: None } => {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = exact(i) as f32 * scale;
-                }
-            }
-            Epilogue::Scale {
-                scale,
-                bias: Some(bias),
-            } => {
-                let bias = &bias[c0..c0 + dots.len()];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = exact(i) as f32 * scale + bias[i];
-                }
-            }
-            Epilogue::Columns(scales) => {
-                let scales = &scales[c0..c0 + dots.len()];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = exact(i) as f32 * scales[i];
-                }
-            }
+        let row = Row {
+            dots,
+            terms: &terms[cols.clone()],
+            zero: &b.zero[cols],
+            row_sum: if sums { row_sums[row] } else { 0 },
+            scale,
+            scales,
+            bias,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has AVX-512F (the VNNI and AMX kernels are chosen only then);
+            // every slice of `row` is as long as `dst`.
+            unsafe { row.finish_avx512(dst) };
+            return;
         }
+        let _ = wide;
+        row.finish(dst);
     };
     par_panels(n.div_ceil(NR), m * n * k, |panels| {
         tiles(a_rows, b, panels, store)
     })
+}
+
+/// One row segment's epilogue: `f32(dots + terms − zero·row_sum)` (the exact sums, wrapping
+/// `i32`) times `scale` or `scales[i]`, plus `bias[i]`, rounded as `Cast → Mul → Add` round
+/// (two roundings, no fused multiply-add). Every slice is as long as the segment.
+struct Row<'a> {
+    dots: &'a [i32],
+    terms: &'a [i32],
+    zero: &'a [i32],
+    row_sum: i32,
+    scale: f32,
+    scales: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+}
+
+impl Row<'_> {
+    /// The reference, one value at a time.
+    fn finish(&self, dst: &mut [f32]) {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let exact = self.dots[i]
+                .wrapping_add(self.terms[i])
+                .wrapping_sub(self.zero[i].wrapping_mul(self.row_sum));
+            let scaled = exact as f32 * self.scales.map_or(self.scale, |s| s[i]);
+            *d = match self.bias {
+                Some(b) => scaled + b[i],
+                None => scaled,
+            };
+        }
+    }
+
+    /// The same, 16 lanes at a time (the last ones masked); bit for bit the reference's.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_avx512(&self, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let len = dst.len();
+        assert!(self.dots.len() >= len && self.terms.len() >= len && self.zero.len() >= len);
+        assert!(self.scales.is_none_or(|s| s.len() >= len));
+        assert!(self.bias.is_none_or(|b| b.len() >= len));
+        let row_sum = _mm512_set1_epi32(self.row_sum);
+        let scale = _mm512_set1_ps(self.scale);
+        for i in (0..len).step_by(16) {
+            let mask: __mmask16 = if len - i >= 16 {
+                0xffff
+            } else {
+                (1u16 << (len - i)) - 1
+            };
+            // SAFETY: lanes past `len` are masked off (no access); every slice holds `len`.
+            unsafe {
+                let d = _mm512_maskz_loadu_epi32(mask, self.dots.as_ptr().add(i));
+                let t = _mm512_maskz_loadu_epi32(mask, self.terms.as_ptr().add(i));
+                let z = _mm512_maskz_loadu_epi32(mask, self.zero.as_ptr().add(i));
+                let exact =
+                    _mm512_sub_epi32(_mm512_add_epi32(d, t), _mm512_mullo_epi32(z, row_sum));
+                let s = match self.scales {
+                    Some(s) => _mm512_maskz_loadu_ps(mask, s.as_ptr().add(i)),
+                    None => scale,
+                };
+                let mut v = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), s);
+                if let Some(b) = self.bias {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(i)));
+                }
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
+            }
+        }
+    }
 }
 
 /// An output written by several threads, each through its own columns (see [`par_panels`]).

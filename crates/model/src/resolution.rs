@@ -14,6 +14,10 @@ pub struct Resolution {
     pub width: u32,
 }
 
+/// The most patches a model runs at (99x101 of them, 1386x1414 pixels at patch 14): beyond,
+/// the activations take gigabytes and tract's unfused attention (ARM) its square.
+pub const MAX_TOKENS: u64 = 10_000;
+
 impl Resolution {
     /// A resolution, not yet checked against a model's patch size.
     pub const fn new(height: u32, width: u32) -> Self {
@@ -28,11 +32,24 @@ impl Resolution {
         }
     }
 
-    /// Check that both sides are positive multiples of `patch`; the error names the nearest
-    /// valid sizes.
+    /// Check that both sides are positive multiples of `patch` and the patches no more than
+    /// [`MAX_TOKENS`]; the error names the nearest valid sizes.
     pub fn validate(self, patch: u32) -> Result<Self> {
         let bad = |v: u32| v == 0 || !v.is_multiple_of(patch);
         if !bad(self.height) && !bad(self.width) {
+            let tokens = (self.height / patch) as u64 * (self.width / patch) as u64;
+            if tokens > MAX_TOKENS {
+                let side = (MAX_TOKENS as f64).sqrt() as u32 * patch;
+                return Err(ModelError::InvalidResolution {
+                    height: self.height,
+                    width: self.width,
+                    reason: format!(
+                        "{tokens} patches, more than the {MAX_TOKENS} dinoedge runs (about \
+                         {side}x{side}): memory grows with the patches and attention with their \
+                         square; choose a smaller --size"
+                    ),
+                });
+            }
             return Ok(self);
         }
         let mut parts = vec![];
@@ -150,6 +167,21 @@ mod tests {
             Resolution::new(308, 448).validate(14).unwrap().grid(14),
             (22, 32)
         );
+    }
+
+    #[test]
+    fn a_size_too_large_to_run_is_refused_before_anything_is_allocated() {
+        // 7142x7142 patches of 14: 51 million, as `--size 99988x99988` asks
+        let e = Resolution::new(99988, 99988)
+            .validate(14)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("51008164 patches") && e.contains("smaller --size"),
+            "{e}"
+        );
+        assert!(Resolution::new(1386, 1400).validate(14).is_ok());
+        assert!(Resolution::new(1400, 1414).validate(14).is_err());
     }
 
     #[test]

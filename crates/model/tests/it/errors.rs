@@ -185,6 +185,10 @@ fn wrong_input_shape_and_options() {
         Backbone::load(tiny(), &o),
         Err(ModelError::InvalidOption(_))
     ));
+    // `--threads 99999` is refused at once instead of starting them for minutes
+    o.threads = Some(99_999);
+    let err = Backbone::load(tiny(), &o).unwrap_err().to_string();
+    assert!(err.contains("at most 256"), "{err}");
     assert!("28y28".parse::<Resolution>().is_err());
 }
 
