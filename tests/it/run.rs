@@ -390,26 +390,9 @@ fn sigterm_and_sighup_stop_like_ctrl_c_even_with_stderr_a_closed_pipe() {
     for signal in ["TERM", "HUP"] {
         let tmp = tempfile::tempdir().unwrap();
         let (rec, lines) = (tmp.path().join("live.mcap"), tmp.path().join("live.jsonl"));
-        let model = tiny();
-        let mut child = cmd(tmp.path())
-            .args([
-                "run",
-                "--model",
-                model.to_str().unwrap(),
-                "--source",
-                "synthetic://?width=160&height=120&fps=20",
-                "--task",
-                "pca",
-                "--size",
-                "56x56",
-                "--sink",
-                &format!("mcap:{}", rec.display()),
-                "--sink",
-                &format!("jsonl:{}", lines.display()),
-                // a status line every second, written into the closed pipe below
-                "--status",
-                "line",
-            ])
+        let mut child = live_run(tmp.path(), &rec, &lines)
+            // a status line every second, written into the closed pipe below
+            .args(["--status", "line"])
             // log lines too (tract logs a warning at start on ARM): written into the closed pipe
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -454,23 +437,7 @@ fn sigterm_and_sighup_stop_like_ctrl_c_even_with_stderr_a_closed_pipe() {
 fn a_recording_cut_by_sigkill_keeps_all_but_its_last_second() {
     let tmp = tempfile::tempdir().unwrap();
     let (rec, lines) = (tmp.path().join("live.mcap"), tmp.path().join("live.jsonl"));
-    let model = tiny();
-    let mut child = cmd(tmp.path())
-        .args([
-            "run",
-            "--model",
-            model.to_str().unwrap(),
-            "--source",
-            "synthetic://?width=160&height=120&fps=20",
-            "--task",
-            "pca",
-            "--size",
-            "56x56",
-            "--sink",
-            &format!("mcap:{}", rec.display()),
-            "--sink",
-            &format!("jsonl:{}", lines.display()),
-        ])
+    let mut child = live_run(tmp.path(), &rec, &lines)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -504,6 +471,18 @@ fn a_recording_cut_by_sigkill_keeps_all_but_its_last_second() {
         recovered >= 1 && recovered + 21 >= n,
         "{recovered} frames recovered of {n} written"
     );
+}
+
+/// `dinoedge run` on an endless synthetic camera at 20 fps (PCA at 56x56) into a recording
+/// `rec` and JSON lines `lines`: only a signal ends it.
+fn live_run(cache: &Path, rec: &Path, lines: &Path) -> Command {
+    let mut c = cmd(cache);
+    c.args(["run", "--model", tiny().to_str().unwrap()])
+        .args(["--source", "synthetic://?width=160&height=120&fps=20"])
+        .args(["--task", "pca", "--size", "56x56"])
+        .args(["--sink", &format!("mcap:{}", rec.display())])
+        .args(["--sink", &format!("jsonl:{}", lines.display())]);
+    c
 }
 
 /// How many JSON lines a sink has written so far.

@@ -98,6 +98,21 @@ pub fn mean_cosine(a: ArrayView2<f32>, b: ArrayView2<f32>) -> f64 {
     c.iter().sum::<f64>() / c.len() as f64
 }
 
+/// `base` with bytes xored at `flips` (positions taken modulo its length), `insert` spliced in
+/// at its position (modulo the length + 1), then cut to `cut` bytes (modulo the length + 1):
+/// the damaged files of the property tests.
+pub fn mutate(base: &[u8], flips: &[(usize, u8)], insert: (usize, &[u8]), cut: usize) -> Vec<u8> {
+    let mut data = base.to_vec();
+    for (at, x) in flips {
+        let n = data.len();
+        data[at % n] ^= x;
+    }
+    let at = insert.0 % (data.len() + 1);
+    data.splice(at..at, insert.1.iter().copied());
+    data.truncate(cut % (data.len() + 1));
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

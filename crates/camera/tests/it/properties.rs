@@ -8,22 +8,8 @@ use dinoedge_camera::decode::jpeg_to_rgb;
 use dinoedge_camera::mjpeg::MjpegSplitter;
 use dinoedge_camera::y4m::Y4mSource;
 use dinoedge_camera::{FrameSource, SourceSpec};
-use dinoedge_testkit::media;
+use dinoedge_testkit::{media, mutate};
 use proptest::prelude::*;
-
-/// `base` with bytes xored at `edits` (positions taken modulo its length), `insert` spliced in
-/// at its position, and cut to `cut` (modulo its length + 1).
-fn mutate(base: &[u8], edits: &[(usize, u8)], insert: &(usize, Vec<u8>), cut: usize) -> Vec<u8> {
-    let mut data = base.to_vec();
-    for (at, x) in edits {
-        let n = data.len();
-        data[at % n] ^= x;
-    }
-    let at = insert.0 % (data.len() + 1);
-    data.splice(at..at, insert.1.iter().copied());
-    data.truncate(cut % (data.len() + 1));
-    data
-}
 
 /// Edits of a file: a few flipped bytes, a short insertion, a cut anywhere (a third of the cases
 /// keep the whole length, so the decoders see deep damage too, not only short files).
@@ -65,7 +51,7 @@ proptest! {
     #[test]
     fn damaged_jpeg_frames_decode_or_fail(e in edits()) {
         let jpeg = std::fs::read(media("jpeg_mjpeg_frame_no_dht_mozilla963907.jpg")).unwrap();
-        let data = mutate(&jpeg, &e.0, &e.1, e.2);
+        let data = mutate(&jpeg, &e.0, (e.1.0, &e.1.1), e.2);
         let mut out = Vec::new();
         if let Ok((w, h)) = jpeg_to_rgb(&data, &mut out) {
             prop_assert_eq!(out.len(), (w * h * 3) as usize);
@@ -77,7 +63,7 @@ proptest! {
         let a = std::fs::read(media("jpeg_mjpeg_frame_no_dht_mozilla963907.jpg")).unwrap();
         let b = std::fs::read(media("jpeg_progressive3.jpg")).unwrap();
         let stream = [&a[..], &b, &a].concat();
-        let data = mutate(&stream, &e.0, &e.1, e.2);
+        let data = mutate(&stream, &e.0, (e.1.0, &e.1.1), e.2);
         let mut split = MjpegSplitter::new(Cursor::new(data));
         let mut out = Vec::new();
         for _ in 0..16 {
@@ -93,7 +79,7 @@ proptest! {
     #[test]
     fn damaged_y4m_files_read_or_fail(e in edits()) {
         let y4m = std::fs::read(media("y4m_rav1e_small_input_64x64_420jpeg.y4m")).unwrap();
-        let data = mutate(&y4m, &e.0, &e.1, e.2);
+        let data = mutate(&y4m, &e.0, (e.1.0, &e.1.1), e.2);
         if let Ok(mut source) = Y4mSource::from_reader(Box::new(Cursor::new(data)), "fuzz".into(), None) {
             for _ in 0..8 {
                 match source.next_frame() {

@@ -6,9 +6,7 @@ use std::sync::OnceLock;
 
 use dinoedge_camera::FrameSource;
 use dinoedge_camera::mcap::McapSource;
-use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
 use dinoedge_stream::{Analysis, McapSink, RunOptions, Sink, SinkSpec, run};
-use dinoedge_testkit::fixtures;
 use proptest::prelude::*;
 
 /// A recording of 4 synthetic frames through the tiny model (PCA), made once.
@@ -17,15 +15,7 @@ fn recording() -> &'static [u8] {
     BYTES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.mcap");
-        let options = BackboneOptions {
-            resolution: Some(Resolution::new(56, 56)),
-            threads: Some(1),
-            cache: CacheMode::Off,
-            ..Default::default()
-        };
-        let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
-        let bb = Backbone::load(&model, &options).unwrap();
-        let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+        let (bb, pre) = crate::run::tiny_backbone(56);
         let sinks: Vec<Box<dyn Sink>> =
             vec![Box::new(McapSink::create(&path, false, 0.5).unwrap())];
         run(
@@ -74,12 +64,7 @@ proptest! {
         edits in prop::collection::vec((any::<usize>(), 1u8..), 1..6),
         cut in prop_oneof![Just(usize::MAX - 1), any::<usize>()],
     ) {
-        let mut data = recording().to_vec();
-        for (at, x) in &edits {
-            let n = data.len();
-            data[at % n] ^= x;
-        }
-        data.truncate(cut % (data.len() + 1));
+        let data = dinoedge_testkit::mutate(recording(), &edits, (0, &[]), cut);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("damaged.mcap");
         std::fs::write(&path, &data).unwrap();

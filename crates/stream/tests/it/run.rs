@@ -343,15 +343,7 @@ impl Sink for Panicking {
 /// panic becomes an error and the run ends.
 #[test]
 fn a_panicking_sink_is_an_error_and_the_others_finish() {
-    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
-    let options = BackboneOptions {
-        resolution: Some(Resolution::new(56, 56)),
-        threads: Some(1),
-        cache: CacheMode::Off,
-        ..Default::default()
-    };
-    let bb = Backbone::load(&model, &options).unwrap();
-    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let (bb, pre) = tiny_backbone(56);
     let got = Arc::new(Mutex::new(Vec::new()));
     let report = run(
         dinoedge_camera::open("synthetic://?width=64&height=48&frames=6&pace=fast").unwrap(),
@@ -421,15 +413,7 @@ impl Sink for StopAtSecond {
 /// finished, without waiting for the source's next frame.
 #[test]
 fn a_stop_does_not_wait_for_a_stalled_source() {
-    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
-    let options = BackboneOptions {
-        resolution: Some(Resolution::new(56, 56)),
-        threads: Some(1),
-        cache: CacheMode::Off,
-        ..Default::default()
-    };
-    let bb = Backbone::load(&model, &options).unwrap();
-    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let (bb, pre) = tiny_backbone(56);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(StopAtSecond(stop.clone(), 0))];
@@ -488,15 +472,7 @@ fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
         }
     }
     let _unmount = Unmount(dir.path());
-    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
-    let options = BackboneOptions {
-        resolution: Some(Resolution::new(112, 112)),
-        threads: Some(1),
-        cache: CacheMode::Off,
-        ..Default::default()
-    };
-    let bb = Backbone::load(&model, &options).unwrap();
-    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    let (bb, pre) = tiny_backbone(112);
     let out = dir.path().join("out");
     let report = run(
         dinoedge_camera::open("synthetic://?width=64&height=48&frames=40&pace=fast").unwrap(),
@@ -534,4 +510,18 @@ fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
         }
     }
     assert!((1..40).contains(&whole), "{whole} whole files");
+}
+
+/// The tiny DINOv2 fixture at `side`x`side` on one thread, uncached, with its preprocessor.
+pub fn tiny_backbone(side: u32) -> (Backbone, dinoedge_model::Preprocessor) {
+    let options = BackboneOptions {
+        resolution: Some(Resolution::new(side, side)),
+        threads: Some(1),
+        cache: CacheMode::Off,
+        ..Default::default()
+    };
+    let model = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let bb = Backbone::load(&model, &options).unwrap();
+    let pre = bb.preprocessor(ResizeMode::Stretch).unwrap();
+    (bb, pre)
 }
