@@ -272,14 +272,15 @@ fn guarded<T>(stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// One sink's thread: write each output, then finish; after an error (or a panic in the
 /// sink) the sink is closed and its queue drained.
 fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Shared) {
+    // named once, not per frame
+    let stage = format!("sink {}", sink.name());
     let mut failed = false;
     while let Some((out, dropped)) = rx.recv() {
         if failed {
             continue;
         }
         let t0 = Instant::now();
-        let name = sink.name();
-        if let Err(e) = guarded(&format!("sink {name}"), || sink.write(&out)) {
+        if let Err(e) = guarded(&stage, || sink.write(&out)) {
             sh.sink_failed(i, &e);
             failed = true;
             continue;
@@ -288,8 +289,7 @@ fn drive_sink(i: usize, mut sink: Box<dyn Sink>, rx: Rx<Arc<Output>>, sh: &Share
             .sink_wrote(i, dropped, t0.elapsed(), out.frame.captured.elapsed());
     }
     if !failed {
-        let name = sink.name();
-        match guarded(&format!("sink {name}"), || sink.finish()) {
+        match guarded(&stage, || sink.finish()) {
             Ok(()) => sh.stats.sink_state(i, SinkState::Finished),
             Err(e) => sh.sink_failed(i, &e),
         }
