@@ -325,6 +325,9 @@ fn ctrl_c_stops_cleanly_and_flushes_every_sink() {
             // the low-rate mode: the backbone on every 2nd frame, every frame to the sinks
             "--every",
             "2",
+            // every frame to every sink, so that the counts below must agree (without it, a live
+            // run's newest-wins hand-over lets a slow sink, the MCAP one under qemu, skip a frame)
+            "--lossless",
             "--sink",
             &sinks[0],
             "--sink",

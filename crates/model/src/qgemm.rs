@@ -98,6 +98,8 @@ pub enum Epilogue<'a> {
 
 /// The int8 kernel this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// the x86 kernels are never chosen on other CPUs
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Kernel {
     /// `TDPBUSD` on AMX tiles (Sapphire Rapids and later Xeons): 16x64 bytes by 16x16.
     Amx,

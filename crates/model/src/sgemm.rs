@@ -45,6 +45,8 @@ impl std::hash::Hash for PackedF32 {
 
 /// The `f32` kernel this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// the x86 kernels are never chosen on other CPUs
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Kernel {
     /// zmm registers (AVX-512F).
     Avx512,
