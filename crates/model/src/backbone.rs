@@ -827,6 +827,12 @@ fn cached_or_compiled(
         match entry.check(meta) {
             Ok(()) => match nnef().model_for_path(&entry.model) {
                 Ok(m) if m.outputs.len() == taps.len() => {
+                    // NNEF writes some operators as several (a transpose comes back before
+                    // each quantised product's operand): decluttering again folds them, or a
+                    // cached ViT-S plan ran 49 `MoveAxis` (2–3 ms) more than a fresh one
+                    let m = m
+                        .into_decluttered()
+                        .map_err(|e| ModelError::tract("simplify the cached graph", e))?;
                     report.source = LoadSource::Cache;
                     report.cache_load = t.elapsed();
                     report.cache_entry = Some(entry.model.clone());

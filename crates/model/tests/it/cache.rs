@@ -34,6 +34,7 @@ fn second_start_uses_the_cache_and_gives_the_same_features() {
     let a = first.run(input().view()).unwrap();
     let b = second.run(input().view()).unwrap();
     assert_eq!(a, b);
+    assert!(second.plan_nodes() <= first.plan_nodes()); // see `dynamic_int8_models_are_cached_too`
     assert_eq!(second.layout().registers, 4);
 
     // Another resolution is another entry.
@@ -143,6 +144,10 @@ fn dynamic_int8_models_are_cached_too() {
         first.run(input().view()).unwrap(),
         second.run(input().view()).unwrap()
     );
+    // no longer a plan: NNEF put a transpose before each quantised product, which cost a ViT-S
+    // run 2–3 ms until the cached graph was decluttered again (213 nodes fresh, 221 from the
+    // cache then, 207 now: the round trip folds a few more)
+    assert!(second.plan_nodes() <= first.plan_nodes());
 }
 
 /// The tiny model in `dir/onnx/` with every initializer of 1 KiB or more moved to
