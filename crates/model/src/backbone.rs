@@ -308,10 +308,10 @@ impl Backbone {
             taps.join(", "),
             // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
             // are rebuilt once, so they pick up its newer fusions
-            if fast_ops {
-                " dinoedge-ops 3"
-            } else {
-                " tract-ops-only"
+            match (fast_ops, crate::layer_norm::enabled()) {
+                (true, true) => " dinoedge-ops 4",
+                (true, false) => " dinoedge-ops 4, tract's LayerNorm",
+                (false, _) => " tract-ops-only",
             }
         );
 
@@ -782,6 +782,7 @@ fn build_plan(
                         || n.op_as::<crate::qmatmul::MatMulInt8>().is_some()
                         || n.op_as::<crate::qmatmul::MatMulF32>().is_some()
                         || n.op_as::<crate::attention::FusedAttention>().is_some()
+                        || n.op_as::<crate::layer_norm::LayerNorm>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)
@@ -945,6 +946,7 @@ fn nnef_framework() -> tract_nnef::framework::Nnef {
     let mut dinoedge = tract_nnef::internal::Registry::new("dinoedge");
     dinoedge.register_unit_element_wise("dinoedge_gelu_exact", &tract_core::ops::nn::GeluExact {});
     crate::ops::register(&mut dinoedge);
+    crate::layer_norm::register_nnef(&mut dinoedge);
     tract_nnef::nnef()
         .with_onnx()
         .with_tract_transformers()
@@ -961,7 +963,10 @@ fn compile(
     res: Resolution,
     fast_ops: bool,
 ) -> Result<TypedModel> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    if fast_ops && crate::layer_norm::enabled() {
+        crate::layer_norm::register_onnx(&mut onnx);
+    }
     let dir = info.path.parent().and_then(|p| p.to_str());
     // int8 files: the patch embedding as an exact float convolution (see `conv`); QDQ files:
     // their weight products as int8 products (see `qdq`)

@@ -38,6 +38,7 @@ pub mod error;
 pub mod features;
 pub mod graph;
 pub mod kernels;
+pub mod layer_norm;
 pub mod ops;
 pub mod preprocess;
 pub mod qdq;

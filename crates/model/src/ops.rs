@@ -44,7 +44,7 @@ fn retyped(input: &TypedFact, dt: DatumType) -> TypedFact {
 }
 
 /// The innermost dimension (the unit work is split on), 1 for a scalar.
-fn row_len(shape: &[usize]) -> usize {
+pub(crate) fn row_len(shape: &[usize]) -> usize {
     shape.last().copied().filter(|n| *n > 0).unwrap_or(1)
 }
 
@@ -72,7 +72,7 @@ fn par_rows<Y: Send>(
 /// `input` and the output, on the backbone's threads (tract's executor; inline on one thread
 /// or a small tensor). Each output row depends only on its own input row, so the result does
 /// not depend on the split.
-fn map_rows<X: Datum, Y: Datum>(
+pub(crate) fn map_rows<X: Datum, Y: Datum>(
     input: &Tensor,
     f: impl Fn(&[X], &mut [Y]) + Sync + Send,
 ) -> TractResult<Tensor> {
