@@ -8,8 +8,9 @@
 //!
 //! Depends on no other dinoedge crate; everything else builds on it. Where the CPU allows,
 //! the weight products run on dinoedge's own kernels ([`qgemm`], [`sgemm`], swapped in by
-//! [`qmatmul`]) and each block's attention as one fused operator ([`attention`]; int8 in an
-//! int8 file); the rest of the graph on tract's.
+//! [`qmatmul`]), each block's attention as one fused operator ([`attention`]; int8 in an
+//! int8 file) and every LayerNorm as one operator ([`layer_norm`]); the rest of the graph on
+//! tract's.
 //!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
