@@ -29,6 +29,12 @@ pub fn run(args: Args) -> Result<()> {
         "file": info.path,
         "bytes": size,
         "variant": info.variant(),
+        "head": info.head_description(),
+        "depth": info.depth().map(|d| match d {
+            dinoedge_model::DepthConfig::Relative => serde_json::json!({"kind": "relative"}),
+            dinoedge_model::DepthConfig::Metric { max_depth } =>
+                serde_json::json!({"kind": "metric", "max_depth_m": max_depth}),
+        }),
         "precision": g.precision.to_string(),
         "parameters": g.parameters,
         "embed_dim": g.embed_dim,
@@ -54,6 +60,9 @@ pub fn run(args: Args) -> Result<()> {
             size as f64 / 1e6
         );
         println!("model         {}", info.variant());
+        if let Some(head) = info.head_description() {
+            println!("head          {head}");
+        }
         println!("precision     {}", g.precision);
         println!("parameters    {:.2} M", g.parameters as f64 / 1e6);
         println!(

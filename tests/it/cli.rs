@@ -69,6 +69,32 @@ fn info_describes_the_model_and_both_load_times() {
 }
 
 #[test]
+fn info_names_a_depth_anything_file_and_its_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let o = dinoedge(args!["info", da, "--size", "308x308"], tmp.path());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("Depth Anything V2 ViT (dim 48, 4 blocks)/14"),
+        "{t}"
+    );
+    assert!(
+        t.contains("DPT depth head on blocks 0, 1, 2, 3: relative inverse depth"),
+        "{t}"
+    );
+    assert!(t.contains("default 518x518"), "{t}");
+    assert!(
+        t.contains("cached start") && !t.contains("cached start -"),
+        "{t}"
+    );
+    let o = dinoedge(args!["info", da, "--json", "--no-compile"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["depth"]["kind"], "relative", "{v}");
+    assert_eq!(v["outputs"][0], "predicted_depth", "{v}");
+}
+
+#[test]
 fn features_writes_npy_files_and_keeps_going_past_a_bad_image() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");

@@ -10,7 +10,7 @@ use tract_core::prelude::multithread::Executor;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
 use crate::cache::{self, CacheMode, Entry, EntryMeta};
-use crate::config::ModelConfigs;
+use crate::config::{DepthConfig, ModelConfigs};
 use crate::error::{ModelError, Result};
 use crate::features::{BlockFeatures, Features, TokenLayout, layer_norm};
 use crate::graph::{GraphInfo, Precision};
@@ -112,19 +112,52 @@ impl ModelInfo {
             (1536, 40) => "ViT-g".to_string(),
             (d, b) => format!("ViT (dim {d}, {b} blocks)"),
         };
-        let mut s = format!("DINOv2 {size}/{}", g.patch_size);
+        let family = if g.depth_head.is_some() {
+            "Depth Anything V2"
+        } else {
+            "DINOv2"
+        };
+        let mut s = format!("{family} {size}/{}", g.patch_size);
         if let Some(r) = self.registers.filter(|r| *r > 0) {
             s.push_str(&format!(" + {r} registers"));
         }
         s
     }
 
-    /// The resolution used when none is asked for.
+    /// What the file's depth output means, if it has a depth head: from `config.json`
+    /// (`depth_estimation_type`), relative when no config says.
+    pub fn depth(&self) -> Option<DepthConfig> {
+        self.graph.depth_head.as_ref()?;
+        Some(
+            self.configs
+                .model
+                .as_ref()
+                .and_then(|(_, c)| c.depth)
+                .unwrap_or(DepthConfig::Relative),
+        )
+    }
+
+    /// The head inside the file, in words (`None` for an encoder alone): for `dinoedge info`.
+    pub fn head_description(&self) -> Option<String> {
+        let head = self.graph.depth_head.as_ref()?;
+        let blocks: Vec<String> = head.blocks.iter().map(|b| b.to_string()).collect();
+        let output = match self.depth()? {
+            DepthConfig::Relative => "relative inverse depth (no unit)".to_string(),
+            DepthConfig::Metric { max_depth } => format!("metric depth, metres (0 to {max_depth})"),
+        };
+        Some(format!(
+            "DPT depth head on blocks {}: {output}",
+            blocks.join(", ")
+        ))
+    }
+
+    /// The resolution used when none is asked for: the processor's crop, else its fixed
+    /// resize (518x518 for Depth Anything's `DPTImageProcessor`), else 224x224.
     pub fn default_resolution(&self) -> Resolution {
         self.configs
             .preprocessor
             .as_ref()
-            .and_then(|(_, p)| p.crop_hw())
+            .and_then(|(_, p)| p.crop_hw().or_else(|| p.size_hw()))
             .map(|(h, w)| Resolution::new(h, w))
             .filter(|r| r.validate(self.graph.patch_size as u32).is_ok())
             .unwrap_or(Resolution::square(224))
@@ -297,6 +330,9 @@ impl Backbone {
         taps.extend(blocks.iter().map(|b| g.block_outputs[*b].clone()));
         if options.attention {
             taps.push(g.attention_probs[g.num_blocks - 1].clone());
+        }
+        if let Some(head) = &g.depth_head {
+            taps.push(head.output.clone());
         }
         // dinoedge's operators are CPU kernels: on CUDA the graph keeps tract's own, the ones
         // tract-cuda knows how to place.
@@ -630,10 +666,24 @@ impl Backbone {
             } else {
                 None
             };
+            let depth = match &self.info.graph.depth_head {
+                Some(_) => {
+                    let depth = view(outputs.len() - 1)?;
+                    Some(
+                        depth
+                            .index_axis(Axis(0), b)
+                            .into_dimensionality::<ndarray::Ix2>()
+                            .map_err(|e| ModelError::Input(format!("the depth output: {e}")))?
+                            .to_owned(),
+                    )
+                }
+                None => None,
+            };
             all.push(Features {
                 tokens: self.layout.split(seq),
                 blocks,
                 attention,
+                depth,
             });
         }
         Ok(all)

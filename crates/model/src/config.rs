@@ -6,11 +6,12 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 
-/// The fields of a Hugging Face `Dinov2Config` / `Dinov2WithRegistersConfig` dinoedge uses.
+/// The fields of a Hugging Face `Dinov2Config` / `Dinov2WithRegistersConfig` dinoedge uses, or
+/// of a `DepthAnythingConfig` (whose encoder fields sit in its `backbone_config`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(try_from = "RawHfConfig")]
 pub struct HfConfig {
-    /// `dinov2` or `dinov2_with_registers`.
-    #[serde(default)]
+    /// `dinov2`, `dinov2_with_registers` or `depth_anything`.
     pub model_type: Option<String>,
     /// Token width D (384 for ViT-S).
     pub hidden_size: usize,
@@ -19,17 +20,100 @@ pub struct HfConfig {
     /// Attention heads per block.
     pub num_attention_heads: usize,
     /// Patch size in pixels (14).
-    #[serde(default = "default_patch")]
     pub patch_size: usize,
     /// Training resolution; the position grid is `image_size / patch_size` wide (518 → 37).
-    #[serde(default)]
     pub image_size: Option<usize>,
     /// Register tokens (0 for plain DINOv2).
-    #[serde(default)]
     pub num_register_tokens: usize,
     /// LayerNorm epsilon.
-    #[serde(default)]
     pub layer_norm_eps: Option<f64>,
+    /// What a depth model's output means (`DepthAnythingConfig` only).
+    pub depth: Option<DepthConfig>,
+}
+
+/// What a Depth Anything model's output means.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DepthConfig {
+    /// Relative inverse depth (`depth_estimation_type: relative`): larger is nearer, in no
+    /// unit; only its order and ratios mean anything, up to a scale and a shift.
+    Relative,
+    /// Depth in metres (`depth_estimation_type: metric`), at most `max_depth` (20 for the
+    /// indoor checkpoints, 80 for the outdoor ones).
+    Metric {
+        /// The largest depth the head writes, in metres.
+        max_depth: f32,
+    },
+}
+
+/// `config.json` as written: every field optional, the encoder's possibly nested.
+#[derive(Debug, Deserialize)]
+struct RawHfConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    hidden_size: Option<usize>,
+    #[serde(default)]
+    num_hidden_layers: Option<usize>,
+    #[serde(default)]
+    num_attention_heads: Option<usize>,
+    #[serde(default)]
+    patch_size: Option<usize>,
+    #[serde(default)]
+    image_size: Option<usize>,
+    #[serde(default)]
+    num_register_tokens: usize,
+    #[serde(default)]
+    layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    backbone_config: Option<Box<RawHfConfig>>,
+    #[serde(default)]
+    depth_estimation_type: Option<String>,
+    #[serde(default)]
+    max_depth: Option<f32>,
+}
+
+impl TryFrom<RawHfConfig> for HfConfig {
+    type Error = String;
+
+    fn try_from(raw: RawHfConfig) -> std::result::Result<Self, String> {
+        let depth = match raw.depth_estimation_type.as_deref() {
+            None if raw.model_type.as_deref() == Some("depth_anything") => {
+                Some(DepthConfig::Relative)
+            }
+            None => None,
+            Some("relative") => Some(DepthConfig::Relative),
+            Some("metric") => Some(DepthConfig::Metric {
+                max_depth: raw
+                    .max_depth
+                    .filter(|d| d.is_finite() && *d > 0.0)
+                    .ok_or("a metric depth model needs `max_depth` (metres, above 0)")?,
+            }),
+            Some(other) => {
+                return Err(format!(
+                    "depth_estimation_type `{other}`: expected `relative` or `metric`"
+                ));
+            }
+        };
+        let model_type = raw.model_type.clone();
+        let patch = raw.patch_size;
+        // A depth model's encoder fields are in its `backbone_config`.
+        let enc = match raw.backbone_config {
+            Some(b) => *b,
+            None => raw,
+        };
+        let need = |v: Option<usize>, name: &str| v.ok_or(format!("missing field `{name}`"));
+        Ok(HfConfig {
+            model_type,
+            hidden_size: need(enc.hidden_size, "hidden_size")?,
+            num_hidden_layers: need(enc.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads: need(enc.num_attention_heads, "num_attention_heads")?,
+            patch_size: enc.patch_size.or(patch).unwrap_or_else(default_patch),
+            image_size: enc.image_size,
+            num_register_tokens: enc.num_register_tokens,
+            layer_norm_eps: enc.layer_norm_eps,
+            depth,
+        })
+    }
 }
 
 fn default_patch() -> usize {
@@ -97,6 +181,14 @@ impl PreprocessorConfig {
             HfSize::ShortestEdge { shortest_edge } => *shortest_edge,
         };
         (resize > 0 && crop <= resize).then(|| crop as f32 / resize as f32)
+    }
+
+    /// The fixed resize as (height, width), when `size` gives both (`DPTImageProcessor`).
+    pub fn size_hw(&self) -> Option<(u32, u32)> {
+        match self.size.as_ref()? {
+            HfSize::HeightWidth { height, width } => Some((*height, *width)),
+            _ => None,
+        }
     }
 
     /// The crop size as (height, width), if any.
@@ -177,5 +269,59 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
         let err = ModelConfigs::find(&dir.path().join("model.onnx")).unwrap_err();
         assert!(matches!(err, ModelError::Config { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_depth_anything_config_reads_its_encoder_from_backbone_config() {
+        let c: HfConfig = serde_json::from_str(
+            r#"{"model_type": "depth_anything", "depth_estimation_type": "relative",
+                "patch_size": 14, "max_depth": 1,
+                "backbone_config": {"model_type": "dinov2", "hidden_size": 384,
+                    "num_hidden_layers": 12, "num_attention_heads": 6, "image_size": 518,
+                    "layer_norm_eps": 1e-6}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.model_type.as_deref(), Some("depth_anything"));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
+            (384, 12, 6)
+        );
+        assert_eq!((c.patch_size, c.image_size), (14, Some(518)));
+        assert_eq!(c.depth, Some(DepthConfig::Relative));
+    }
+
+    #[test]
+    fn metric_depth_needs_its_range() {
+        let enc = r#""backbone_config": {"hidden_size": 48, "num_hidden_layers": 4,
+            "num_attention_heads": 3}"#;
+        let metric = format!(
+            r#"{{"model_type": "depth_anything", "depth_estimation_type": "metric",
+                "max_depth": 20, {enc}}}"#
+        );
+        let c: HfConfig = serde_json::from_str(&metric).unwrap();
+        assert_eq!(c.depth, Some(DepthConfig::Metric { max_depth: 20.0 }));
+        let no_range = format!(
+            r#"{{"model_type": "depth_anything", "depth_estimation_type": "metric", {enc}}}"#
+        );
+        let err = serde_json::from_str::<HfConfig>(&no_range).unwrap_err();
+        assert!(err.to_string().contains("max_depth"), "{err}");
+        let odd = format!(r#"{{"depth_estimation_type": "absolute", {enc}}}"#);
+        let err = serde_json::from_str::<HfConfig>(&odd).unwrap_err();
+        assert!(err.to_string().contains("relative"), "{err}");
+    }
+
+    #[test]
+    fn a_dinov2_config_has_no_depth_and_missing_sizes_are_named() {
+        let c: HfConfig = serde_json::from_str(
+            r#"{"model_type": "dinov2", "hidden_size": 384, "num_hidden_layers": 12,
+                "num_attention_heads": 6, "num_register_tokens": 4}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.depth, c.num_register_tokens, c.patch_size),
+            (None, 4, 14)
+        );
+        let err = serde_json::from_str::<HfConfig>(r#"{"hidden_size": 384}"#).unwrap_err();
+        assert!(err.to_string().contains("num_hidden_layers"), "{err}");
     }
 }

@@ -96,6 +96,10 @@ pub struct Features {
     /// (softmax probabilities over all keys, so a head's map sums to less than 1 when it
     /// also attends to CLS or registers).
     pub attention: Option<Array3<f32>>,
+    /// The depth map `[height, width]` (the input's size) of a model with a depth head (Depth
+    /// Anything V2): relative inverse depth, or metres for a metric model
+    /// ([`crate::ModelInfo::depth`] says which). `None` for an encoder alone.
+    pub depth: Option<Array2<f32>>,
 }
 
 impl Features {

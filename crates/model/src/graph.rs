@@ -107,6 +107,133 @@ pub struct GraphInfo {
     /// Whether the position embedding is resized in the graph (an ONNX `Resize`), which is
     /// what lets one file run at any resolution.
     pub resizes_position_embedding: bool,
+    /// The dense depth head inside the file (Depth Anything V2's DPT), if it has one.
+    pub depth_head: Option<DepthHead>,
+}
+
+/// A depth head inside the file: Depth Anything V2's DPT neck and head, which read the
+/// final-LayerNormed tokens of four blocks and write one depth map per image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthHead {
+    /// The blocks whose normalised tokens the head reads, in the graph's order (2, 5, 8, 11
+    /// for ViT-S).
+    pub blocks: Vec<usize>,
+    /// Per entry of `blocks`, the tensor with that block's tokens after the final LayerNorm.
+    pub normalized_outputs: Vec<String>,
+    /// The graph output with the depth, `[batch, height, width]` (`predicted_depth`).
+    pub output: String,
+}
+
+/// Where the blocks end, which LayerNorm is the encoder's final one, and the depth head if
+/// the file has one.
+struct Blocks<'a> {
+    block_outputs: Vec<String>,
+    final_norm: &'a pb::NodeProto,
+    depth_head: Option<DepthHead>,
+}
+
+/// Read the blocks from the LayerNorms, whatever order the file lists its nodes in (onnxruntime's
+/// quantiser sorts them its own way). Each block has two LayerNorms, one before the attention
+/// and one before the MLP, so the residual stream passes `2 · blocks + 1` distinct tensors into
+/// LayerNorms: `x₀, m₀, x₁, m₁, …, x_n`, in the order the graph computes them, where `x_{b+1}`
+/// is block `b`'s output. The encoder's final LayerNorm reads `x_n`; a plain DINOv2 export has
+/// that one, a Depth Anything V2 export applies the same weights to the outputs of the blocks
+/// its DPT head reads (2, 5, 8, 11), and the graph's output is then that head's depth map.
+fn find_blocks<'a>(
+    graph: &pb::GraphProto,
+    norms: &[&'a pb::NodeProto],
+    num_blocks: usize,
+) -> std::result::Result<Blocks<'a>, String> {
+    let expected = || {
+        format!(
+            "expected {} LayerNormalization nodes for {num_blocks} blocks (two per block and a final one), found {}{}",
+            2 * num_blocks + 1,
+            norms.len(),
+            if norms.is_empty() {
+                " (exports below opset 17 decompose LayerNorm; re-export with opset 17 or later)"
+            } else {
+                ""
+            }
+        )
+    };
+    // where each tensor is computed (graph inputs and constants first)
+    let made_at: HashMap<&str, usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i + 1)))
+        .collect();
+    let mut stream: Vec<&str> = norms.iter().map(|n| n.input[0].as_str()).collect();
+    stream.sort_by_key(|t| (made_at.get(t).copied().unwrap_or(0), *t));
+    stream.dedup();
+    if norms.len() <= 2 * num_blocks || stream.len() != 2 * num_blocks + 1 {
+        return Err(expected());
+    }
+    let block_outputs: Vec<String> = (0..num_blocks)
+        .map(|b| stream[2 * b + 2].to_string())
+        .collect();
+    let last: Vec<&&pb::NodeProto> = norms
+        .iter()
+        .filter(|n| n.input[0] == stream[2 * num_blocks])
+        .collect();
+    let [final_norm] = last.as_slice() else {
+        return Err(format!(
+            "{} LayerNormalization nodes read the last block's output: not a DINOv2 encoder dinoedge knows",
+            last.len()
+        ));
+    };
+    let weight = final_norm.input.get(1);
+    // the other LayerNorms with the final one's weights, over earlier blocks' outputs
+    let mut finals: Vec<(usize, &pb::NodeProto)> = norms
+        .iter()
+        .filter(|n| n.input.get(1) == weight)
+        .filter_map(|n| {
+            let b = block_outputs.iter().position(|o| *o == n.input[0])?;
+            Some((b, *n))
+        })
+        .collect();
+    finals.sort_by_key(|(b, _)| *b);
+    if norms.len() != 2 * num_blocks + finals.len() {
+        return Err(format!(
+            "{} LayerNormalization nodes where {num_blocks} blocks and {} final ones make {}: a head on the encoder with weights of its own, which dinoedge does not know",
+            norms.len(),
+            finals.len(),
+            2 * num_blocks + finals.len()
+        ));
+    }
+    let final_norm: &'a pb::NodeProto = final_norm;
+    if finals.len() == 1 {
+        return Ok(Blocks {
+            block_outputs,
+            final_norm,
+            depth_head: None,
+        });
+    }
+    let depth = graph
+        .output
+        .iter()
+        .find(|o| o.name == "predicted_depth" || declared_rank(o) == Some(3));
+    let Some(depth) = depth else {
+        return Err(format!(
+            "a head reads {} blocks of the encoder, but no output is a depth map [batch, height, width] (outputs: {}): dinoedge knows DINOv2 encoders and Depth Anything V2's depth head",
+            finals.len(),
+            graph
+                .output
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    Ok(Blocks {
+        depth_head: Some(DepthHead {
+            blocks: finals.iter().map(|(b, _)| *b).collect(),
+            normalized_outputs: finals.iter().map(|(_, n)| n.output[0].clone()).collect(),
+            output: depth.name.clone(),
+        }),
+        block_outputs,
+        final_norm,
+    })
 }
 
 impl GraphInfo {
@@ -199,24 +326,10 @@ impl GraphInfo {
             return Err(not_dino("no attention (Softmax) in the graph".into()));
         }
         let num_blocks = softmaxes.len();
-        if norms.len() != 2 * num_blocks + 1 {
-            return Err(not_dino(format!(
-                "expected {} LayerNormalization nodes for {num_blocks} blocks (two per block and a final one), found {}{}",
-                2 * num_blocks + 1,
-                norms.len(),
-                if norms.is_empty() {
-                    " (exports below opset 17 decompose LayerNorm; re-export with opset 17 or later)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        // Block b's output feeds the first LayerNorm of block b+1, or the final LayerNorm.
-        let block_outputs: Vec<String> = (0..num_blocks)
-            .map(|b| norms[2 * b + 2].input[0].clone())
-            .collect();
+        let found = find_blocks(graph, &norms, num_blocks).map_err(not_dino)?;
         let attention_probs: Vec<String> = softmaxes.iter().map(|n| n.output[0].clone()).collect();
-        let final_ln = norms[2 * num_blocks];
+        let block_outputs = found.block_outputs;
+        let final_ln = found.final_norm;
         let tokens_output = final_ln.output[0].clone();
         let eps = attr_f(final_ln, "epsilon").unwrap_or(1e-5);
         let dir = path.parent().and_then(|p| p.to_str());
@@ -282,6 +395,7 @@ impl GraphInfo {
             .trim()
             .to_string();
         Ok(GraphInfo {
+            depth_head: found.depth_head,
             input_name: input.name.clone(),
             output_names: graph.output.iter().map(|o| o.name.clone()).collect(),
             patch_size,

@@ -216,6 +216,7 @@ fn from_tensors(mut f: TensorFile, path: &Path) -> Result<Features, HeadsError> 
         },
         blocks,
         attention,
+        depth: None,
     })
 }
 

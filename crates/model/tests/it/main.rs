@@ -3,6 +3,7 @@
 
 mod cache;
 mod common;
+mod depth_anything;
 mod errors;
 mod parity_small;
 mod parity_tiny;
