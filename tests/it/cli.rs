@@ -395,6 +395,56 @@ fn predict_writes_segmentation_and_depth_outputs() {
 }
 
 #[test]
+fn predict_with_a_depth_model_needs_no_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let out = tmp.path().join("da");
+    let o = dinoedge(
+        args!["predict", da, image(23), "--size", "308", "--out", out],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("relative depth") && t.contains("no unit"), "{t}");
+    // labelled relative in every file name, at the image's own size
+    let depth: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(out.join("23_image_depth_relative.npy")).unwrap();
+    let (w, h) = image::image_dimensions(image(23)).unwrap();
+    assert_eq!(depth.dim(), (h as usize, w as usize));
+    assert!(depth.iter().all(|v| v.is_finite()));
+    assert!(out.join("23_image_depth_relative.png").is_file());
+    assert!(!out.join("23_image_depth_mm.png").exists());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap())
+            .unwrap();
+    assert!(
+        summary[0]["depth"]
+            .as_str()
+            .unwrap()
+            .starts_with("relative"),
+        "{summary}"
+    );
+    assert!(summary[0]["min_m"].is_null(), "{summary}");
+
+    // an encoder alone with no --head: says what to give
+    let o = dinoedge(
+        args![
+            "predict",
+            tiny_reg(),
+            image(23),
+            "--out",
+            tmp.path().join("x")
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("no head of its own") && t.contains("--head"),
+        "{t}"
+    );
+}
+
+#[test]
 fn train_head_then_eval_head_and_predict_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("voc6");

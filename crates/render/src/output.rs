@@ -92,6 +92,17 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32, col
 
 /// `image` with a colour bar on its right from `lo` (bottom) to `hi` (top), labelled in metres.
 pub fn with_depth_legend(image: &RgbImage, map: Colormap, lo: f32, hi: f32) -> RgbImage {
+    with_legend(image, map, &format!("{hi:.1}m"), &format!("{lo:.1}m"))
+}
+
+/// `image` with a colour bar on its right, the top of the map labelled `top` and its bottom
+/// `bottom` (up to five characters each: `near`/`far` for a relative depth with no unit).
+pub fn with_legend(
+    image: &RgbImage,
+    map: Colormap,
+    top_label: &str,
+    bottom_label: &str,
+) -> RgbImage {
     let (w, h) = image.dimensions();
     let scale = (h / 160).clamp(1, 4);
     let bar = 12 * scale;
@@ -109,10 +120,10 @@ pub fn with_depth_legend(image: &RgbImage, map: Colormap, lo: f32, hi: f32) -> R
         }
     }
     let tx = w + 3 * scale + bar;
-    draw_text(&mut out, &format!("{hi:.1}m"), tx, top, scale, [0, 0, 0]);
+    draw_text(&mut out, top_label, tx, top, scale, [0, 0, 0]);
     draw_text(
         &mut out,
-        &format!("{lo:.1}m"),
+        bottom_label,
         tx,
         bottom.saturating_sub(5 * scale),
         scale,
