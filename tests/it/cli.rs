@@ -426,6 +426,38 @@ fn predict_with_a_depth_model_needs_no_head() {
     );
     assert!(summary[0]["min_m"].is_null(), "{summary}");
 
+    // the same file with a metric config (the fixture generator's config, `metric`, 20 m):
+    // depth in metres, as the depth heads write it
+    let metric = tmp.path().join("da-metric");
+    std::fs::create_dir_all(metric.join("onnx")).unwrap();
+    let src = fixtures().join("tiny/depth-anything-v2-tiny");
+    std::fs::copy(src.join("onnx/model.onnx"), metric.join("onnx/model.onnx")).unwrap();
+    std::fs::copy(
+        src.join("preprocessor_config.json"),
+        metric.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["depth_estimation_type"] = "metric".into();
+    config["max_depth"] = 20.into();
+    std::fs::write(metric.join("config.json"), config.to_string()).unwrap();
+    let model = metric.join("onnx/model.onnx");
+    let o = dinoedge(args!["info", model, "--no-compile"], tmp.path());
+    let t = text(&o);
+    assert!(t.contains("metric depth, metres (0 to 20)"), "{t}");
+    let out = tmp.path().join("metric-out");
+    let o = dinoedge(
+        args!["predict", model, image(23), "--size", "308", "--out", out],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        out.join("23_image_depth_mm.png").is_file() && out.join("23_image_depth.npy").is_file()
+    );
+    assert!(!out.join("23_image_depth_relative.npy").exists());
+
     // an encoder alone with no --head: says what to give
     let o = dinoedge(
         args![
