@@ -5,6 +5,7 @@ Usage:
     pip install onnxruntime numpy            # the registry's onnxruntime, CPU provider
     cargo build --release
     python3 benches/ort_compare.py [--fixtures ../shared/fixtures] [--threads 1 2] [--runs 20]
+    python3 benches/ort_compare.py --set depth      # Depth Anything V2 small int8 at 308x308
 
 For each file and thread count it prints the median latency of both runtimes and the
 ratio tract / onnxruntime (below 1.0: dinoedge is faster). The two runtimes alternate
@@ -31,6 +32,10 @@ FILES = [
     ("int8 dynamic (S8 weights)", "dinov2-small/onnx/model_int8.onnx"),
     ("int8 dynamic (U8 weights)", "dinov2-small/onnx/model_quantized.onnx"),
     ("int8 QDQ", "dinov2-small/onnx/model_qdq.onnx"),
+]
+# `--set depth`: Depth Anything V2 (DINOv2 encoder + DPT depth head), at 308x308 unless --size
+DEPTH_FILES = [
+    ("DA-V2 small int8 dynamic", "depth-anything-v2-small/onnx/model_int8.onnx"),
 ]
 
 
@@ -86,7 +91,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=os.environ.get("DINOEDGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
     ap.add_argument("--binary", default=ROOT / "target" / "release" / "dinoedge")
-    ap.add_argument("--size", default="224x224")
+    ap.add_argument("--set", choices=["dinov2", "depth"], default="dinov2",
+                    help="which fixtures: the DINOv2 ViT-S files, or Depth Anything V2 small (int8)")
+    ap.add_argument("--size", help="HxW (default 224x224; 308x308 with --set depth)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
@@ -103,6 +110,8 @@ def main():
     binary = Path(a.binary)
     if not binary.is_file():
         sys.exit(f"{binary} not found: run `cargo build --release` first (or pass --binary)")
+    if a.size is None:
+        a.size = "308x308" if a.set == "depth" else "224x224"
     size = tuple(int(v) for v in a.size.lower().split("x"))
     fixtures = Path(a.fixtures)
     rows = []
@@ -112,7 +121,7 @@ def main():
     if before:
         head += f" {'before ms':>10} {'before/ort':>10}"
     print(head)
-    files = FILES
+    files = DEPTH_FILES if a.set == "depth" else FILES
     if a.model:
         files = []
         for m in a.model:

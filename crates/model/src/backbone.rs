@@ -818,6 +818,8 @@ fn build_plan(
             if fast_ops {
                 crate::ops::swap_static_quantizers(&mut optimized);
                 crate::ops::swap_static_dequantizers(&mut optimized);
+                let n = crate::resize::swap_resizes(&mut optimized);
+                tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
             }
             report.dinoedge_ops = optimized
                 .nodes()
@@ -833,6 +835,7 @@ fn build_plan(
                         || n.op_as::<crate::qmatmul::MatMulF32>().is_some()
                         || n.op_as::<crate::attention::FusedAttention>().is_some()
                         || n.op_as::<crate::layer_norm::LayerNorm>().is_some()
+                        || n.op_as::<crate::resize::Resize2d>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)

@@ -45,6 +45,7 @@ pub mod preprocess;
 pub mod qdq;
 pub mod qgemm;
 pub mod qmatmul;
+pub mod resize;
 pub mod resolution;
 pub mod runtime;
 pub mod sgemm;

@@ -54,7 +54,7 @@ pub(crate) fn row_len(shape: &[usize]) -> usize {
 const PARALLEL_ELEMENTS: usize = 1 << 18;
 
 /// Split `ys` (rows of `row_len`) over the backbone's threads when it is large enough.
-fn par_rows<Y: Send>(
+pub(crate) fn par_rows<Y: Send>(
     ys: &mut [Y],
     row_len: usize,
     f: impl Fn(usize, &mut [Y]) -> TractResult<()> + Sync + Send,
