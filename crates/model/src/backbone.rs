@@ -345,8 +345,8 @@ impl Backbone {
             // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
             // are rebuilt once, so they pick up its newer fusions
             match (fast_ops, crate::layer_norm::enabled()) {
-                (true, true) => " dinoedge-ops 4",
-                (true, false) => " dinoedge-ops 4, tract's LayerNorm",
+                (true, true) => " dinoedge-ops 5",
+                (true, false) => " dinoedge-ops 5, tract's LayerNorm",
                 (false, _) => " tract-ops-only",
             }
         );

@@ -74,6 +74,7 @@ fn rewrite_conv_integer(
     graph: &GraphProto,
     inits: &HashMap<&str, &TensorProto>,
     ix: usize,
+    read_as_float: bool,
 ) -> Option<(Vec<NodeProto>, Vec<TensorProto>)> {
     let conv = &graph.node[ix];
     let x = conv.input.first()?;
@@ -113,13 +114,21 @@ fn rewrite_conv_integer(
         yf.clone(),
     );
     float_conv.attribute = conv.attribute.clone();
-    nodes.push(float_conv);
-    nodes.push(cast(
-        format!("{base}_cast_y"),
-        yf,
-        conv.output.first()?.clone(),
-        INT32,
-    ));
+    if read_as_float {
+        // every reader casts the sums to float at once: the float convolution's output is
+        // those sums exactly (each an integer under 2^24), so it goes to them as it is, and
+        // their `Cast` becomes a no-op tract drops (no i32 round trip)
+        float_conv.output[0] = conv.output.first()?.clone();
+        nodes.push(float_conv);
+    } else {
+        nodes.push(float_conv);
+        nodes.push(cast(
+            format!("{base}_cast_y"),
+            yf,
+            conv.output.first()?.clone(),
+            INT32,
+        ));
+    }
     Some((nodes, vec![float_init(wf, w.dims.clone(), centred)]))
 }
 
@@ -189,9 +198,29 @@ pub fn float_convolutions(model: &mut ModelProto) -> usize {
             .collect();
         let is =
             |ix: usize, op: &str| graph.node[ix].op_type == op && graph.node[ix].domain.is_empty();
+        // whether every node reading `name` is a `Cast` to float (and the graph does not
+        // output it)
+        let read_as_float = |name: &str| {
+            let mut readers = graph
+                .node
+                .iter()
+                .filter(|n| n.input.iter().any(|i| i == name))
+                .peekable();
+            readers.peek().is_some()
+                && readers.all(|n| {
+                    n.op_type == "Cast"
+                        && n.attribute
+                            .iter()
+                            .any(|a| a.name == "to" && a.i == FLOAT as i64)
+                })
+                && !graph.output.iter().any(|o| o.name == name)
+        };
         let integer: Vec<_> = (0..graph.node.len())
             .filter(|ix| is(*ix, "ConvInteger"))
-            .filter_map(|ix| Some((ix, rewrite_conv_integer(graph, &inits, ix)?)))
+            .filter_map(|ix| {
+                let as_float = read_as_float(graph.node[ix].output.first()?);
+                Some((ix, rewrite_conv_integer(graph, &inits, ix, as_float)?))
+            })
             .collect();
         let qdq: Vec<_> = (0..graph.node.len())
             .filter(|ix| is(*ix, "Conv"))
@@ -344,6 +373,33 @@ mod tests {
                 assert_eq!(g.to_bits(), w.to_bits(), "{got:?} vs {want:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_sums_stay_i32_unless_every_reader_casts_them_to_float() {
+        let w = init_i8("w", &[4, 3, 14, 14], &[1; 4 * 3 * 14 * 14]);
+        let casts_to = |proto: &ModelProto, to: i32| {
+            proto.graph.as_ref().unwrap().node.iter().any(|n| {
+                n.op_type == "Cast"
+                    && n.attribute
+                        .iter()
+                        .any(|a| a.name == "to" && a.i == to as i64)
+            })
+        };
+        // read by a Cast to float only: the float sums go straight to it
+        let mut only_cast = dynamic(w.clone(), init_i8("zw", &[], &[0]));
+        assert_eq!(float_convolutions(&mut only_cast), 1);
+        assert!(!casts_to(&only_cast, INT32));
+        // read by anything else too: the i32 sums, as the file has them
+        let mut other = dynamic(w, init_i8("zw", &[], &[0]));
+        other
+            .graph
+            .as_mut()
+            .unwrap()
+            .node
+            .push(n("Identity", "also", &["acc"], &["acc_too"]));
+        assert_eq!(float_convolutions(&mut other), 1);
+        assert!(casts_to(&other, INT32));
     }
 
     #[test]
