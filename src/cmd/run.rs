@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
-use dinoedge_model::{ResizeMode, Resolution, Runtime};
+use dinoedge_model::{DepthConfig, ResizeMode, Resolution, Runtime};
 use dinoedge_stream::{
     Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, RunReport, SharedStats, Sink,
     SinkContext, SinkSpec, SinkState, StatsSnapshot,
@@ -24,7 +24,8 @@ pub enum Task {
     Pca,
     /// Patch features and CLS token (`.npy` with a files sink).
     Features,
-    /// Depth (needs a depth head: --head dinov2_vits14_nyu_linear_head.pth).
+    /// Depth (a depth head: --head dinov2_vits14_nyu_linear_head.pth, or a depth model such as
+    /// Depth Anything V2, where it is the default).
     Depth,
     /// Segmentation (needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth).
     Seg,
@@ -236,13 +237,16 @@ fn print_settings(args: &Args) {
     println!("{v}");
 }
 
-/// The task: the head's, unless `--task` asks for one (which must fit the head, or not need one).
+/// The task: the head's, unless `--task` asks for one (which must fit the head, or not need one);
+/// with no head, a depth model's own depth (`model_depth`), else the PCA picture.
 fn choose_task(
     head: Option<&LinearHead>,
     task: Option<Task>,
     head_path: Option<&std::path::Path>,
+    model_depth: bool,
 ) -> Result<Task> {
     Ok(match (head, task) {
+        (None, None | Some(Task::Depth)) if model_depth => Task::Depth,
         (Some(LinearHead::Seg(_)), None | Some(Task::Seg)) => Task::Seg,
         (Some(LinearHead::Depth(_)), None | Some(Task::Depth)) => Task::Depth,
         (Some(h), Some(t)) => bail!(
@@ -256,7 +260,7 @@ fn choose_task(
             }
         ),
         (None, Some(Task::Depth)) => bail!(
-            "--task depth needs a depth head: --head dinov2_vits14_nyu_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
+            "--task depth needs a depth head: --head dinov2_vits14_nyu_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`, or a depth model such as Depth Anything V2"
         ),
         (None, Some(Task::Seg)) => bail!(
             "--task seg needs a segmentation head: --head dinov2_vits14_voc2012_linear_head.pth (DINOv2's release) or one from `dinoedge train-head`"
@@ -466,8 +470,14 @@ pub fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
-    let task = choose_task(head.as_ref(), args.task, args.head.as_deref())?;
     let model_info = model.read()?;
+    let model_depth = model_info.depth();
+    let task = choose_task(
+        head.as_ref(),
+        args.task,
+        args.head.as_deref(),
+        model_depth.is_some(),
+    )?;
     let options = match &head {
         Some(h) => head_options(h, &model_info, &model)?,
         None => model.options(),
@@ -476,8 +486,23 @@ pub fn run(args: Args) -> Result<()> {
         Some(LinearHead::Seg(s)) => Analysis::Seg(s),
         Some(LinearHead::Depth(d)) => Analysis::Depth(d),
         None if task == Task::Features => Analysis::Features,
-        None => Analysis::Pca,
+        None => match (task, model_depth) {
+            (Task::Depth, Some(kind)) => Analysis::ModelDepth(kind),
+            _ => Analysis::Pca,
+        },
     };
+    // a rule in metres cannot read a depth that has no unit: said before anything opens
+    if matches!(analysis, Analysis::ModelDepth(DepthConfig::Relative)) && !args.gpio.is_empty() {
+        let rules = dinoedge_board::RuleSet::parse(&args.gpio)?;
+        let metres = rules.depth_rules();
+        anyhow::ensure!(
+            metres.is_empty(),
+            "--gpio {}: a rule in metres needs depth in metres, and {} ({}) gives relative depth, with no unit: use a metric model (a Depth Anything V2 Metric export, whose config.json says depth_estimation_type: metric) or a DINOv2 depth head (--head)",
+            metres.join(", "),
+            model.model.display(),
+            model_info.variant()
+        );
+    }
 
     let stats = SharedStats::default();
     let title = format!(

@@ -199,6 +199,68 @@ fn clip_to_files_jsonl_and_mcap_then_mcap_back_in() {
 }
 
 #[test]
+fn a_depth_anything_model_alone_runs_relative_depth_to_every_sink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let (files, rec, lines) = (
+        tmp.path().join("files"),
+        tmp.path().join("run.mcap"),
+        tmp.path().join("out.jsonl"),
+    );
+    let source = format!("{}?frames=3", sample().display());
+    let mut c = cmd(tmp.path());
+    c.args([
+        "run", "--source", &source, "--size", "112x112", "--status", "off",
+    ])
+    .arg("--model")
+    .arg(&da);
+    sinks(
+        &mut c,
+        &[("files", &files), ("mcap", &rec), ("jsonl", &lines)],
+    );
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let json = json_lines(&lines);
+    assert_eq!(json.len(), 3);
+    for seq in 0..3u64 {
+        // labelled relative everywhere: file names, JSON, the recording's topic
+        let depth: ndarray::Array2<f32> =
+            ndarray_npy::read_npy(files.join(format!("frame_{seq:06}_depth_relative.npy")))
+                .unwrap();
+        assert!(
+            files
+                .join(format!("frame_{seq:06}_depth_relative.png"))
+                .is_file()
+        );
+        assert!(!files.join(format!("frame_{seq:06}_depth_mm.png")).exists());
+        let summary = &json[seq as usize]["regions"][0]["relative_depth"];
+        assert!(
+            summary["unit"].as_str().unwrap().contains("no unit"),
+            "{summary}"
+        );
+        let nearest = depth.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        assert_eq!(summary["nearest"].as_f64().unwrap() as f32, nearest);
+        assert!(json[seq as usize]["regions"][0]["depth"].is_null());
+    }
+    assert_eq!(mcap_topic(&rec, "/dinoedge/depth_relative").len(), 3);
+    assert!(mcap_topic(&rec, "/dinoedge/depth").is_empty());
+
+    // a GPIO rule in metres on a relative model: refused before anything opens
+    let o = cmd(tmp.path())
+        .args(["run", "--source", &source, "--status", "off", "--gpio"])
+        .arg("17=high:nearest(frame)<0.8")
+        .arg("--sink")
+        .arg(format!("jsonl:{}", tmp.path().join("gpio.jsonl").display()))
+        .arg("--model")
+        .arg(&da)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("relative depth") && t.contains("metric"), "{t}");
+}
+
+#[test]
 fn a_failing_source_and_a_failing_sink_leave_the_other_outputs_complete() {
     let tmp = tempfile::tempdir().unwrap();
     // the clip cut in the middle of its 8th frame

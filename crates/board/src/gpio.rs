@@ -272,6 +272,16 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// The rules that read a depth in metres (`nearest`, `proximity`), as written: they need a
+    /// model whose depth is in metres.
+    pub fn depth_rules(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .filter(|(_, r)| matches!(r, Rule::Nearest { .. } | Rule::Proximity { .. }))
+            .map(|(text, _)| text.as_str())
+            .collect()
+    }
+
     /// Parse rules; a pin used twice is an error.
     pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<RuleSet> {
         let mut rules: Vec<(String, Rule)> = Vec::new();

@@ -6,6 +6,7 @@
 //! | `/camera/image` | `foxglove.CompressedImage` (JPEG) | every frame |
 //! | `/dinoedge/result` | `foxglove.CompressedImage` (JPEG of the result view) | each new result |
 //! | `/dinoedge/depth` | `foxglove.RawImage`, `32FC1`, metres | each new depth result |
+//! | `/dinoedge/depth_relative` | `foxglove.RawImage`, `32FC1`, relative inverse depth (no unit) | each new result of a relative depth model |
 //! | `/dinoedge/classes` | `foxglove.RawImage`, `mono8`, class ids | each new segmentation |
 //! | `/dinoedge/stats` | `dinoedge.Stats` (JSON) | each new result |
 //!
@@ -202,14 +203,19 @@ impl McapSink {
                 t,
             )?;
         }
-        if let Analysed::Depth(d) = &a.analysed {
+        let depth = match &a.analysed {
+            Analysed::Depth(d) => Some(("/dinoedge/depth", d)),
+            Analysed::RelativeDepth(d) => Some(("/dinoedge/depth_relative", d)),
+            _ => None,
+        };
+        if let Some((topic, d)) = depth {
             let (h, w) = d.dim();
             let mut data = vec![0u8; d.len() * 4];
             for (b, v) in data.chunks_exact_mut(4).zip(d.iter()) {
                 b.copy_from_slice(&v.to_le_bytes());
             }
             self.log_foxglove(
-                "/dinoedge/depth",
+                topic,
                 &RawImage {
                     timestamp: stamp,
                     frame_id: "camera".into(),

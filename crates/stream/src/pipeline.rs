@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dinoedge_camera::{Frame, FrameSource, LatestReceiver, LatestSender, latest};
 use dinoedge_heads::{DepthHead, SegHead};
-use dinoedge_model::{Backbone, Features, Preprocessor};
+use dinoedge_model::{Backbone, DepthConfig, Features, Preprocessor};
 use dinoedge_render::{PcaView, RenderError, pca_images};
 
 use crate::result::{Analysed, FrameResult, Output};
@@ -33,6 +33,8 @@ pub enum Analysis {
     Seg(SegHead),
     /// A depth head.
     Depth(DepthHead),
+    /// The model's own depth head (Depth Anything V2): metres or relative, as its config says.
+    ModelDepth(DepthConfig),
 }
 
 impl Analysis {
@@ -42,7 +44,7 @@ impl Analysis {
             Analysis::Features => "features",
             Analysis::Pca => "pca",
             Analysis::Seg(_) => "seg",
-            Analysis::Depth(_) => "depth",
+            Analysis::Depth(_) | Analysis::ModelDepth(_) => "depth",
         }
     }
 }
@@ -174,6 +176,21 @@ fn backbone_stage(
     Ok((f, t0.elapsed()))
 }
 
+/// The model's depth map at the frame's `h` x `w` (bilinear, as the depth heads upsample).
+fn model_depth(f: &Features, h: usize, w: usize) -> Result<ndarray::Array2<f32>> {
+    let depth = f
+        .depth
+        .as_ref()
+        .ok_or_else(|| dinoedge_model::ModelError::Input("the model gave no depth map".into()))?;
+    let (dh, dw) = depth.dim();
+    let planes = depth
+        .view()
+        .into_shape_with_order((1, dh, dw))
+        .map_err(|e| dinoedge_model::ModelError::Input(e.to_string()))?;
+    let resized = dinoedge_heads::resize::resize_bilinear(planes, h, w);
+    Ok(resized.index_axis_move(ndarray::Axis(0), 0))
+}
+
 /// The head on one frame's features.
 fn head_stage(
     analysis: &Analysis,
@@ -194,6 +211,13 @@ fn head_stage(
         }
         Analysis::Seg(s) => Analysed::Seg(s.predict_features(&f, h, w)?, s.palette.clone()),
         Analysis::Depth(d) => Analysed::Depth(d.predict_features(&f, h, w)?),
+        Analysis::ModelDepth(kind) => {
+            let depth = model_depth(&f, h, w)?;
+            match kind {
+                DepthConfig::Metric { .. } => Analysed::Depth(depth),
+                DepthConfig::Relative => Analysed::RelativeDepth(depth),
+            }
+        }
     };
     Ok(FrameResult {
         seq: frame.seq,

@@ -44,6 +44,10 @@ impl Region {
                 let (rows, cols) = self.pixels(d.nrows(), d.ncols());
                 v["depth"] = depth_summary(d.slice(s![rows, cols]));
             }
+            Analysed::RelativeDepth(d) => {
+                let (rows, cols) = self.pixels(d.nrows(), d.ncols());
+                v["relative_depth"] = relative_depth_summary(d.slice(s![rows, cols]));
+            }
             Analysed::Seg(seg, palette) => {
                 v["classes"] = class_summary(
                     self.pixels(seg.labels.nrows(), seg.labels.ncols()),
@@ -83,27 +87,49 @@ fn class_summary(
         .collect()
 }
 
-fn depth_summary(d: ArrayView2<f32>) -> Value {
-    let mut v = crate::render::valid_depths(d);
-    if v.is_empty() {
-        return json!({"valid_fraction": 0.0});
-    }
+/// Smallest, largest, mean and median of `v` (not empty), the median by selection, not a
+/// sort: this runs on every frame.
+fn spread(v: &mut [f32]) -> (f32, f32, f64, f32) {
     let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
-    for &x in &v {
+    for &x in v.iter() {
         lo = lo.min(x);
         hi = hi.max(x);
         sum += x as f64;
     }
     let n = v.len();
-    // the median by selection, not a sort: this runs on every frame
-    let mid = n / 2;
-    let median = *v.select_nth_unstable_by(mid, f32::total_cmp).1;
+    let median = *v.select_nth_unstable_by(n / 2, f32::total_cmp).1;
+    (lo, hi, sum / n as f64, median)
+}
+
+/// Relative inverse depth (larger is nearer, no unit): the nearest is the largest value.
+fn relative_depth_summary(d: ArrayView2<f32>) -> Value {
+    let mut v: Vec<f32> = d.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return json!({"valid_fraction": 0.0});
+    }
+    let (lo, hi, mean, median) = spread(&mut v);
+    json!({
+        "unit": "relative inverse depth: larger is nearer, no unit",
+        "nearest": hi,
+        "median": median,
+        "mean": mean,
+        "farthest": lo,
+        "valid_fraction": v.len() as f64 / d.len().max(1) as f64,
+    })
+}
+
+fn depth_summary(d: ArrayView2<f32>) -> Value {
+    let mut v = crate::render::valid_depths(d);
+    if v.is_empty() {
+        return json!({"valid_fraction": 0.0});
+    }
+    let (lo, hi, mean, median) = spread(&mut v);
     json!({
         "nearest_m": lo,
         "median_m": median,
-        "mean_m": sum / n as f64,
+        "mean_m": mean,
         "farthest_m": hi,
-        "valid_fraction": n as f64 / d.len().max(1) as f64,
+        "valid_fraction": v.len() as f64 / d.len().max(1) as f64,
     })
 }
 

@@ -72,7 +72,7 @@ pub fn depth_range(d: ArrayView2<f32>) -> (f32, f32) {
 pub fn result_picture(a: &Analysed, w: u32, h: u32) -> Option<RgbImage> {
     let pic = match a {
         Analysed::Seg(seg, palette) => palette.colorize(seg.labels.view()),
-        Analysed::Depth(d) => {
+        Analysed::Depth(d) | Analysed::RelativeDepth(d) => {
             let (lo, hi) = depth_range(d.view());
             depth_color(d.view(), Colormap::Turbo, lo, hi)
         }

@@ -19,6 +19,9 @@ pub enum Analysed {
     Pca(RgbImage),
     /// Depth in metres at the frame's size.
     Depth(Array2<f32>),
+    /// Relative inverse depth at the frame's size (a relative Depth Anything V2 model): larger
+    /// is nearer, with no unit; only order and ratios mean anything.
+    RelativeDepth(Array2<f32>),
     /// Classes at the frame's size, and the head's palette.
     Seg(SegOutput, Palette),
 }
@@ -26,7 +29,10 @@ pub enum Analysed {
 impl Analysed {
     /// Whether the result is a map over the image (depth or classes), which regions summarise.
     pub fn is_map(&self) -> bool {
-        matches!(self, Analysed::Depth(_) | Analysed::Seg(..))
+        matches!(
+            self,
+            Analysed::Depth(_) | Analysed::RelativeDepth(_) | Analysed::Seg(..)
+        )
     }
 }
 

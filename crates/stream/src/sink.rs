@@ -60,7 +60,8 @@ pub enum PictureFormat {
 
 /// Files per result, numbered by the frame it was computed on: `frame_000042_overlay.png`
 /// and `_classes.png` (class ids) for segmentation; `_depth_mm.png` (16-bit, mm),
-/// `_depth.npy` (f32 metres) and `_depth.png` (colour) for depth; `_pca.png` for the PCA
+/// `_depth.npy` (f32 metres) and `_depth.png` (colour) for depth; `_depth_relative.npy` and
+/// `_depth_relative.png` for a relative depth model (no unit); `_pca.png` for the PCA
 /// view; `_patches.npy` (`[h, w, C]`) and `_cls.npy` for features. Only fresh results are
 /// written: in the low-rate modes one set per backbone run.
 pub struct FileSink {
@@ -118,6 +119,10 @@ impl Sink for FileSink {
                 save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
                 npy(p("depth.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
                 picture("depth")
+            }
+            Analysed::RelativeDepth(d) => {
+                npy(p("depth_relative.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
+                picture("depth_relative")
             }
             Analysed::Pca(_) => picture("pca"),
             Analysed::Features(f) => {
@@ -229,7 +234,7 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
             v["backbone_ms"] = (a.backbone.as_secs_f64() * 1e3).into();
             v["head_ms"] = (a.head.as_secs_f64() * 1e3).into();
             match &a.analysed {
-                m @ (Analysed::Depth(_) | Analysed::Seg(..)) => {
+                m @ (Analysed::Depth(_) | Analysed::RelativeDepth(_) | Analysed::Seg(..)) => {
                     v["regions"] = self.regions.iter().map(|r| r.summarise(m)).collect();
                 }
                 Analysed::Features(f) => {

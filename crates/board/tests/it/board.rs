@@ -224,6 +224,26 @@ fn rules_drive_pins_from_results() {
 }
 
 #[test]
+fn the_rules_in_metres_are_named() {
+    let rules = RuleSet::parse(&[
+        "17=high:nearest(ahead)<0.8",
+        "18=pwm:proximity(ahead,0.3,2)",
+        "22=high:class(person)>0.05",
+        "27=snapshot",
+    ])
+    .unwrap();
+    assert_eq!(
+        rules.depth_rules(),
+        vec![
+            "17=high:nearest(ahead)<0.8",
+            "18=pwm:proximity(ahead,0.3,2)"
+        ]
+    );
+    let classes = RuleSet::parse(&["22=high:class(person)>0.05"]).unwrap();
+    assert!(classes.depth_rules().is_empty());
+}
+
+#[test]
 fn a_snapshot_fires_on_the_rising_edge_only() {
     let mut rules = RuleSet::parse(&["27=snapshot"]).unwrap();
     let mut pins = Recorder::default();
