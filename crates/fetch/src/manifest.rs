@@ -251,6 +251,9 @@ mod tests {
             "vits14-ade20k-linear",
             "vits14-nyu-linear",
             "vits14-kitti-linear",
+            "da2-small",
+            "da2-small-int8",
+            "da2-small-uint8",
         ] {
             m.get(name).unwrap();
         }
@@ -276,6 +279,12 @@ mod tests {
             "https://huggingface.co/onnx-community/dinov2-small/resolve/main/onnx/model_int8.onnx"
         );
         assert_eq!(m.get("vits14-int8").unwrap().file_name(), "model_int8.onnx");
+        assert_eq!(
+            m.get("da2-small-int8")
+                .unwrap()
+                .url("https://huggingface.co/"),
+            "https://huggingface.co/onnx-community/depth-anything-v2-small/resolve/main/onnx/model_int8.onnx"
+        );
     }
 
     #[test]

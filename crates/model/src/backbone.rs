@@ -78,13 +78,14 @@ impl ModelInfo {
         let configs = ModelConfigs::find(path)?;
         let cfg = configs.model.as_ref().map(|(_, c)| c);
         if let Some((cfg_path, c)) = &configs.model
-            && (c.hidden_size != graph.embed_dim || c.num_hidden_layers != graph.num_blocks)
+            && let (Some(width), Some(layers)) = (c.hidden_size, c.num_hidden_layers)
+            && (width != graph.embed_dim || layers != graph.num_blocks)
         {
             tracing::warn!(
                 "{} says hidden_size {} / {} layers, the graph has {} / {}: using the graph",
                 cfg_path.display(),
-                c.hidden_size,
-                c.num_hidden_layers,
+                width,
+                layers,
                 graph.embed_dim,
                 graph.num_blocks
             );
@@ -95,7 +96,7 @@ impl ModelInfo {
         Ok(ModelInfo {
             path: path.to_owned(),
             registers,
-            heads: cfg.map(|c| c.num_attention_heads),
+            heads: cfg.and_then(|c| c.num_attention_heads),
             graph,
             configs,
             proto: Arc::new(proto),

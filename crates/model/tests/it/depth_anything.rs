@@ -75,6 +75,28 @@ fn the_file_is_read_as_depth_anything() {
 }
 
 #[test]
+fn a_config_with_only_the_model_type_is_enough() {
+    // onnx-community's Depth Anything V2 `config.json` is 38 bytes: the graph says the rest
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("onnx")).unwrap();
+    let file = dir.path().join("onnx/model.onnx");
+    std::fs::copy(model("tiny/depth-anything-v2-tiny/onnx/model.onnx"), &file).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"model_type": "depth_anything"}"#,
+    )
+    .unwrap();
+    let info = ModelInfo::read(&file).unwrap();
+    assert_eq!(info.depth(), Some(DepthConfig::Relative));
+    assert_eq!((info.graph.embed_dim, info.graph.num_blocks), (48, 4));
+    let mut bb = Backbone::from_model_info(info, &options(112, 112, 1)).unwrap();
+    let f = bb
+        .run(ndarray::Array4::zeros((1, 3, 112, 112)).view())
+        .unwrap();
+    assert_eq!(f[0].depth.as_ref().unwrap().dim(), (112, 112));
+}
+
+#[test]
 fn tiny_fp32_depth_and_encoder_tokens_match_pytorch() {
     let name = "depth-anything-v2-tiny";
     let (depth, f) = run(
