@@ -4,13 +4,15 @@
 //! have (Hugging Face exports in fp32, dynamic int8 and QDQ int8, with or without register
 //! tokens), fix the input resolution at load time, preprocess RGB images, and extract dense
 //! features — the CLS token, register tokens, the `[h, w, D]` patch grid, intermediate
-//! blocks and the last block's attention.
+//! blocks and the last block's attention. Depth Anything V2 files (the same encoder with a DPT
+//! depth head in the file, found by structure in [`graph`]) load the same way and add the depth
+//! map to the features ([`Features::depth`]; relative or metric as [`ModelInfo::depth`] says).
 //!
 //! Depends on no other dinoedge crate; everything else builds on it. Where the CPU allows,
 //! the weight products run on dinoedge's own kernels ([`qgemm`], [`sgemm`], swapped in by
 //! [`qmatmul`]), each block's attention as one fused operator ([`attention`]; int8 in an
-//! int8 file) and every LayerNorm as one operator ([`layer_norm`]); the rest of the graph on
-//! tract's.
+//! int8 file), every LayerNorm as one operator ([`layer_norm`]) and image resizes a plane at a
+//! time ([`resize`]); the rest of the graph on tract's.
 //!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
