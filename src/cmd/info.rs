@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
                 "resolution    fixed by the export (no position-embedding resize in the graph)"
             );
         }
-        println!("input         {} [batch, 3, H, W]", g.input_name);
+        println!("input         {}", input_text(&g.input_name, &g.input_dims));
         println!("outputs       {}", g.output_names.join(", "));
         println!(
             "exporter      {} (opset {})",
@@ -165,4 +165,21 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     Ok(())
+}
+
+/// `pixel_values [batch, 3, H, W]`, or the fixed shape a file declares and what dinoedge
+/// does with it.
+fn input_text(name: &str, dims: &[Option<usize>]) -> String {
+    if dims.iter().all(Option::is_none) {
+        return format!("{name} [batch, 3, H, W]");
+    }
+    let shown: Vec<String> = dims
+        .iter()
+        .zip(["batch", "3", "H", "W"])
+        .map(|(d, sym)| d.map_or(sym.to_string(), |v| v.to_string()))
+        .collect();
+    format!(
+        "{name} [{}] as exported (dinoedge sets the batch and size it runs at)",
+        shown.join(", ")
+    )
 }

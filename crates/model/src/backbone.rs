@@ -160,21 +160,60 @@ impl ModelInfo {
             .as_ref()
             .and_then(|(_, p)| p.crop_hw().or_else(|| p.size_hw()))
             .map(|(h, w)| Resolution::new(h, w))
+            .or_else(|| self.declared_resolution())
             .filter(|r| r.validate(self.graph.patch_size as u32).is_ok())
             .unwrap_or(Resolution::square(224))
     }
 
-    /// The position-embedding grid the checkpoint was trained with (37 for 518-pixel DINOv2),
-    /// if the config says.
+    /// The height and width the file's input declares, when both are fixed numbers (a
+    /// torch.hub export at 224 declares `[1, 3, 224, 224]`).
+    pub fn declared_resolution(&self) -> Option<Resolution> {
+        match self.graph.input_dims.as_slice() {
+            [_, _, Some(h), Some(w)] => Some(Resolution::new(*h as u32, *w as u32)),
+            _ => None,
+        }
+    }
+
+    /// The position-embedding grid the checkpoint was trained with (37 for 518-pixel DINOv2):
+    /// from the config, else from the position embedding in the file.
     pub fn native_grid(&self) -> Option<usize> {
-        let (_, c) = self.configs.model.as_ref()?;
-        c.image_size.map(|s| s / self.graph.patch_size)
+        let from_config = self.configs.model.as_ref().and_then(|(_, c)| c.image_size);
+        match from_config {
+            Some(s) => Some(s / self.graph.patch_size),
+            None => position_grid_from_graph(&self.proto, self.graph.embed_dim),
+        }
     }
 
     /// Normalisation the model expects.
     pub fn normalization(&self) -> Normalization {
         Preprocessor::normalization_from(self.configs.preprocessor.as_ref().map(|(_, p)| p))
     }
+}
+
+/// The side of the square position grid the file's position embedding holds: the constant
+/// that its `Resize` (the position-embedding resize) reads, `n²` tokens of width `D` (with or
+/// without the CLS token's), whatever the exporter named it.
+fn position_grid_from_graph(proto: &tract_onnx::pb::ModelProto, dim: usize) -> Option<usize> {
+    let graph = proto.graph.as_ref()?;
+    let resize = graph.node.iter().find(|n| n.op_type == "Resize")?;
+    let mut name = resize.input.first()?.as_str();
+    for _ in 0..8 {
+        if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
+            let values: i64 = t.dims.iter().product();
+            let tokens = usize::try_from(values).ok()? / dim.max(1);
+            let square = |m: usize| {
+                let n = (m as f64).sqrt().round() as usize;
+                (n > 1 && n * n == m).then_some(n)
+            };
+            return square(tokens).or_else(|| square(tokens.checked_sub(1)?));
+        }
+        let producer = graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == name))?;
+        name = producer.input.first()?.as_str();
+    }
+    None
 }
 
 fn registers_from_graph(proto: &tract_onnx::pb::ModelProto, dim: usize) -> Option<usize> {

@@ -78,6 +78,9 @@ pub struct FinalNorm {
 pub struct GraphInfo {
     /// Name of the image input (`pixel_values` for Hugging Face exports).
     pub input_name: String,
+    /// The input's shape as the file declares it: a number where fixed (torch.hub exports
+    /// fix `[1, 3, 224, 224]`), `None` where symbolic or absent.
+    pub input_dims: Vec<Option<usize>>,
     /// Names of the declared outputs.
     pub output_names: Vec<String>,
     /// Patch size (kernel and stride of the patch-embedding convolution).
@@ -298,7 +301,10 @@ impl GraphInfo {
             .iter()
             .find(|n| matches!(n.op_type.as_str(), "Conv" | "ConvInteger" | "QLinearConv"))
             .ok_or_else(|| not_dino("no patch-embedding convolution (Conv) in the graph".into()))?;
-        let kernel = attr_ints(conv, "kernel_shape");
+        // `kernel_shape` is optional in ONNX (torch's dynamo exporter leaves it out): the
+        // weight's own shape has it.
+        let kernel = attr_ints(conv, "kernel_shape")
+            .or_else(|| conv_weight_kernel(conv, &initializers, &producers));
         let strides = attr_ints(conv, "strides");
         let patch_size = match (kernel.as_deref(), strides.as_deref()) {
             (Some([kh, kw]), Some([sh, sw])) if kh == kw && kh == sh && kh == sw && *kh > 1 => {
@@ -306,8 +312,10 @@ impl GraphInfo {
             }
             _ => {
                 return Err(not_dino(format!(
-                    "the first convolution ({}) is not a patch embedding (kernel {:?}, strides {:?})",
-                    conv.name, kernel, strides
+                    "the first convolution ({}) is not a patch embedding (kernel {}, strides {})",
+                    conv.name,
+                    dims_text(kernel.as_deref()),
+                    dims_text(strides.as_deref()),
                 )));
             }
         };
@@ -397,6 +405,7 @@ impl GraphInfo {
         Ok(GraphInfo {
             depth_head: found.depth_head,
             input_name: input.name.clone(),
+            input_dims: declared_dims(input),
             output_names: graph.output.iter().map(|o| o.name.clone()).collect(),
             patch_size,
             embed_dim,
@@ -472,6 +481,24 @@ pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
     Ok(proto)
 }
 
+fn declared_dims(input: &pb::ValueInfoProto) -> Vec<Option<usize>> {
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        input.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Vec::new();
+    };
+    t.shape
+        .iter()
+        .flat_map(|s| &s.dim)
+        .map(|d| match d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
+                Some(v as usize)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn declared_rank(input: &pb::ValueInfoProto) -> Option<usize> {
     match input.r#type.as_ref()?.value.as_ref()? {
         pb::type_proto::Value::TensorType(t) => t.shape.as_ref().map(|s| s.dim.len()),
@@ -484,6 +511,39 @@ fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProt
 
 fn attr_ints(node: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| a.ints.clone())
+}
+
+/// The spatial size of a convolution's weight, `[out, in, kh, kw]` → `[kh, kw]`, from the
+/// initializer it reads, through a `DequantizeLinear` (QDQ files) if there is one.
+fn conv_weight_kernel(
+    conv: &pb::NodeProto,
+    initializers: &HashMap<&str, &pb::TensorProto>,
+    producers: &HashMap<&str, &pb::NodeProto>,
+) -> Option<Vec<i64>> {
+    let slot = if conv.op_type == "QLinearConv" { 3 } else { 1 };
+    let mut name = conv.input.get(slot)?.as_str();
+    for _ in 0..4 {
+        if let Some(t) = initializers.get(name) {
+            return (t.dims.len() == 4).then(|| t.dims[2..].to_vec());
+        }
+        let p = producers.get(name)?;
+        if !matches!(p.op_type.as_str(), "DequantizeLinear" | "Identity" | "Cast") {
+            return None;
+        }
+        name = p.input.first()?.as_str();
+    }
+    None
+}
+
+/// `[14, 14]`, or "not given", for messages.
+fn dims_text(dims: Option<&[i64]>) -> String {
+    match dims {
+        Some(d) => format!(
+            "[{}]",
+            d.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ),
+        None => "not given".into(),
+    }
 }
 
 fn attr_f(node: &pb::NodeProto, name: &str) -> Option<f32> {

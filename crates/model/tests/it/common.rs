@@ -2,6 +2,7 @@
 //! dinoedge-testkit).
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use dinoedge_model::{BackboneOptions, CacheMode, Resolution};
 use ndarray::{ArrayD, Axis};
@@ -46,4 +47,30 @@ pub fn batch_item(a: &ArrayD<f32>, b: usize) -> ndarray::Array2<f32> {
         .to_owned()
         .into_dimensionality()
         .unwrap()
+}
+
+/// A Python with the pinned tools (`pip install -r models/export/requirements.txt`):
+/// `$DINOEDGE_PYTHON`, else `python3`. Without them `test` is skipped with a note, unless
+/// `DINOEDGE_REQUIRE_PYTHON=1` (set by `.ci/run`), where it fails.
+pub fn python(test: &str) -> Option<PathBuf> {
+    let py = std::env::var_os("DINOEDGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import onnxruntime, onnx, numpy, PIL"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    let msg = format!(
+        "{} lacks onnxruntime/onnx/numpy/pillow: pip install -r models/export/requirements.txt \
+         (or point DINOEDGE_PYTHON at a Python that has them)",
+        py.display()
+    );
+    if std::env::var_os("DINOEDGE_REQUIRE_PYTHON").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("skipping {test}: {msg}");
+    None
 }

@@ -5,6 +5,7 @@ mod cache;
 mod common;
 mod depth_anything;
 mod errors;
+mod hub_export;
 mod parity_small;
 mod parity_tiny;
 mod preprocess;

@@ -9,32 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{batch_item, fixtures, input, max_abs, mean_cosine, model, npy, options};
+use crate::common::{
+    batch_item, fixtures, input, max_abs, mean_cosine, model, npy, options, python,
+};
 use dinoedge_model::{Backbone, Precision};
 use ndarray::{Array2, ArrayD, s};
-
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("DINOEDGE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import onnxruntime, onnx, numpy, PIL"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    let msg = format!(
-        "{} lacks onnxruntime/onnx/numpy/pillow: pip install -r models/export/requirements.txt \
-         (or point DINOEDGE_PYTHON at a Python that has them)",
-        py.display()
-    );
-    if std::env::var_os("DINOEDGE_REQUIRE_PYTHON").is_some_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping the quantize script test: {msg}");
-    None
-}
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/export/quantize.py")
@@ -88,7 +67,9 @@ fn check(file: &Path, ort: &Path, precision: Precision, min_fp32_cos: f64, ort_t
 
 #[test]
 fn quantized_by_the_script_loads_and_passes_parity() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("the quantize script test") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let fp32 = model("dinov2-small/onnx/model.onnx");
     let x = fixtures().join("reference/inputs/pixel_values_224x224.npy");
