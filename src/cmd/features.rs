@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use dinoedge_model::{Features, ResizeMode, load_rgb};
+use dinoedge_model::{Features, ResizeMode};
 use ndarray_npy::write_npy;
 
-use super::{ModelArgs, finish, out_dir, parse_resize, progress, stem};
+use super::{Damaged, ModelArgs, finish, out_dir, parse_resize, progress, stem};
 
 /// Arguments of `dinoedge features`.
 #[derive(clap::Args, Debug)]
@@ -42,10 +42,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut bb = args.model.load(&options)?;
     let mut pre = bb.preprocessor(args.resize)?;
     let pb = progress(args.images.len(), "features");
-    let mut failed = vec![];
+    let (mut failed, mut damaged) = (vec![], Damaged::default());
     for image in &args.images {
         let r = (|| -> Result<()> {
-            let img = load_rgb(image)?;
+            let img = damaged.load(image)?;
             let f = bb.run_image(&mut pre, &img)?;
             save(&f, &args.out, &stem(image))
         })();
@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         bb.layout().dim,
         bb.resolution()
     );
-    finish(&failed, args.images.len())
+    finish(&failed, &damaged, args.images.len())
 }
 
 fn save(f: &Features, dir: &Path, stem: &str) -> Result<()> {

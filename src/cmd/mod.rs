@@ -190,8 +190,34 @@ pub fn out_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating output directory {}", dir.display()))
 }
 
-/// Finish a loop over images: a summary error when some failed (the others' outputs stay).
-pub fn finish(failed: &[(PathBuf, anyhow::Error)], total: usize) -> Result<()> {
+/// The images of a loop that decoded only in part (a JPEG cut short): each is used as it
+/// decoded, and reported with the loop's summary ([`finish`]).
+#[derive(Default)]
+pub struct Damaged(Vec<(PathBuf, String)>);
+
+impl Damaged {
+    /// Decode `path` to upright RGB8, noting it if it is damaged.
+    pub fn load(&mut self, path: &Path) -> Result<image::RgbImage> {
+        let loaded = dinoedge_imagefile::load(path)?;
+        if let Some(damage) = loaded.damage {
+            self.0.push((path.to_owned(), damage));
+        }
+        Ok(loaded.image)
+    }
+}
+
+/// Finish a loop over images: a warning for each image that decoded only in part, and a
+/// summary error when some failed (the others' outputs stay).
+pub fn finish(failed: &[(PathBuf, anyhow::Error)], damaged: &Damaged, total: usize) -> Result<()> {
+    for (p, damage) in &damaged.0 {
+        eprintln!("warning: {}: {damage}", p.display());
+    }
+    if !damaged.0.is_empty() {
+        eprintln!(
+            "warning: {} of {total} images decoded only in part (used as decoded)",
+            damaged.0.len()
+        );
+    }
     for (p, e) in failed {
         eprintln!("error: {}: {e:#}", p.display());
     }

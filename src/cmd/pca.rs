@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use dinoedge_model::{ResizeMode, load_rgb};
+use dinoedge_model::ResizeMode;
 use dinoedge_render::overlay::{tile, upsample};
 use dinoedge_render::{PcaView, pca_images};
 
-use super::{ModelArgs, finish, out_dir, parse_resize, progress, stem};
+use super::{Damaged, ModelArgs, finish, out_dir, parse_resize, progress, stem};
 
 /// Arguments of `dinoedge pca`.
 #[derive(clap::Args, Debug)]
@@ -40,14 +40,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut bb = args.model.load(&args.model.options())?;
     let mut pre = bb.preprocessor(args.resize)?;
     let pb = progress(args.images.len(), "features");
-    let (mut done, mut failed) = (vec![], vec![]);
+    let (mut done, mut failed, mut damaged) = (vec![], vec![], Damaged::default());
     for image in &args.images {
-        match load_rgb(image)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| {
-                let f = bb.run_image(&mut pre, &img)?;
-                Ok((img, f))
-            }) {
+        match damaged.load(image).and_then(|img| {
+            let f = bb.run_image(&mut pre, &img)?;
+            Ok((img, f))
+        }) {
             Ok((img, f)) => done.push((image.clone(), img, f)),
             Err(e) => failed.push((image.clone(), e)),
         }
@@ -70,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         println!("{} PCA pictures -> {}", done.len(), args.out.display());
     }
-    finish(&failed, args.images.len())
+    finish(&failed, &damaged, args.images.len())
 }
 
 /// Patch-grid pictures look best blocky-then-smoothed: nearest to 4x, bilinear to the image.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use dinoedge_heads::LinearHead;
-use dinoedge_model::{DepthConfig, ResizeMode, load_rgb};
+use dinoedge_model::{DepthConfig, ResizeMode};
 use dinoedge_render::Colormap;
 use dinoedge_render::output::{
     class_png, depth_color, depth_mm_png, with_depth_legend, with_legend,
@@ -16,7 +16,7 @@ use dinoedge_render::overlay::{blend, tile};
 use image::RgbImage;
 use ndarray::Array2;
 
-use super::{ModelArgs, finish, head_options, out_dir, progress, stem};
+use super::{Damaged, ModelArgs, finish, head_options, out_dir, progress, stem};
 
 /// Arguments of `dinoedge predict`.
 #[derive(clap::Args, Debug)]
@@ -123,10 +123,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut pre = bb.preprocessor(ResizeMode::Stretch)?;
     let pb = progress(args.images.len(), "predicting");
     let mut failed = Vec::new();
+    let mut damaged = Damaged::default();
     let mut summary = Vec::new();
     for path in &args.images {
         let result = (|| -> Result<serde_json::Value> {
-            let img = load_rgb(path)?;
+            let img = damaged.load(path)?;
             let (w, h) = (img.width() as usize, img.height() as usize);
             let f = bb.run_image(&mut pre, &img)?;
             let s = stem(path);
@@ -276,5 +277,5 @@ pub fn run(args: Args) -> Result<()> {
         args.out.display(),
         json.display()
     );
-    finish(&failed, args.images.len())
+    finish(&failed, &damaged, args.images.len())
 }

@@ -144,6 +144,66 @@ fn features_writes_npy_files_and_keeps_going_past_a_bad_image() {
     assert!(out.join("features.json").is_file());
 }
 
+/// `bytes` cut right after the first scan header: the headers whole, no scan data.
+fn jpeg_cut_before_its_scan(bytes: &[u8]) -> Vec<u8> {
+    let sos = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let header = u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]) as usize;
+    bytes[..sos + 2 + header].to_vec()
+}
+
+#[test]
+fn a_jpeg_cut_short_is_warned_about_and_counted_and_a_pixel_bomb_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = std::fs::read(media("photo_paris_exif_orientation_5.jpg")).unwrap();
+    let cut = tmp.path().join("cut.jpg");
+    std::fs::write(&cut, jpeg_cut_before_its_scan(&photo)).unwrap();
+    let out = tmp.path().join("out");
+    let o = dinoedge(
+        args![
+            "features",
+            tiny_reg(),
+            cut,
+            image(8),
+            "--out",
+            out,
+            "--size",
+            "42x56"
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success(),
+        "a damaged image is used, not failed: {t}"
+    );
+    assert!(
+        t.contains("cut.jpg: the JPEG ends before its scan data")
+            && t.contains("1 of 2 images decoded only in part"),
+        "{t}"
+    );
+    assert!(out.join("cut_patches.npy").is_file());
+
+    // A PNG whose header declares 100000x100000 (30 GB of RGB): refused before allocating.
+    let bomb = tmp.path().join("bomb.png");
+    std::fs::write(&bomb, dinoedge_testkit::png_declaring(100_000, 100_000)).unwrap();
+    for cmd in ["features", "pca"] {
+        let o = dinoedge(
+            args![cmd, tiny_reg(), bomb, "--out", out, "--size", "42x56"],
+            tmp.path(),
+        );
+        let t = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{cmd}: an error, not an abort: {t}"
+        );
+        assert!(t.contains("declares 100000x100000 pixels"), "{cmd}: {t}");
+    }
+}
+
 #[test]
 fn pca_and_attention_pictures() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,7 +1,5 @@
 //! Pixel decoding: JPEG (including webcam MJPEG frames without Huffman tables), packed
-//! YUYV and planar YUV to RGB8, and image files with their EXIF orientation.
-
-use std::path::Path;
+//! YUYV and planar YUV to RGB8. Image files are `dinoedge-imagefile`'s.
 
 use yuvutils_rs::{
     YuvGrayImage, YuvPackedImage, YuvPlanarImage, YuvRange, YuvStandardMatrix, yuv400_to_rgb,
@@ -272,44 +270,6 @@ pub fn planar_to_rgb(
         }
     };
     result.map_err(|e| CameraError::decode("YUV frame", format!("{e:?}")))
-}
-
-/// The most pixels an image file may declare (64 megapixels, 8000x8000): a header that says
-/// more is refused before its pixels are allocated.
-pub const MAX_IMAGE_PIXELS: u64 = 64_000_000;
-
-/// Decode an image file (JPEG — baseline, progressive, CMYK —, PNG, BMP, WebP, TIFF) to RGB8,
-/// turned upright by its EXIF orientation.
-pub fn load_image(path: &Path) -> Result<image::RgbImage> {
-    use image::ImageDecoder;
-    if !path.exists() {
-        return Err(CameraError::NotFound(path.to_owned()));
-    }
-    let what = path.display().to_string();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| CameraError::io(what.clone(), e))?
-        .with_guessed_format()
-        .map_err(|e| CameraError::io(what.clone(), e))?;
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| CameraError::decode(what.clone(), e))?;
-    let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
-        return Err(CameraError::decode(
-            what,
-            format!(
-                "it declares {w}x{h} pixels, more than the {} megapixels dinoedge decodes",
-                MAX_IMAGE_PIXELS / 1_000_000
-            ),
-        ));
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img =
-        image::DynamicImage::from_decoder(decoder).map_err(|e| CameraError::decode(what, e))?;
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::decode::load_image;
 use crate::error::{CameraError, Result};
 use crate::frame::{Frame, FrameSource, SourceInfo};
 
@@ -97,7 +96,19 @@ impl FrameSource for ImageFiles {
         };
         self.next += 1;
         // A bad file is reported and skipped: the next call reads the next file.
-        let img = load_image(path)?;
+        let loaded = dinoedge_imagefile::load(path).map_err(|e| match e {
+            dinoedge_imagefile::ImageFileError::NotFound(p) => CameraError::NotFound(p),
+            dinoedge_imagefile::ImageFileError::Io { path, source } => {
+                CameraError::io(path.display().to_string(), source)
+            }
+            dinoedge_imagefile::ImageFileError::Decode { path, reason } => {
+                CameraError::decode(path.display().to_string(), reason)
+            }
+        })?;
+        if let Some(damage) = &loaded.damage {
+            tracing::warn!("{}: {damage}", path.display());
+        }
+        let img = loaded.image;
         let (w, h) = img.dimensions();
         let frame = Frame::new(img.into_raw(), w, h, self.seq);
         self.seq += 1;

@@ -278,27 +278,22 @@ impl Preprocessor {
     }
 }
 
-/// Decode an image file to RGB8, applying its EXIF orientation, with a typed error.
+/// Decode an image file to upright RGB8 (JPEG, PNG, BMP, WebP, TIFF; see
+/// [`dinoedge_imagefile`]), with a typed error. A file that decodes only in part (a JPEG cut
+/// short) is logged as a warning; [`dinoedge_imagefile::load`] returns what is missing.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    use image::ImageDecoder;
-    let err = |reason: String| ModelError::Image {
+    let loaded = dinoedge_imagefile::load(path).map_err(|e| ModelError::Image {
         path: path.to_owned(),
-        reason,
-    };
-    if !path.exists() {
-        return Err(err("no such file".into()));
+        reason: match e {
+            dinoedge_imagefile::ImageFileError::NotFound(_) => "no such file".into(),
+            dinoedge_imagefile::ImageFileError::Io { source, .. } => source.to_string(),
+            dinoedge_imagefile::ImageFileError::Decode { reason, .. } => reason,
+        },
+    })?;
+    if let Some(damage) = &loaded.damage {
+        tracing::warn!("{}: {damage}", path.display());
     }
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| err(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
+    Ok(loaded.image)
 }
 
 #[cfg(test)]
