@@ -113,6 +113,21 @@ pub fn unpickle(data: &[u8], path: &Path) -> Result<Value, HeadsError> {
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();
+    // Every memo read or write copies a value: a pickle that doubles a list through the memo
+    // forty times would ask for 2^40 values from a few hundred bytes. The copies may add up
+    // to what a file of this size could plausibly hold, no more.
+    let mut copy_budget = MEMO_COPIES_PER_BYTE * data.len() + MEMO_COPIES_MIN;
+    let mut copied = |v: &Value, at: usize| -> Result<(), HeadsError> {
+        let w = weight(v, copy_budget);
+        if w > copy_budget {
+            return Err(err(
+                at,
+                "its memo copies more values than a file of this size can hold (a memo bomb?)",
+            ));
+        }
+        copy_budget -= w;
+        Ok(())
+    };
     let mut pos = 0usize;
     let take = |pos: &mut usize, n: usize| -> Result<&[u8], HeadsError> {
         let s = data
@@ -227,6 +242,7 @@ pub fn unpickle(data: &[u8], path: &Path) -> Result<Value, HeadsError> {
                 let top = stack
                     .last()
                     .ok_or_else(|| err(at, "BINPUT on empty stack"))?;
+                copied(top, at)?;
                 memo.insert(i, top.clone());
             }
             b'r' => {
@@ -235,12 +251,14 @@ pub fn unpickle(data: &[u8], path: &Path) -> Result<Value, HeadsError> {
                 let top = stack
                     .last()
                     .ok_or_else(|| err(at, "LONG_BINPUT on empty stack"))?;
+                copied(top, at)?;
                 memo.insert(i, top.clone());
             }
             0x94 => {
                 let top = stack
                     .last()
                     .ok_or_else(|| err(at, "MEMOIZE on empty stack"))?;
+                copied(top, at)?;
                 memo.insert(memo.len() as u32, top.clone());
             }
             b'h' | b'j' => {
@@ -251,6 +269,7 @@ pub fn unpickle(data: &[u8], path: &Path) -> Result<Value, HeadsError> {
                     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
                 };
                 let v = memo.get(&i).ok_or_else(|| err(at, "memo key not set"))?;
+                copied(v, at)?;
                 stack.push(v.clone());
             }
             b'c' => {
@@ -374,6 +393,32 @@ pub fn unpickle(data: &[u8], path: &Path) -> Result<Value, HeadsError> {
             _ => return Err(err(at, &format!("unsupported pickle opcode 0x{op:02x}"))),
         }
     }
+}
+
+/// Memo copies allowed per byte of pickle, and at least (see [`unpickle`]): a real checkpoint's
+/// memo copies a few values per tensor, well under one per byte.
+const MEMO_COPIES_PER_BYTE: usize = 16;
+const MEMO_COPIES_MIN: usize = 1 << 20;
+
+/// The size of a value in copy units (one per value, one per 16 bytes of text or bytes),
+/// counted up to `limit` and no further, without recursion (a value may be deeply nested).
+fn weight(v: &Value, limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        total += 1;
+        match v {
+            Value::Str(s) | Value::Global(s) | Value::Opaque(s) => total += s.len() / 16,
+            Value::Bytes(b) => total += b.len() / 16,
+            Value::List(items) | Value::Tuple(items) => todo.extend(items),
+            Value::Dict(items) => todo.extend(items.iter().flat_map(|(k, v)| [k, v])),
+            _ => {}
+        }
+        if total > limit {
+            break;
+        }
+    }
+    total
 }
 
 fn pairs(items: Vec<Value>, at: usize, path: &Path) -> Result<Vec<(Value, Value)>, HeadsError> {
@@ -591,6 +636,25 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memo_bomb_is_refused_before_it_grows() {
+        // x = []; forty times: x = [x, x] through memo slot 0: 2^40 values if copied out
+        let mut data = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            data.extend_from_slice(b"(h\x00h\x00lq\x00");
+        }
+        data.push(b'.');
+        let e = unpickle(&data, Path::new("bomb.pth")).unwrap_err();
+        assert!(e.to_string().contains("memo bomb"), "{e}");
+        // ten doublings (2^10 values) are fine
+        let mut data = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..10 {
+            data.extend_from_slice(b"(h\x00h\x00lq\x00");
+        }
+        data.push(b'.');
+        assert!(matches!(unpickle(&data, Path::new("ok.pth")), Ok(Value::List(_))));
+    }
 
     #[test]
     fn small_pickles() {
