@@ -653,7 +653,10 @@ mod tests {
             data.extend_from_slice(b"(h\x00h\x00lq\x00");
         }
         data.push(b'.');
-        assert!(matches!(unpickle(&data, Path::new("ok.pth")), Ok(Value::List(_))));
+        assert!(matches!(
+            unpickle(&data, Path::new("ok.pth")),
+            Ok(Value::List(_))
+        ));
     }
 
     #[test]

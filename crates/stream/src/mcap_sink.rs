@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dinoedge_camera::mcap::unix_nanos;
 use foxglove::Encode;
@@ -45,14 +45,29 @@ pub struct McapSink {
     schemas: HashMap<&'static str, u16>,
     quality: u8,
     alpha: f32,
-    /// The same file, to sync it to the disk after each flush.
+    /// The same file, to sync it to the disk after each flush (and to close it at its last
+    /// whole chunk when a write fails).
     file: File,
     /// When the last chunk was closed and flushed.
     flushed: Instant,
+    /// How often the chunk is closed, flushed and synced.
+    flush_every: Duration,
+    /// The file's length at the last successful flush: everything before it is whole records.
+    whole_len: u64,
 }
 
-/// How often a recording's chunk is closed, flushed and synced.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a recording's chunk is closed, flushed and synced, by default.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The end of an MCAP file with no summary section: a Data End record (opcode 0x0F, length 4,
+/// no data CRC), a Footer (opcode 0x02, length 20: no summary, no summary offsets, no CRC) and
+/// the closing magic. Readers then read the messages in order (the MCAP specification).
+const MCAP_END_WITHOUT_SUMMARY: [u8; 50] = [
+    0x0F, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // Data End
+    0x02, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, // Footer
+    0x89, b'M', b'C', b'A', b'P', b'0', b'\r', b'\n', // magic
+];
 
 impl McapSink {
     /// A new recording at `path`. An existing file is kept (an error) unless `overwrite`.
@@ -75,7 +90,7 @@ impl McapSink {
             .library(format!("dinoedge {}", env!("CARGO_PKG_VERSION")))
             .create(BufWriter::with_capacity(1 << 20, file))
             .map_err(|e| sink_err(&name, chain(&e)))?;
-        Ok(McapSink {
+        let mut sink = McapSink {
             path: path.to_owned(),
             writer: Some(writer),
             channels: HashMap::new(),
@@ -84,6 +99,71 @@ impl McapSink {
             alpha,
             file: sync,
             flushed: Instant::now(),
+            flush_every: FLUSH_EVERY,
+            whole_len: 0,
+        };
+        // the header on the disk: from here on the file can always be closed readable
+        sink.flush().map_err(|e| sink.salvage(e))?;
+        Ok(sink)
+    }
+
+    /// Close, flush and sync the chunk every `every` instead of every [`FLUSH_EVERY`] (what a
+    /// SIGKILL or a power cut can lose; shorter means smaller chunks).
+    pub fn flush_every(mut self, every: Duration) -> Self {
+        self.flush_every = every;
+        self
+    }
+
+    /// Close the chunk, flush the file and sync it to the disk; note its whole length.
+    fn flush(&mut self) -> Result<()> {
+        let name = self.name();
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().map_err(|e| sink_err(&name, chain(&e)))?;
+        }
+        // on the disk too, so a power cut keeps what a SIGKILL keeps
+        self.file
+            .sync_data()
+            .map_err(|e| sink_err(&name, chain(&e)))?;
+        self.whole_len = self
+            .file
+            .metadata()
+            .map_err(|e| sink_err(&name, chain(&e)))?
+            .len();
+        self.flushed = Instant::now();
+        Ok(())
+    }
+
+    /// After a failed write (a full disk): drop what was written after the last whole chunk
+    /// and end the file there, so it opens in any MCAP reader with every message up to that
+    /// chunk. The error returned says so (or why not).
+    fn salvage(&mut self, e: StreamError) -> StreamError {
+        let Some(writer) = self.writer.take() else {
+            return e;
+        };
+        let reason = match e {
+            StreamError::Sink { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        // no summary is written; the buffered rest may or may not reach the file: cut below
+        drop(writer.into_inner());
+        let closed = (|| -> std::io::Result<()> {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = &self.file;
+            f.set_len(self.whole_len)?;
+            f.seek(SeekFrom::Start(self.whole_len))?;
+            f.write_all(&MCAP_END_WITHOUT_SUMMARY)?;
+            f.sync_data()
+        })();
+        self.err(match closed {
+            Ok(()) => format!(
+                "{reason}; the recording was closed at its last whole chunk (every message up \
+                 to the last {:.0} s before the failure is readable)",
+                self.flush_every.as_secs_f64().max(1.0)
+            ),
+            Err(e) => format!(
+                "{reason}; closing the recording failed too ({e}): `mcap recover` reads what \
+                 was written"
+            ),
         })
     }
 
@@ -272,24 +352,27 @@ impl Sink for McapSink {
     /// Record `out`; at most every [`FLUSH_EVERY`] the chunk is closed and the file flushed and
     /// synced, so a recording cut by SIGKILL or a power cut loses at most the last second.
     fn write(&mut self, out: &Output) -> Result<()> {
-        self.record(out)?;
-        if self.flushed.elapsed() >= FLUSH_EVERY {
-            self.flushed = Instant::now();
-            let name = self.name();
-            if let Some(w) = self.writer.as_mut() {
-                w.flush().map_err(|e| sink_err(&name, chain(&e)))?;
+        let written = self.record(out).and_then(|()| {
+            if self.flushed.elapsed() >= self.flush_every {
+                self.flush()
+            } else {
+                Ok(())
             }
-            // on the disk too, so a power cut keeps what a SIGKILL keeps
-            self.file
-                .sync_data()
-                .map_err(|e| sink_err(&name, chain(&e)))?;
-        }
-        Ok(())
+        });
+        written.map_err(|e| self.salvage(e))
     }
 
     fn finish(&mut self) -> Result<()> {
-        if let Some(mut w) = self.writer.take() {
-            w.finish().map_err(|e| self.err(chain(&e)))?;
+        // the last chunk on the disk first: if the summary then does not fit, the file is
+        // closed after that chunk
+        self.flush().map_err(|e| self.salvage(e))?;
+        if let Some(w) = self.writer.as_mut() {
+            let finished = w.finish().map_err(|e| self.err(chain(&e)));
+            if let Err(e) = finished {
+                return Err(self.salvage(e));
+            }
+        }
+        if let Some(w) = self.writer.take() {
             use std::io::Write;
             w.into_inner().flush().map_err(|e| self.err(chain(&e)))?;
         }

@@ -188,27 +188,60 @@ where
 
 /// One JSON object per output (timestamps, times, and summaries of the result over each
 /// region) on a writer, flushed per line.
-pub struct JsonLinesSink<W: Write + Send> {
-    out: W,
+pub struct JsonLinesSink {
+    out: Box<dyn Write + Send>,
     label: String,
     regions: Vec<Region>,
+    /// For a file: the file (the same open file as `out`) and the length of its whole lines,
+    /// to cut a half-written line off when a write fails (a full disk).
+    file: Option<(std::fs::File, u64)>,
 }
 
-impl<W: Write + Send> JsonLinesSink<W> {
+impl JsonLinesSink {
     /// JSON lines to `out`, named `label` in messages, summarising the whole frame and
     /// `regions`.
-    pub fn new(out: W, label: &str, regions: Vec<Region>) -> Self {
+    pub fn new(out: impl Write + Send + 'static, label: &str, regions: Vec<Region>) -> Self {
         let mut all = vec![Region::frame()];
         all.extend(regions);
         JsonLinesSink {
-            out,
+            out: Box::new(out),
             label: label.to_string(),
             regions: all,
+            file: None,
         }
+    }
+
+    /// JSON lines to a new file at `path` (replaced if it exists). A line that cannot be
+    /// written whole (a full disk) is cut off again: the file holds whole lines only.
+    pub fn create(path: &Path, regions: Vec<Region>) -> Result<Self> {
+        let name = format!("jsonl:{}", path.display());
+        let file = std::fs::File::create(path)
+            .map_err(|e| sink_err(&name, format!("creating {}: {e}", path.display())))?;
+        let undo = file.try_clone().map_err(|e| sink_err(&name, e))?;
+        let mut sink = JsonLinesSink::new(file, &name, regions);
+        sink.file = Some((undo, 0));
+        Ok(sink)
+    }
+
+    /// Write one line whole, or leave a file as it was before it.
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let written = self.out.write_all(line).and_then(|()| self.out.flush());
+        match (&written, self.file.as_mut()) {
+            (Ok(()), Some((_, whole))) => *whole += line.len() as u64,
+            (Err(_), Some((file, whole))) => {
+                // `file` shares `out`'s offset: truncate, then write on from the cut
+                use std::io::Seek;
+                let _ = file
+                    .set_len(*whole)
+                    .and_then(|()| file.seek(std::io::SeekFrom::Start(*whole)));
+            }
+            _ => {}
+        }
+        written
     }
 }
 
-impl<W: Write + Send> Sink for JsonLinesSink<W> {
+impl Sink for JsonLinesSink {
     fn name(&self) -> String {
         self.label.clone()
     }
@@ -244,9 +277,10 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
                 Analysed::Pca(_) => {}
             }
         }
-        let name = self.name();
-        writeln!(self.out, "{v}").map_err(|e| sink_err(&name, e))?;
-        self.out.flush().map_err(|e| sink_err(&name, e))
+        let mut line = v.to_string();
+        line.push('\n');
+        self.write_line(line.as_bytes())
+            .map_err(|e| sink_err(&self.name(), e))
     }
 
     fn finish(&mut self) -> Result<()> {

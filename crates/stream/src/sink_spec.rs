@@ -158,13 +158,7 @@ impl SinkSpec {
                 (Box::new(s), None)
             }
             SinkSpec::JsonLines { file: Some(f) } => {
-                let name = format!("jsonl:{}", f.display());
-                let out = std::fs::File::create(f).map_err(|e| StreamError::Sink {
-                    name: name.clone(),
-                    reason: format!("creating {}: {e}", f.display()),
-                })?;
-                let s =
-                    JsonLinesSink::new(std::io::BufWriter::new(out), &name, cx.regions.to_vec());
+                let s = JsonLinesSink::create(f, cx.regions.to_vec())?;
                 (Box::new(s), Some(format!("JSON lines in {}", f.display())))
             }
             SinkSpec::Mcap { file, overwrite } => {

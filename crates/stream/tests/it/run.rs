@@ -444,34 +444,42 @@ fn a_stop_does_not_wait_for_a_stalled_source() {
 /// A full disk: the files sink fails with the operating system's reason, and every file it
 /// left under a final name is whole (it writes to a hidden name and renames when complete).
 /// Needs a small tmpfs, so root (as in CI); elsewhere it says why it did not run.
-#[test]
-fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
-    let dir = tempfile::tempdir().unwrap();
+/// A tmpfs of `size` mounted on `dir` for the guard's life, or `None` with the reason printed
+/// (it needs root, as in CI).
+fn small_tmpfs(dir: &std::path::Path, size: &str) -> Option<Unmount> {
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
-        .arg(dir.path())
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
         .output();
     match mounted {
-        Ok(o) if o.status.success() => {}
+        Ok(o) if o.status.success() => Some(Unmount(dir.to_owned())),
         Ok(o) => {
             eprintln!(
                 "skipped: cannot mount a small tmpfs here ({}); CI runs it as root",
                 String::from_utf8_lossy(&o.stderr).trim()
             );
-            return;
+            None
         }
         Err(e) => {
             eprintln!("skipped: no `mount` ({e})");
-            return;
+            None
         }
     }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
-    let _unmount = Unmount(dir.path());
+}
+
+#[test]
+fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_unmount) = small_tmpfs(dir.path(), "48k") else {
+        return;
+    };
     let (bb, pre) = tiny_backbone(112);
     let out = dir.path().join("out");
     let report = run(
@@ -510,6 +518,83 @@ fn a_full_disk_fails_the_files_sink_with_its_reason_and_leaves_no_half_file() {
         }
     }
     assert!((1..40).contains(&whole), "{whole} whole files");
+}
+
+/// A full disk under a JSON-lines file and an MCAP recording: both sinks fail with the
+/// operating system's reason, the JSON lines file holds whole lines only, and the recording is
+/// closed at its last whole chunk, so it opens in an MCAP reader with every message up to it.
+#[test]
+fn a_full_disk_leaves_whole_json_lines_and_a_readable_mcap() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_unmount) = small_tmpfs(dir.path(), "96k") else {
+        return;
+    };
+    let (bb, pre) = tiny_backbone(112);
+    let jsonl = dir.path().join("run.jsonl");
+    let mcap_path = dir.path().join("run.mcap");
+    let report = run(
+        dinoedge_camera::open("synthetic://?width=160&height=120&frames=400&pace=fast").unwrap(),
+        (bb, pre),
+        Analysis::Features,
+        vec![
+            Box::new(JsonLinesSink::create(&jsonl, vec![]).unwrap()),
+            // a chunk per frame, so the disk fills between chunks and inside one
+            Box::new(
+                dinoedge_stream::McapSink::create(&mcap_path, false, 0.5)
+                    .unwrap()
+                    .flush_every(std::time::Duration::ZERO),
+            ),
+        ],
+        RunOptions {
+            drop_frames: Some(false),
+            board_root: None,
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let errors = report.sink_errors.join("\n");
+    assert_eq!(report.sink_errors.len(), 2, "{errors}");
+    assert!(
+        report
+            .sink_errors
+            .iter()
+            .all(|e| e.contains("No space left on device")),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("closed at its last whole chunk"),
+        "{errors}"
+    );
+
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a half line was left"
+    );
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+
+    let bytes = std::fs::read(&mcap_path).unwrap();
+    let mut images = 0;
+    for m in mcap::MessageStream::new(&bytes).unwrap() {
+        let m = m.unwrap_or_else(|e| panic!("unreadable after {images} images: {e}"));
+        images += usize::from(m.channel.topic == "/camera/image");
+    }
+    println!(
+        "full disk: {} JSON lines, {images} recorded frames of {} written",
+        text.lines().count(),
+        report.stats.frames_in
+    );
+    assert!(images >= 1, "the recording lost every frame");
+    // and it plays back as a source, every recorded frame
+    let mut source = dinoedge_camera::open(mcap_path.to_str().unwrap()).unwrap();
+    let mut played = 0;
+    while let Some(_frame) = source.next_frame().unwrap() {
+        played += 1;
+    }
+    assert_eq!(played, images);
 }
 
 /// The tiny DINOv2 fixture at `side`x`side` on one thread, uncached, with its preprocessor.
