@@ -56,6 +56,9 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        quiet_on_closed_stdout();
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -93,5 +96,16 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `dinoedge info … | head -1`: a command whose reader went away ends quietly, as other Unix
+/// tools do, instead of panicking in `println!` (Rust ignores SIGPIPE). Not for `run`, whose
+/// sinks see the closed pipe as an error of that sink alone and close the others' recordings.
+fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

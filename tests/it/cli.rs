@@ -69,6 +69,24 @@ fn info_describes_the_model_and_both_load_times() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `dinoedge info MODEL | head -0`: stdout closed before the first line
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dinoedge"))
+        .args([std::ffi::OsStr::new("info"), tiny_reg().as_os_str()])
+        .env("DINOEDGE_CACHE_DIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(o.status.code(), Some(101), "{stderr}");
+}
+
+#[test]
 fn info_names_a_depth_anything_file_and_its_head() {
     let tmp = tempfile::tempdir().unwrap();
     let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
