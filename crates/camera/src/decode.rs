@@ -184,7 +184,7 @@ pub fn yuyv_to_rgb(
         height,
     };
     yuyv422_to_rgb(&packed, out, width * 3, color.range(), color.matrix())
-        .map_err(|e| CameraError::decode("YUYV frame", format!("{e:?}")))
+        .map_err(|e| CameraError::decode("YUYV frame", e))
 }
 
 /// Chroma subsampling of a planar YUV frame.
@@ -269,7 +269,7 @@ pub fn planar_to_rgb(
             _ => yuv444_to_rgb(&image, out, width * 3, range, matrix),
         }
     };
-    result.map_err(|e| CameraError::decode("YUV frame", format!("{e:?}")))
+    result.map_err(|e| CameraError::decode("YUV frame", e))
 }
 
 #[cfg(test)]

@@ -350,7 +350,16 @@ mod imp {
             let fourcc = FourCC::new(&pad4(&mode.format));
             let format = dev
                 .set_format(&Format::new(mode.width, mode.height, fourcc))
-                .map_err(|e| fail(format!("setting {mode:?} failed ({})", explain(&e))))?;
+                .map_err(|e| {
+                    fail(format!(
+                        "setting {} {}x{} at {} fps failed ({})",
+                        mode.format,
+                        mode.width,
+                        mode.height,
+                        mode.fps,
+                        explain(&e)
+                    ))
+                })?;
             let fps = if mode.fps > 0 {
                 match dev.set_params(&Parameters::with_fps(mode.fps)) {
                     Ok(p) => fps_of(p.interval),
