@@ -57,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     pb.finish_and_clear();
     let manifest = serde_json::json!({
         "model": bb.info().path,
+        "family": bb.info().graph.family().to_string(),
         "variant": bb.info().variant(),
         "precision": bb.precision().to_string(),
         "size": bb.resolution().to_string(),

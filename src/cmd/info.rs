@@ -28,6 +28,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut json = serde_json::json!({
         "file": info.path,
         "bytes": size,
+        "family": g.family().to_string(),
         "variant": info.variant(),
         "head": info.head_description(),
         "depth": info.depth().map(|d| match d {
@@ -42,9 +43,10 @@ pub fn run(args: Args) -> Result<()> {
         "heads": info.heads,
         "registers": info.registers,
         "patch_size": g.patch_size,
-        "native_grid": info.native_grid(),
+        "native_grid": (!g.rope).then(|| info.native_grid()).flatten(),
+        "position": if g.rope { "rope" } else { "learned" },
         "default_size": info.default_resolution().to_string(),
-        "any_size": g.resizes_position_embedding,
+        "any_size": g.any_size(),
         "input": g.input_name,
         "outputs": g.output_names,
         "opset": g.opset,
@@ -74,11 +76,17 @@ pub fn run(args: Args) -> Result<()> {
             g.patch_size
         );
         let p = g.patch_size;
-        if g.resizes_position_embedding {
+        if g.rope {
+            println!(
+                "position      RoPE (rotary, on the patch tokens; its angles follow the input size)"
+            );
+        }
+        if g.any_size() {
             println!(
                 "resolution    any HxW that are multiples of {p} (≥ {p}); default {}{}",
                 info.default_resolution(),
                 info.native_grid()
+                    .filter(|_| !g.rope)
                     .map(|n| format!(
                         "; trained position grid {n}x{n} = {}x{} pixels",
                         n * p,
@@ -170,7 +178,9 @@ pub fn run(args: Args) -> Result<()> {
 /// `pixel_values [batch, 3, H, W]`, or the fixed shape a file declares and what dinoedge
 /// does with it.
 fn input_text(name: &str, dims: &[Option<usize>]) -> String {
-    if dims.iter().all(Option::is_none) {
+    // the channel count is fixed in every export: only a fixed batch or size is news
+    let fixed = |i: usize| dims.get(i).copied().flatten().is_some();
+    if !(fixed(0) || fixed(2) || fixed(3)) {
         return format!("{name} [batch, 3, H, W]");
     }
     let shown: Vec<String> = dims

@@ -69,6 +69,48 @@ fn info_describes_the_model_and_both_load_times() {
 }
 
 #[test]
+fn info_and_features_name_dinov3_and_its_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v3 = fixtures().join("tiny/dinov3-tiny/onnx/model.onnx");
+    let o = dinoedge(args!["info", v3, "--no-compile"], tmp.path());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("DINOv3 ViT (dim 48, 3 blocks)/16 + 4 registers"),
+        "{t}"
+    );
+    assert!(t.contains("RoPE") && t.contains("multiples of 16"), "{t}");
+    assert!(
+        !t.contains("fixed by the export") && !t.contains("DINOv2"),
+        "{t}"
+    );
+    let o = dinoedge(args!["info", v3, "--json", "--no-compile"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["family"], "DINOv3");
+    assert_eq!(v["position"], "rope");
+    assert_eq!(v["any_size"], true);
+    let o = dinoedge(args!["info", v3, "--size", "230x224"], tmp.path());
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("nearest: 224 or 240"),
+        "{t}"
+    );
+
+    let out = tmp.path().join("out");
+    let o = dinoedge(
+        args!["features", v3, image(8), "--out", out, "--size", "320x448"],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let patches: ndarray::Array3<f32> =
+        ndarray_npy::read_npy(out.join("8_image_patches.npy")).unwrap();
+    assert_eq!(patches.dim(), (20, 28, 48));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("features.json")).unwrap()).unwrap();
+    assert_eq!(manifest["family"], "DINOv3");
+}
+
+#[test]
 fn a_reader_that_goes_away_ends_the_command_quietly() {
     // `dinoedge info MODEL | head -0`: stdout closed before the first line
     let tmp = tempfile::tempdir().unwrap();

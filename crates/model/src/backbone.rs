@@ -90,6 +90,21 @@ impl ModelInfo {
                 graph.num_blocks
             );
         }
+        if let Some((cfg_path, c)) = &configs.model
+            && let Some(model_type) = c.model_type.as_deref()
+            && !graph.family().model_types().contains(&model_type)
+        {
+            tracing::warn!(
+                "{} says model_type {model_type}, the graph is {} ({}): using the graph",
+                cfg_path.display(),
+                graph.family(),
+                if graph.rope {
+                    "rotary position embeddings"
+                } else {
+                    "a learned position embedding"
+                }
+            );
+        }
         let registers = cfg
             .map(|c| c.num_register_tokens)
             .or_else(|| registers_from_graph(&proto, graph.embed_dim));
@@ -113,12 +128,7 @@ impl ModelInfo {
             (1536, 40) => "ViT-g".to_string(),
             (d, b) => format!("ViT (dim {d}, {b} blocks)"),
         };
-        let family = if g.depth_head.is_some() {
-            "Depth Anything V2"
-        } else {
-            "DINOv2"
-        };
-        let mut s = format!("{family} {size}/{}", g.patch_size);
+        let mut s = format!("{} {size}/{}", g.family(), g.patch_size);
         if let Some(r) = self.registers.filter(|r| *r > 0) {
             s.push_str(&format!(" + {r} registers"));
         }

@@ -110,8 +110,44 @@ pub struct GraphInfo {
     /// Whether the position embedding is resized in the graph (an ONNX `Resize`), which is
     /// what lets one file run at any resolution.
     pub resizes_position_embedding: bool,
+    /// Whether the patch tokens get rotary position embeddings (RoPE: DINOv3), computed in the
+    /// graph from the patch grid (its `Sin` and `Cos`), so one file runs at any size.
+    pub rope: bool,
     /// The dense depth head inside the file (Depth Anything V2's DPT), if it has one.
     pub depth_head: Option<DepthHead>,
+}
+
+/// A model family, told apart by the graph's structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// DINOv2: a learned position embedding (resized in the graph), patch 14, with or without
+    /// registers.
+    Dinov2,
+    /// DINOv3: rotary position embeddings (RoPE) on the patch tokens, patch 16, 4 registers.
+    Dinov3,
+    /// Depth Anything V2: a DINOv2 encoder with a DPT depth head in the same file.
+    DepthAnythingV2,
+}
+
+impl Family {
+    /// The `model_type` values of Hugging Face configs of this family.
+    pub fn model_types(self) -> &'static [&'static str] {
+        match self {
+            Family::Dinov2 => &["dinov2", "dinov2_with_registers"],
+            Family::Dinov3 => &["dinov3_vit"],
+            Family::DepthAnythingV2 => &["depth_anything"],
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Dinov2 => "DINOv2",
+            Family::Dinov3 => "DINOv3",
+            Family::DepthAnythingV2 => "Depth Anything V2",
+        })
+    }
 }
 
 /// A depth head inside the file: Depth Anything V2's DPT neck and head, which read the
@@ -240,6 +276,23 @@ fn find_blocks<'a>(
 }
 
 impl GraphInfo {
+    /// The family the structure says: a depth head makes Depth Anything V2, RoPE DINOv3.
+    pub fn family(&self) -> Family {
+        if self.depth_head.is_some() {
+            Family::DepthAnythingV2
+        } else if self.rope {
+            Family::Dinov3
+        } else {
+            Family::Dinov2
+        }
+    }
+
+    /// Whether one file runs at any size (a multiple of the patch): its position embedding is
+    /// resized in the graph, or its positions are rotary (computed from the grid).
+    pub fn any_size(&self) -> bool {
+        self.resizes_position_embedding || self.rope
+    }
+
     /// Read the structure of a decoded ONNX model. `path` is used in messages and to resolve
     /// external tensor data.
     pub fn from_proto(proto: &pb::ModelProto, path: &Path) -> Result<Self> {
@@ -417,6 +470,7 @@ impl GraphInfo {
             precision,
             parameters,
             resizes_position_embedding: op_histogram.contains_key("Resize"),
+            rope: op_histogram.contains_key("Sin") && op_histogram.contains_key("Cos"),
             op_histogram,
             opset,
             producer,

@@ -57,7 +57,7 @@ pub use cache::CacheMode;
 pub use config::DepthConfig;
 pub use error::{ModelError, Result};
 pub use features::{BlockFeatures, Features, TokenLayout, Tokens};
-pub use graph::{DepthHead, GraphInfo, Precision};
+pub use graph::{DepthHead, Family, GraphInfo, Precision};
 pub use preprocess::{Normalization, Placement, Preprocessor, ResizeMode, load_rgb};
 pub use resolution::Resolution;
 pub use runtime::{CUDA_BUILT, CudaStatus, Runtime, cuda_status};

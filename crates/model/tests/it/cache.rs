@@ -150,52 +150,6 @@ fn dynamic_int8_models_are_cached_too() {
     assert!(second.plan_nodes() <= first.plan_nodes());
 }
 
-/// The tiny model in `dir/onnx/` with every initializer of 1 KiB or more moved to
-/// `model.onnx.data` (ONNX's external data: `location`, `offset`, `length`), its configs one
-/// directory up as the Hub lays them. Returns the `.onnx` path.
-fn with_external_data(dir: &std::path::Path) -> std::path::PathBuf {
-    use prost::Message;
-    use tract_onnx::pb::{ModelProto, StringStringEntryProto};
-    let src = model("tiny/dinov2-tiny/onnx/model.onnx");
-    for config in ["config.json", "preprocessor_config.json"] {
-        std::fs::copy(
-            src.parent().unwrap().join("..").join(config),
-            dir.join(config),
-        )
-        .unwrap();
-    }
-    let mut proto = ModelProto::decode(&std::fs::read(&src).unwrap()[..]).unwrap();
-    let mut data = Vec::new();
-    let entry = |key: &str, value: String| StringStringEntryProto {
-        key: key.into(),
-        value,
-    };
-    for t in &mut proto.graph.as_mut().unwrap().initializer {
-        if !t.float_data.is_empty() {
-            t.raw_data = t.float_data.drain(..).flat_map(f32::to_le_bytes).collect();
-        }
-        if t.raw_data.len() >= 1024 {
-            t.external_data = vec![
-                entry("location", "model.onnx.data".into()),
-                entry("offset", data.len().to_string()),
-                entry("length", t.raw_data.len().to_string()),
-            ];
-            data.append(&mut t.raw_data);
-            t.data_location = Some(1);
-        }
-    }
-    assert!(
-        data.len() > 100_000,
-        "weights moved out: {} bytes",
-        data.len()
-    );
-    let onnx = dir.join("onnx");
-    std::fs::create_dir(&onnx).unwrap();
-    std::fs::write(onnx.join("model.onnx.data"), data).unwrap();
-    std::fs::write(onnx.join("model.onnx"), proto.encode_to_vec()).unwrap();
-    onnx.join("model.onnx")
-}
-
 /// The cache is keyed by the external data too: changed weights are recompiled (not the old
 /// entry's features), missing ones are an error that names the file; a byte flipped inside a
 /// cached archive is caught by its digest and rebuilt.
@@ -203,7 +157,7 @@ fn with_external_data(dir: &std::path::Path) -> std::path::PathBuf {
 fn external_data_is_part_of_the_key_and_flipped_bytes_are_caught() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let path = with_external_data(dir.path());
+    let path = with_external_data("tiny/dinov2-tiny/onnx/model.onnx", dir.path());
     let mut first = Backbone::load(&path, &opts(&cache)).unwrap();
     assert_eq!(first.load_report().source, LoadSource::Compiled);
     let a = first.run(input().view()).unwrap();

@@ -4,6 +4,7 @@
 mod cache;
 mod common;
 mod depth_anything;
+mod dinov3;
 mod errors;
 mod hub_export;
 mod parity_small;
