@@ -62,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
             &want[..want.len().min(12)]
         );
     }
+    super::check_family(&head, &info)?;
     let mut options = args.model.options();
     let task = match &head {
         LinearHead::Seg(s) => {

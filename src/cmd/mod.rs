@@ -121,6 +121,45 @@ impl ModelArgs {
     }
 }
 
+/// A head reads the features of the backbone family it was trained on only (DINOv3's differ
+/// from DINOv2's even at the same width): an error that names both. Released heads (`.pth`)
+/// are DINOv2's; a trained head records its backbone (`backbone_family`, or the family at the
+/// start of `backbone` in heads saved before it was recorded).
+pub fn check_family(head: &LinearHead, info: &ModelInfo) -> Result<()> {
+    let trained = match head {
+        LinearHead::Seg(s) => s.trained.as_ref(),
+        LinearHead::Depth(d) => d.trained.as_ref(),
+    };
+    let (family, backbone) = match trained {
+        None => (
+            "DINOv2".to_string(),
+            "DINOv2 (Meta's released heads)".to_string(),
+        ),
+        Some(m) => {
+            let backbone = m.get("backbone").cloned().unwrap_or_default();
+            let family = m.get("backbone_family").cloned().or_else(|| {
+                ["Depth Anything V2", "DINOv3", "DINOv2"]
+                    .into_iter()
+                    .find(|f| backbone.starts_with(f))
+                    .map(str::to_string)
+            });
+            match family {
+                Some(f) => (f, backbone),
+                None => return Ok(()), // says nothing of its backbone: the width check decides
+            }
+        }
+    };
+    let model_family = info.graph.family().to_string();
+    if family != model_family {
+        anyhow::bail!(
+            "the head was trained on {family} features ({backbone}) but {} is {}: a head reads              the features of its own backbone only; train one on this model with              `dinoedge train-head`",
+            info.path.display(),
+            info.variant()
+        );
+    }
+    Ok(())
+}
+
 /// Backbone options for running `head` on `model`: the head checked against the backbone's
 /// width, the blocks and attention it reads asked for, and a trained head's resolution
 /// unless `--size` says otherwise.
@@ -129,6 +168,7 @@ pub fn head_options(
     info: &ModelInfo,
     model: &ModelArgs,
 ) -> Result<BackboneOptions> {
+    check_family(head, info)?;
     let (dim, depth_blocks) = (info.graph.embed_dim, info.graph.num_blocks);
     let mut options = model.options();
     match head {

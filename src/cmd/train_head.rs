@@ -191,6 +191,10 @@ fn head_metadata(
     let mut metadata = HashMap::from([
         ("backbone_sha256".to_string(), model_sha.to_string()),
         ("backbone".to_string(), info.variant()),
+        (
+            "backbone_family".to_string(),
+            info.graph.family().to_string(),
+        ),
         ("backbone_dim".to_string(), info.graph.embed_dim.to_string()),
         ("resolution".to_string(), resolution.to_string()),
         ("resize".to_string(), "stretch".to_string()),

@@ -683,6 +683,30 @@ fn train_head_then_eval_head_and_predict_with_it() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(out.join("23_image_classes.png").is_file());
 
+    // the same width, another family: a DINOv2 head on DINOv3 features, trained or released
+    let v3 = fixtures().join("dinov3-small/onnx/model_int8.onnx");
+    let o = dinoedge(
+        args!["predict", v3, "--head", head, image(23), "--out", out],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success()
+            && t.contains("trained on DINOv2 features (DINOv2 ViT-S/14)")
+            && t.contains("is DINOv3 ViT-S/16 + 4 registers"),
+        "{t}"
+    );
+    let released = fixtures().join("heads/dinov2_vits14_nyu_linear_head.pth");
+    let o = dinoedge(
+        args!["predict", v3, "--head", released, image(23), "--out", out],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("DINOv2 (Meta's released heads)"),
+        "{t}"
+    );
+
     // wrong backbone width, wrong class count, empty folder
     let o = dinoedge(
         args!["eval-head", tiny_reg(), "--head", head, data],
