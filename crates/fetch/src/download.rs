@@ -34,9 +34,56 @@ impl Default for FetchOptions {
                 .ok()
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "https://huggingface.co".into()),
-            token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
+            token: hub_token(),
             force: false,
         }
+    }
+}
+
+/// The Hugging Face token, where the Hub's own tools look for it: `$HF_TOKEN`, else the file
+/// `huggingface-cli login` writes (`$HF_TOKEN_PATH`, else `$HF_HOME/token`, else
+/// `~/.cache/huggingface/token`).
+pub fn hub_token() -> Option<String> {
+    token_from(|key| std::env::var_os(key), dirs::home_dir())
+}
+
+/// [`hub_token`] with the environment and home directory given.
+fn token_from(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    home: Option<PathBuf>,
+) -> Option<String> {
+    let non_empty = |v: String| Some(v.trim().to_string()).filter(|v| !v.is_empty());
+    if let Some(t) = env("HF_TOKEN")
+        .and_then(|v| v.into_string().ok())
+        .and_then(non_empty)
+    {
+        return Some(t);
+    }
+    let path = env("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("token")))
+        .or_else(|| home.map(|h| h.join(".cache/huggingface/token")))?;
+    std::fs::read_to_string(path).ok().and_then(non_empty)
+}
+
+/// What to do about a 401 or 403 from the Hub for `repo`: accept the licence of a gated
+/// repository, and pass a token (or a better one).
+fn gated_hint(endpoint: &str, repo: &str, token_sent: bool) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    if token_sent {
+        format!(
+            ": the token was refused for {repo}, a gated or private repository. Accept its \
+             licence at {endpoint}/{repo} with the account the token belongs to (approval can \
+             take a while), or check the token (HF_TOKEN, or the file `huggingface-cli login` \
+             writes)"
+        )
+    } else {
+        format!(
+            ": {repo} is gated (or private) and no token was sent. Accept its licence at \
+             {endpoint}/{repo} while signed in, create a read token at \
+             {endpoint}/settings/tokens, and pass it as HF_TOKEN=hf_… (or run \
+             `huggingface-cli login` once: dinoedge reads the token file it writes)"
+        )
     }
 }
 
@@ -403,6 +450,10 @@ fn hub_download(
         reason,
     };
     let repo = ModelCache::hub_repo(&entry.source).expect("a Hub entry");
+    let repo_id = match &entry.source {
+        crate::Source::Hub { repo, .. } => repo.as_str(),
+        crate::Source::Url(_) => "",
+    };
     let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.hub_dir()))
         .with_endpoint(options.endpoint.trim_end_matches('/').to_string())
         .with_progress(false)
@@ -432,7 +483,7 @@ fn hub_download(
                         url,
                         status,
                         hint: if status == 401 || status == 403 {
-                            " (a gated or private repository: set HF_TOKEN)".into()
+                            gated_hint(&options.endpoint, repo_id, options.token.is_some())
                         } else {
                             String::new()
                         },
@@ -473,4 +524,42 @@ fn hub_download(
         .and_then(|b| b.file_name()?.to_str().map(str::to_string))
         .filter(|d| d.len() == 64 && d.chars().all(|c| c.is_ascii_hexdigit()));
     Ok((path, None, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_hf_token_else_the_file_huggingface_cli_login_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".cache/huggingface")).unwrap();
+        std::fs::write(dir.path().join(".cache/huggingface/token"), "hf_home\n").unwrap();
+        std::fs::write(dir.path().join("hf_home_token"), "hf_hf_home").unwrap();
+        let home = Some(dir.path().to_path_buf());
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |key: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let read = |vars: Vec<(&'static str, String)>| token_from(env(vars), home.clone());
+        assert_eq!(read(vec![]).as_deref(), Some("hf_home"));
+        assert_eq!(
+            read(vec![("HF_TOKEN", "hf_env".into())]).as_deref(),
+            Some("hf_env")
+        );
+        // an empty HF_TOKEN is no token: the file is read
+        assert_eq!(
+            read(vec![("HF_TOKEN", " ".into())]).as_deref(),
+            Some("hf_home")
+        );
+        let path = dir.path().join("hf_home_token").display().to_string();
+        assert_eq!(
+            read(vec![("HF_TOKEN_PATH", path)]).as_deref(),
+            Some("hf_hf_home")
+        );
+        assert_eq!(token_from(env(vec![]), None), None);
+    }
 }

@@ -15,6 +15,6 @@ mod error;
 mod manifest;
 
 pub use cache::{Cached, ModelCache};
-pub use download::{FetchOptions, Fetched, Progress, fetch, sha256_file};
+pub use download::{FetchOptions, Fetched, Progress, fetch, hub_token, sha256_file};
 pub use error::{FetchError, Result};
 pub use manifest::{Entry, Kind, Manifest, Source};

@@ -384,7 +384,12 @@ impl GraphInfo {
             .filter(|n| n.op_type == "LayerNormalization")
             .collect();
         if softmaxes.is_empty() {
-            return Err(not_dino("no attention (Softmax) in the graph".into()));
+            return Err(not_dino(
+                "no attention (Softmax) in the graph: not a vision transformer (a ConvNeXt \
+                 or other convolutional network?); dinoedge runs the ViTs of DINOv2, DINOv3 and \
+                 Depth Anything V2"
+                    .into(),
+            ));
         }
         let num_blocks = softmaxes.len();
         let found = find_blocks(graph, &norms, num_blocks).map_err(not_dino)?;

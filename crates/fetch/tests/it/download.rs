@@ -36,6 +36,9 @@ struct State {
     modes: HashMap<String, Vec<Mode>>,
     /// (path, Range header) of every request
     log: Vec<(String, Option<String>)>,
+    /// path prefix of a gated repository → the token it lets in (as the Hub: 401 without a
+    /// token, 403 with another)
+    gated: HashMap<String, String>,
 }
 
 struct Server {
@@ -72,6 +75,11 @@ impl Server {
             .insert(path.into(), modes.to_vec());
     }
 
+    fn gate(&self, prefix: &str, token: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.gated.insert(prefix.into(), token.into());
+    }
+
     fn log(&self) -> Vec<(String, Option<String>)> {
         self.state.lock().unwrap().log.clone()
     }
@@ -83,6 +91,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     reader.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut range = None;
+    let mut authorization = None;
     loop {
         let mut h = String::new();
         reader.read_line(&mut h)?;
@@ -90,11 +99,35 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("range")
-        {
-            range = Some(v.trim().to_string());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_string());
+            }
         }
+    }
+    let refused = {
+        let st = state.lock().unwrap();
+        st.gated
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .and_then(|(_, token)| match &authorization {
+                None => Some("401 Unauthorized"),
+                Some(a) if *a != format!("Bearer {token}") => Some("403 Forbidden"),
+                Some(_) => None,
+            })
+    };
+    if let Some(status) = refused {
+        let body = "Access to model dinoedge-test/gated is restricted.";
+        conn.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        return Ok(());
     }
     let (body, mode) = {
         let mut st = state.lock().unwrap();
@@ -239,6 +272,13 @@ description = "fixture"
 url = "{addr}{URL_PATH}"
 size = {size}
 sha256 = "{sha}"
+
+[[model]]
+name = "gated"
+kind = "backbone"
+description = "a licence to accept first"
+hub = "dinoedge-test/gated"
+file = "onnx/model_int8.onnx"
 
 [[model]]
 name = "missing-hub"
@@ -453,6 +493,36 @@ fn a_missing_file_is_a_404_with_its_address() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn a_gated_repository_says_where_to_accept_the_licence_and_takes_the_token() {
+    let Some(mut s) = setup(None) else { return };
+    let path = "/dinoedge-test/gated/resolve/main/onnx/model_int8.onnx";
+    s.server.serve(path, s.hub_bytes.clone());
+    s.server.gate("/dinoedge-test/gated/", "hf_right");
+
+    // no token: 401, and what to do
+    let e = s.fetch("gated", &mut Count::default()).unwrap_err();
+    let t = e.to_string();
+    assert!(matches!(e, FetchError::Http { status: 401, .. }), "{t}");
+    assert!(
+        t.contains("dinoedge-test/gated is gated")
+            && t.contains(&format!("{}/dinoedge-test/gated", s.server.addr))
+            && t.contains("settings/tokens")
+            && t.contains("HF_TOKEN"),
+        "{t}"
+    );
+    // a token without access: 403, and that the token was refused
+    s.options.token = Some("hf_wrong".into());
+    let e = s.fetch("gated", &mut Count::default()).unwrap_err();
+    let t = e.to_string();
+    assert!(matches!(e, FetchError::Http { status: 403, .. }), "{t}");
+    assert!(t.contains("the token was refused"), "{t}");
+    // the right token: the file
+    s.options.token = Some("hf_right".into());
+    let got = s.fetch("gated", &mut Count::default()).unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), s.hub_bytes);
 }
 
 #[test]

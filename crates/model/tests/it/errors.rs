@@ -143,9 +143,27 @@ fn onnx_that_is_not_dinov2() {
         float_data: vec![0.1; 216],
         ..Default::default()
     };
-    write_model(&p, vec![conv], vec![w]);
+    write_model(&p, vec![conv.clone()], vec![w.clone()]);
     let err = ModelInfo::read(&p).unwrap_err();
     assert!(err.to_string().contains("not a patch embedding"), "{err}");
+
+    // A ConvNeXt stem (4x4 stride 4, like a patch embedding) and no attention: not a ViT.
+    let p = dir.path().join("convnext.onnx");
+    let mut stem = conv;
+    stem.attribute[0].ints = vec![4, 4];
+    stem.attribute[1].ints = vec![4, 4];
+    let w = pb::TensorProto {
+        dims: vec![8, 3, 4, 4],
+        float_data: vec![0.1; 384],
+        ..w
+    };
+    write_model(&p, vec![stem], vec![w]);
+    let err = ModelInfo::read(&p).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not a vision transformer (a ConvNeXt"),
+        "{err}"
+    );
 }
 
 #[test]
