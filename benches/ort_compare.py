@@ -6,6 +6,7 @@ Usage:
     cargo build --release
     python3 benches/ort_compare.py [--fixtures ../shared/fixtures] [--threads 1 2] [--runs 20]
     python3 benches/ort_compare.py --set depth      # Depth Anything V2 small int8 at 308x308
+    python3 benches/ort_compare.py --set dinov3     # DINOv3 ViT-S/16 int8 at 224 (--size 320x448)
 
 For each file and thread count it prints the median latency of both runtimes and the
 ratio tract / onnxruntime (below 1.0: dinoedge is faster). The two runtimes alternate
@@ -32,6 +33,10 @@ FILES = [
     ("int8 dynamic (S8 weights)", "dinov2-small/onnx/model_int8.onnx"),
     ("int8 dynamic (U8 weights)", "dinov2-small/onnx/model_quantized.onnx"),
     ("int8 QDQ", "dinov2-small/onnx/model_qdq.onnx"),
+]
+# `--set dinov3`: DINOv3 ViT-S/16 (RoPE, 4 registers; 196 patches at 224 against DINOv2's 256)
+DINOV3_FILES = [
+    ("DINOv3 S/16 int8 dynamic", "dinov3-small/onnx/model_int8.onnx"),
 ]
 # `--set depth`: Depth Anything V2 (DINOv2 encoder + DPT depth head), at 308x308 unless --size
 DEPTH_FILES = [
@@ -91,8 +96,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=os.environ.get("DINOEDGE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
     ap.add_argument("--binary", default=ROOT / "target" / "release" / "dinoedge")
-    ap.add_argument("--set", choices=["dinov2", "depth"], default="dinov2",
-                    help="which fixtures: the DINOv2 ViT-S files, or Depth Anything V2 small (int8)")
+    ap.add_argument("--set", choices=["dinov2", "dinov3", "depth"], default="dinov2",
+                    help="which fixtures: the DINOv2 ViT-S files, DINOv3 ViT-S/16 (int8), "
+                         "or Depth Anything V2 small (int8)")
     ap.add_argument("--size", help="HxW (default 224x224; 308x308 with --set depth)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--runs", type=int, default=20)
@@ -121,7 +127,7 @@ def main():
     if before:
         head += f" {'before ms':>10} {'before/ort':>10}"
     print(head)
-    files = DEPTH_FILES if a.set == "depth" else FILES
+    files = {"depth": DEPTH_FILES, "dinov3": DINOV3_FILES}.get(a.set, FILES)
     if a.model:
         files = []
         for m in a.model:
