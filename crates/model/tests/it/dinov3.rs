@@ -31,12 +31,12 @@ fn a_dinov3_file_is_named_from_its_graph() {
     assert!(!v2.graph.rope);
 
     // a size that is not a multiple of 16 names the nearest valid ones
-    let e = Backbone::load(
+    let Err(e) = Backbone::load(
         model("tiny/dinov3-tiny/onnx/model.onnx"),
         &options(230, 224, 1),
-    )
-    .err()
-    .expect("230 is not a multiple of 16");
+    ) else {
+        panic!("230 is not a multiple of 16");
+    };
     assert!(e.to_string().contains("nearest: 224 or 240"), "{e}");
 }
 
