@@ -89,6 +89,20 @@ fn info_and_features_name_dinov3_and_its_sizes() {
     assert_eq!(v["family"], "DINOv3");
     assert_eq!(v["position"], "rope");
     assert_eq!(v["any_size"], true);
+    for file in [
+        "tiny/dinov3-tiny/onnx/model_int8.onnx",
+        "dinov3-small/onnx/model_int8.onnx",
+    ] {
+        let o = dinoedge(
+            args!["info", fixtures().join(file), "--no-compile"],
+            tmp.path(),
+        );
+        let t = text(&o);
+        assert!(
+            o.status.success() && t.contains("DINOv3 ") && t.contains("multiples of 16"),
+            "{file}: {t}"
+        );
+    }
     let o = dinoedge(args!["info", v3, "--size", "230x224"], tmp.path());
     let t = text(&o);
     assert!(
@@ -596,21 +610,23 @@ fn predict_with_a_depth_model_needs_no_head() {
     );
 }
 
+/// A labelled folder at `dir`: the fixture VOC images `numbers` with their class maps.
+fn voc_folder(dir: &std::path::Path, numbers: &[u32]) -> PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    for n in numbers {
+        for kind in ["image", "target"] {
+            let name = format!("{n}_{kind}.png");
+            let from = fixtures().join("images/voc2012_val_vainf").join(&name);
+            std::fs::copy(from, dir.join(&name)).unwrap();
+        }
+    }
+    dir.to_owned()
+}
+
 #[test]
 fn train_head_then_eval_head_and_predict_with_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("voc6");
-    std::fs::create_dir(&data).unwrap();
-    for n in [0, 1, 8, 20, 23, 60] {
-        for kind in ["image", "target"] {
-            let name = format!("{n}_{kind}.png");
-            std::fs::copy(
-                fixtures().join("images/voc2012_val_vainf").join(&name),
-                data.join(&name),
-            )
-            .unwrap();
-        }
-    }
+    let data = voc_folder(&tmp.path().join("voc6"), &[0, 1, 8, 20, 23, 60]);
     let model = fixtures().join("dinov2-small/onnx/model.onnx");
     let head = tmp.path().join("voc6.safetensors");
     let train = || {
@@ -751,6 +767,60 @@ fn train_head_then_eval_head_and_predict_with_it() {
         o.status.success() && t.contains("AbsRel") && t.contains("over 1 images"),
         "{t}"
     );
+}
+
+#[test]
+fn a_head_trained_on_dinov3_runs_on_dinov3_and_is_refused_on_dinov2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = voc_folder(&tmp.path().join("voc3"), &[0, 8, 23]);
+    let v3 = fixtures().join("tiny/dinov3-tiny/onnx/model.onnx");
+    let head = tmp.path().join("v3.safetensors");
+    let o = dinoedge(
+        args![
+            "train-head",
+            v3,
+            data,
+            "--out",
+            head,
+            "--size",
+            "64x96",
+            "--epochs",
+            "3",
+            "--val-split",
+            "0.34"
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dinoedge(args!["eval-head", v3, "--head", head, data], tmp.path());
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("at 64x96") && t.contains("mIoU"),
+        "{t}"
+    );
+    let out = tmp.path().join("pred");
+    let o = dinoedge(
+        args!["predict", v3, "--head", head, image(23), "--out", out],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("23_image_classes.png").is_file());
+
+    // the same width (48), the other family
+    let v2 = fixtures().join("tiny/dinov2-tiny/onnx/model.onnx");
+    let img = image(23);
+    let predict: &[&std::ffi::OsStr] = args!["predict", v2, "--head", head, img, "--out", out];
+    let eval: &[&std::ffi::OsStr] = args!["eval-head", v2, "--head", head, data];
+    for cmd in [predict, eval] {
+        let o = dinoedge(cmd, tmp.path());
+        let t = text(&o);
+        assert!(
+            !o.status.success()
+                && t.contains("trained on DINOv3 features (DINOv3 ViT (dim 48, 3 blocks)/16")
+                && t.contains("is DINOv2 ViT (dim 48, 3 blocks)/14"),
+            "{t}"
+        );
+    }
 }
 
 /// `dinoedge` with a model cache of its own (and no user manifest).

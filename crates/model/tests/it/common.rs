@@ -120,3 +120,12 @@ pub fn with_external_data(src: &str, dir: &std::path::Path) -> std::path::PathBu
     std::fs::write(onnx.join("model.onnx"), proto.encode_to_vec()).unwrap();
     onnx.join("model.onnx")
 }
+
+/// The largest difference of `tokens` (all of them, in sequence order) from item `item` of the
+/// reference array `rel` (`[batch, tokens, dim]`).
+pub fn tokens_diff(tokens: &dinoedge_model::Tokens, rel: &str, item: usize) -> f32 {
+    max_abs(
+        tokens.to_sequence().view().into_dyn(),
+        batch_item(&npy(rel), item).view().into_dyn(),
+    )
+}

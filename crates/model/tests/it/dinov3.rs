@@ -52,11 +52,8 @@ fn tiny_dinov3_fp32_matches_pytorch() {
     assert_eq!(bb.heads(), Some(3));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
     let dir = "dinov3-tiny/224x224";
-    let lhs = npy(&format!("{dir}/last_hidden_state.npy"));
-    let d = max_abs(
-        f.tokens.to_sequence().view().into_dyn(),
-        batch_item(&lhs, 0).view().into_dyn(),
-    );
+    let lhs = format!("{dir}/last_hidden_state.npy");
+    let d = tokens_diff(&f.tokens, &lhs, 0);
     println!("dinov3-tiny 224 tokens vs PyTorch {d:.2e}");
     assert!(d <= FP32_TOL, "{d}");
     assert_eq!(f.patches().dim(), (14, 14, 48));
@@ -64,12 +61,8 @@ fn tiny_dinov3_fp32_matches_pytorch() {
     let pooler = npy(&format!("{dir}/pooler_output.npy"));
     assert!(max_abs(f.cls().view().into_dyn(), pooler.index_axis(Axis(0), 0)) <= FP32_TOL);
     for b in 0..3 {
-        let r = npy(&format!("{dir}/hidden_states_block{b:02}.npy"));
-        let blk = f.block(b).unwrap();
-        let d = max_abs(
-            blk.tokens.to_sequence().view().into_dyn(),
-            batch_item(&r, 0).view().into_dyn(),
-        );
+        let r = format!("{dir}/hidden_states_block{b:02}.npy");
+        let d = tokens_diff(&f.block(b).unwrap().tokens, &r, 0);
         println!("dinov3-tiny 224 block {b} vs PyTorch {d:.2e}");
         assert!(d <= FP32_TOL, "block {b}: {d}");
     }
@@ -92,10 +85,7 @@ fn tiny_dinov3_fp32_matches_pytorch() {
     o.normalize_blocks = true;
     let mut bb = Backbone::load(&file, &o).unwrap();
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
-    let d = max_abs(
-        f.block(2).unwrap().tokens.to_sequence().view().into_dyn(),
-        batch_item(&lhs, 0).view().into_dyn(),
-    );
+    let d = tokens_diff(&f.block(2).unwrap().tokens, &lhs, 0);
     assert!(d <= FP32_TOL, "normalised block 2: {d}");
 
     // 320x448: the rotary angles follow the size.
@@ -105,11 +95,7 @@ fn tiny_dinov3_fp32_matches_pytorch() {
     let f = bb.run(input("320x448").view()).unwrap().remove(0);
     assert_eq!(f.patches().dim(), (20, 28, 48));
     let dir = "dinov3-tiny/320x448";
-    let lhs = npy(&format!("{dir}/last_hidden_state.npy"));
-    let d = max_abs(
-        f.tokens.to_sequence().view().into_dyn(),
-        batch_item(&lhs, 0).view().into_dyn(),
-    );
+    let d = tokens_diff(&f.tokens, &format!("{dir}/last_hidden_state.npy"), 0);
     println!("dinov3-tiny 320x448 tokens vs PyTorch {d:.2e}");
     assert!(d <= FP32_TOL, "{d}");
     let row = npy(&format!("{dir}/attn_probs_block02_cls_row.npy"));
@@ -194,10 +180,6 @@ fn a_dinov3_file_with_external_data_loads_and_matches() {
     assert_eq!(info.default_resolution(), Resolution::square(224));
     let mut bb = Backbone::load(&file, &options(224, 224, 1)).unwrap();
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
-    let lhs = npy("dinov3-tiny/224x224/last_hidden_state.npy");
-    let d = max_abs(
-        f.tokens.to_sequence().view().into_dyn(),
-        batch_item(&lhs, 0).view().into_dyn(),
-    );
+    let d = tokens_diff(&f.tokens, "dinov3-tiny/224x224/last_hidden_state.npy", 0);
     assert!(d <= FP32_TOL, "{d}");
 }

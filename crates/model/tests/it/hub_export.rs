@@ -65,11 +65,7 @@ fn check(name: &str, registers: usize) {
     assert_eq!(bb.heads(), Some(3));
     let f = bb.run(input("224x224").view()).unwrap().remove(0);
     let dir = format!("{name}/224x224");
-    let want = npy(&format!("{dir}/last_hidden_state.npy"));
-    let d = max_abs(
-        f.tokens.to_sequence().view().into_dyn(),
-        batch_item(&want, 0).view().into_dyn(),
-    );
+    let d = tokens_diff(&f.tokens, &format!("{dir}/last_hidden_state.npy"), 0);
     println!("{name} hub export: tokens vs PyTorch {d:.2e}");
     assert!(d <= FP32_TOL, "{d}");
     assert_eq!(f.patches().dim(), (16, 16, 48));
@@ -82,12 +78,8 @@ fn check(name: &str, registers: usize) {
     assert!(d <= FP32_TOL, "{d}");
 
     for b in 0..3 {
-        let r = npy(&format!("{dir}/hidden_states_block{b:02}.npy"));
-        let blk = f.block(b).unwrap();
-        let d = max_abs(
-            blk.tokens.to_sequence().view().into_dyn(),
-            batch_item(&r, 0).view().into_dyn(),
-        );
+        let r = format!("{dir}/hidden_states_block{b:02}.npy");
+        let d = tokens_diff(&f.block(b).unwrap().tokens, &r, 0);
         assert!(d <= FP32_TOL, "block {b}: {d}");
     }
     let cls_row = npy(&format!("{dir}/attn_probs_block02_cls_row.npy"));
@@ -99,10 +91,10 @@ fn check(name: &str, registers: usize) {
     // The fixed 224 in the file does not fix dinoedge's size: the position resize is there.
     let mut bb = Backbone::load(&file, &options(308, 448, 1)).unwrap();
     let f = bb.run(input("308x448").view()).unwrap().remove(0);
-    let want = npy(&format!("{name}/308x448/last_hidden_state.npy"));
-    let d = max_abs(
-        f.tokens.to_sequence().view().into_dyn(),
-        batch_item(&want, 0).view().into_dyn(),
+    let d = tokens_diff(
+        &f.tokens,
+        &format!("{name}/308x448/last_hidden_state.npy"),
+        0,
     );
     println!("{name} hub export at 308x448: tokens vs PyTorch {d:.2e}");
     assert!(d <= FP32_TOL, "{d}");
