@@ -1,11 +1,13 @@
 //! `dinoedge eval-head MODEL --head HEAD DATA`: mIoU and pixel accuracy, or RMSE, AbsRel
-//! and δ<1.25, of a head on a labelled folder; a table, and JSON with `--json`.
+//! and δ<1.25, of a head on a labelled folder; or `dinoedge eval-head DEPTH_MODEL DATA`: the
+//! depth a model gives itself (Depth Anything V2; relative depth aligned per image by scale
+//! and shift). A table, and JSON with `--json`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use dinoedge_heads::{DepthOutput, LinearHead};
-use dinoedge_model::{Backbone, ModelInfo, ResizeMode, Resolution};
+use dinoedge_model::{Backbone, DepthConfig, ModelInfo, ResizeMode, Resolution};
 use dinoedge_train::dataset::{Dataset, DepthFormat};
 use dinoedge_train::featcache::{Extractor, FeatureCache, FeatureSpec};
 use dinoedge_train::fit::{Evaluation, Progress, Task};
@@ -19,8 +21,9 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// The head: trained by `dinoedge train-head` (.safetensors) or released by DINOv2 (.pth).
+    /// Without one, a depth model (Depth Anything V2) is scored on its own depth.
     #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
-    head: PathBuf,
+    head: Option<PathBuf>,
     /// Labelled folder (same layouts as train-head).
     data: PathBuf,
     #[command(flatten)]
@@ -33,13 +36,16 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-/// Evaluate a head.
+/// Evaluate a head, or a depth model's own depth.
 pub fn run(args: Args) -> Result<()> {
-    let head = LinearHead::load(&args.head, args.max_depth)
-        .with_context(|| format!("loading the head {}", args.head.display()))?;
-    let ds = Dataset::open(&args.data).context("reading the labelled folder")?;
     let info = ModelInfo::read(&args.model.model)
         .with_context(|| format!("reading {}", args.model.model.display()))?;
+    let Some(head_path) = args.head.clone() else {
+        return model_depth(args, info);
+    };
+    let head = LinearHead::load(&head_path, args.max_depth)
+        .with_context(|| format!("loading the head {}", head_path.display()))?;
+    let ds = Dataset::open(&args.data).context("reading the labelled folder")?;
     let g = &info.graph;
     let trained = match &head {
         LinearHead::Seg(s) => s.trained.as_ref(),
@@ -58,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
     {
         eprintln!(
             "warning: {} was trained on another backbone file (sha256 {}…); scores may be poor",
-            args.head.display(),
+            head_path.display(),
             &want[..want.len().min(12)]
         );
     }
@@ -130,27 +136,94 @@ pub fn run(args: Args) -> Result<()> {
         }
     })?;
     pb.finish_and_clear();
+    let mut json = serde_json::json!({"head": head_path});
+    json["features"] = serde_json::json!({
+        "computed": extractor.stats.misses,
+        "cached": extractor.stats.hits,
+    });
+    report(
+        &args,
+        &head_path.display().to_string(),
+        &ds,
+        resolution,
+        &eval,
+        json,
+    )
+}
+
+/// Print the table (and write the JSON) of `eval` on every image of `ds`; `extra` adds to
+/// the JSON.
+fn report(
+    args: &Args,
+    what: &str,
+    ds: &Dataset,
+    resolution: Resolution,
+    eval: &Evaluation,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let images = ds.samples.len();
     println!(
-        "{} on {} images of {} at {resolution}:\n{}",
-        args.head.display(),
-        all.len(),
+        "{what} on {images} images of {} at {resolution}:\n{}",
         ds.root.display(),
         eval.table()
     );
     if let Some(path) = &args.json {
         let mut v = eval.to_json();
-        v["head"] = serde_json::json!(args.head);
+        if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
         v["model"] = serde_json::json!(args.model.model);
         v["dataset"] = serde_json::json!(ds.root);
         v["resolution"] = resolution.to_string().into();
-        v["images"] = all.len().into();
-        v["features"] = serde_json::json!({
-            "computed": extractor.stats.misses,
-            "cached": extractor.stats.hits,
-        });
+        v["images"] = images.into();
         std::fs::write(path, serde_json::to_string_pretty(&v)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("scores -> {}", path.display());
     }
     Ok(())
+}
+
+/// Score the depth a depth model (Depth Anything V2) gives itself: metric depth as it is,
+/// relative inverse depth aligned to each image's truth by least-squares scale and shift.
+fn model_depth(args: Args, info: ModelInfo) -> Result<()> {
+    let Some(kind) = info.depth() else {
+        anyhow::bail!(
+            "{} ({}) has no depth head of its own: give a head with --head (a released DINOv2 linear head or one from `dinoedge train-head`), or score a depth model such as Depth Anything V2",
+            args.model.model.display(),
+            info.variant()
+        );
+    };
+    let ds = Dataset::open(&args.data).context("reading the labelled folder")?;
+    let format = DepthFormat {
+        png_units_per_metre: args.data_args.depth_scale,
+    };
+    let labels = dinoedge_train::fit::load_depth_maps(&ds, &format)?;
+    let resolution = args.model.size.unwrap_or_else(|| info.default_resolution());
+    let mut options = args.model.options();
+    options.resolution = Some(resolution);
+    let mut extractor = Extractor::new(None, info.graph.patch_size, || {
+        let bb = Backbone::from_model_info(info.clone(), &options)?;
+        let pre = bb.preprocessor(ResizeMode::Stretch)?;
+        Ok((bb, pre))
+    });
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    let pb = features_bar(all.len() as u64);
+    let relative = kind == DepthConfig::Relative;
+    let eval = Evaluation::model_depth(&mut extractor, &ds, &labels, &all, relative, |p| {
+        if let Progress::Features { .. } = p {
+            pb.inc(1)
+        }
+    })?;
+    pb.finish_and_clear();
+    let alignment = match kind {
+        DepthConfig::Relative => {
+            "relative inverse depth aligned to each image's truth by least-squares scale and shift (in inverse depth), capped at its farthest true depth"
+        }
+        DepthConfig::Metric { .. } => "none (metric depth, metres)",
+    };
+    println!("alignment: {alignment}");
+    let what = format!("{} (its own depth)", info.variant());
+    let json =
+        serde_json::json!({"head": null, "depth": info.head_description(), "alignment": alignment});
+    report(&args, &what, &ds, resolution, &eval, json)
 }

@@ -58,9 +58,11 @@ pub struct Args {
     source: Option<String>,
     /// A linear head: DINOv2's released .pth (VOC/ADE20K segmentation, NYU/KITTI depth; or its
     /// name once fetched, e.g. vits14-nyu-linear) or one from `dinoedge train-head`. Sets the task.
+    /// A segmentation head on a depth model (Depth Anything V2) runs beside the model's own
+    /// depth: classes and depth from one pass (`--task seg` for the classes alone).
     #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
     head: Option<PathBuf>,
-    /// What to compute without a head (depth and seg need --head).
+    /// What to compute without a head (seg needs --head; depth needs --head or a depth model).
     #[arg(long, value_enum)]
     task: Option<Task>,
     /// Where results go (repeat for several): `files:DIR` (`?format=jpg` for JPEG
@@ -483,7 +485,12 @@ pub fn run(args: Args) -> Result<()> {
         None => model.options(),
     };
     let analysis = match head {
-        Some(LinearHead::Seg(s)) => Analysis::Seg(s),
+        // a seg head on a depth model: the classes and the model's own depth from one pass
+        // (`--task seg` keeps the classes alone)
+        Some(LinearHead::Seg(s)) => match (model_depth, args.task) {
+            (Some(kind), None) => Analysis::SegWithModelDepth(s, kind),
+            _ => Analysis::Seg(s),
+        },
         Some(LinearHead::Depth(d)) => Analysis::Depth(d),
         None if task == Task::Features => Analysis::Features,
         None => match (task, model_depth) {
@@ -492,7 +499,12 @@ pub fn run(args: Args) -> Result<()> {
         },
     };
     // a rule in metres cannot read a depth that has no unit: said before anything opens
-    if matches!(analysis, Analysis::ModelDepth(DepthConfig::Relative)) && !args.gpio.is_empty() {
+    let relative = matches!(
+        analysis,
+        Analysis::ModelDepth(DepthConfig::Relative)
+            | Analysis::SegWithModelDepth(_, DepthConfig::Relative)
+    );
+    if relative && !args.gpio.is_empty() {
         let rules = dinoedge_board::RuleSet::parse(&args.gpio)?;
         let metres = rules.depth_rules();
         anyhow::ensure!(
@@ -522,6 +534,7 @@ pub fn run(args: Args) -> Result<()> {
         regions: &args.regions,
         listen: args.listen.as_deref(),
         title: &title,
+        views: analysis.views(),
         stats: &stats,
     };
     for spec in &sink_specs {

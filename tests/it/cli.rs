@@ -562,21 +562,7 @@ fn predict_with_a_depth_model_needs_no_head() {
 
     // the same file with a metric config (the fixture generator's config, `metric`, 20 m):
     // depth in metres, as the depth heads write it
-    let metric = tmp.path().join("da-metric");
-    std::fs::create_dir_all(metric.join("onnx")).unwrap();
-    let src = fixtures().join("tiny/depth-anything-v2-tiny");
-    std::fs::copy(src.join("onnx/model.onnx"), metric.join("onnx/model.onnx")).unwrap();
-    std::fs::copy(
-        src.join("preprocessor_config.json"),
-        metric.join("preprocessor_config.json"),
-    )
-    .unwrap();
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    config["depth_estimation_type"] = "metric".into();
-    config["max_depth"] = 20.into();
-    std::fs::write(metric.join("config.json"), config.to_string()).unwrap();
-    let model = metric.join("onnx/model.onnx");
+    let model = tiny_da_metric(tmp.path());
     let o = dinoedge(args!["info", model, "--no-compile"], tmp.path());
     let t = text(&o);
     assert!(t.contains("metric depth, metres (0 to 20)"), "{t}");
@@ -606,6 +592,114 @@ fn predict_with_a_depth_model_needs_no_head() {
     let t = text(&o);
     assert!(
         !o.status.success() && t.contains("no head of its own") && t.contains("--head"),
+        "{t}"
+    );
+}
+
+/// The tiny Depth Anything V2 fixture with the fixture generator's config made metric
+/// (`depth_estimation_type: metric`, 20 m), under `dir`: its model file.
+fn tiny_da_metric(dir: &std::path::Path) -> PathBuf {
+    let metric = dir.join("da-metric");
+    std::fs::create_dir_all(metric.join("onnx")).unwrap();
+    let src = fixtures().join("tiny/depth-anything-v2-tiny");
+    std::fs::copy(src.join("onnx/model.onnx"), metric.join("onnx/model.onnx")).unwrap();
+    std::fs::copy(
+        src.join("preprocessor_config.json"),
+        metric.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["depth_estimation_type"] = "metric".into();
+    config["max_depth"] = 20.into();
+    std::fs::write(metric.join("config.json"), config.to_string()).unwrap();
+    metric.join("onnx/model.onnx")
+}
+
+#[test]
+fn eval_head_scores_a_depth_models_own_depth_aligning_only_relative_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relative = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let metric = tiny_da_metric(tmp.path());
+    // the model's own depth of image 23, as `predict` writes it
+    let own = |model: &PathBuf, name: &str| -> ndarray::Array2<f32> {
+        let out = tmp.path().join(name);
+        let o = dinoedge(
+            args![
+                "predict",
+                model,
+                image(23),
+                "--size",
+                "112x112",
+                "--out",
+                out
+            ],
+            tmp.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let file = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "npy"))
+            .unwrap();
+        ndarray_npy::read_npy(file).unwrap()
+    };
+    // a one-image folder whose truth is `truth` (metres, .npy)
+    let folder = |name: &str, truth: &ndarray::Array2<f32>| -> PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(image(23), dir.join("23_image.png")).unwrap();
+        ndarray_npy::write_npy(dir.join("23_depth.npy"), truth).unwrap();
+        dir
+    };
+    let score = |model: &PathBuf, data: &PathBuf| -> serde_json::Value {
+        let json = data.join("scores.json");
+        let o = dinoedge(
+            args![
+                "eval-head",
+                model,
+                data,
+                "--size",
+                "112x112",
+                "--json",
+                json
+            ],
+            tmp.path(),
+        );
+        let t = text(&o);
+        assert!(
+            o.status.success() && t.contains("AbsRel") && t.contains("alignment"),
+            "{t}"
+        );
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    // relative inverse depth: any positive scale and shift of it is the same answer
+    let rel = own(&relative, "rel");
+    let lo = rel.fold(f32::INFINITY, |a, &b| a.min(b));
+    let truth = rel.mapv(|r| 1.0 / (2.5 * (r - lo) + 0.4));
+    let s = score(&relative, &folder("rel-truth", &truth));
+    assert!(
+        s["abs_rel"].as_f64().unwrap() < 1e-3 && s["delta1"] == 1.0,
+        "{s}"
+    );
+    assert!(
+        s["alignment"].as_str().unwrap().contains("scale and shift"),
+        "{s}"
+    );
+    // metric depth is scored as it is: its own map exact, twice it 50 % off
+    let m = own(&metric, "metric");
+    let s = score(&metric, &folder("metric-truth", &m));
+    assert!(s["abs_rel"].as_f64().unwrap() < 1e-5, "{s}");
+    assert!(s["alignment"].as_str().unwrap().starts_with("none"), "{s}");
+    let s = score(&metric, &folder("metric-twice", &m.mapv(|d| 2.0 * d)));
+    assert!((s["abs_rel"].as_f64().unwrap() - 0.5).abs() < 1e-3, "{s}");
+
+    // an encoder alone needs a head
+    let data = tmp.path().join("rel-truth");
+    let o = dinoedge(args!["eval-head", tiny_reg(), data], tmp.path());
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("no depth head of its own") && t.contains("--head"),
         "{t}"
     );
 }

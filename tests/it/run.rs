@@ -260,6 +260,148 @@ fn a_depth_anything_model_alone_runs_relative_depth_to_every_sink() {
     assert!(t.contains("relative depth") && t.contains("metric"), "{t}");
 }
 
+/// A labelled folder of three fixture VOC images with their class maps.
+fn voc3(dir: &Path) -> PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    for n in [0, 8, 23] {
+        for kind in ["image", "target"] {
+            let name = format!("{n}_{kind}.png");
+            let from = fixtures().join("images/voc2012_val_vainf").join(&name);
+            std::fs::copy(from, dir.join(&name)).unwrap();
+        }
+    }
+    dir.to_owned()
+}
+
+#[test]
+fn a_seg_head_runs_beside_a_depth_models_own_depth_in_one_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let head = tmp.path().join("seg.safetensors");
+    let o = cmd(tmp.path())
+        .arg("train-head")
+        .arg(&da)
+        .arg(voc3(&tmp.path().join("voc")))
+        .arg("--out")
+        .arg(&head)
+        .args(["--size", "112x112", "--epochs", "2", "--val-split", "0.34"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let source = format!("{}?frames=3", sample().display());
+    // one run with the head (both results), one without (depth), one with --task seg (classes)
+    let run = |name: &str, extra: &[&str]| {
+        let dir = tmp.path().join(name);
+        let (files, rec, lines) = (dir.join("files"), dir.join("run.mcap"), dir.join("o.jsonl"));
+        let mut c = cmd(tmp.path());
+        c.args([
+            "run", "--source", &source, "--size", "112x112", "--status", "off",
+        ])
+        .arg("--model")
+        .arg(&da)
+        .args(extra);
+        sinks(
+            &mut c,
+            &[("files", &files), ("mcap", &rec), ("jsonl", &lines)],
+        );
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        (files, rec, json_lines(&lines))
+    };
+    let h = head.to_str().unwrap();
+    let (both, rec, json) = run("both", &["--head", h]);
+    let (depth_only, _, _) = run("depth", &[]);
+    let (seg_only, seg_rec, _) = run("seg", &["--head", h, "--task", "seg"]);
+    assert_eq!(json.len(), 3);
+    for seq in 0..3u64 {
+        let f = |dir: &Path, s: &str| dir.join(format!("frame_{seq:06}_{s}"));
+        // the same numbers as each alone
+        let d: ndarray::Array2<f32> =
+            ndarray_npy::read_npy(f(&both, "depth_relative.npy")).unwrap();
+        let alone: ndarray::Array2<f32> =
+            ndarray_npy::read_npy(f(&depth_only, "depth_relative.npy")).unwrap();
+        assert_eq!(d, alone, "frame {seq}: depth beside the classes");
+        let classes = image::open(f(&both, "classes.png")).unwrap().into_luma8();
+        let classes_alone = image::open(f(&seg_only, "classes.png"))
+            .unwrap()
+            .into_luma8();
+        assert_eq!(
+            classes, classes_alone,
+            "frame {seq}: classes beside the depth"
+        );
+        assert!(f(&both, "overlay.png").is_file() && f(&both, "depth_relative.png").is_file());
+        assert!(!f(&seg_only, "depth_relative.npy").exists());
+        // one region summary with both
+        let region = &json[seq as usize]["regions"][0];
+        assert!(
+            region["classes"].as_array().is_some_and(|c| !c.is_empty()),
+            "{region}"
+        );
+        let nearest = d.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        assert_eq!(
+            region["relative_depth"]["nearest"].as_f64().unwrap() as f32,
+            nearest
+        );
+    }
+    for topic in [
+        "/dinoedge/classes",
+        "/dinoedge/depth_relative",
+        "/dinoedge/result",
+    ] {
+        assert_eq!(mcap_topic(&rec, topic).len(), 3, "{topic}");
+    }
+    assert!(mcap_topic(&seg_rec, "/dinoedge/depth_relative").is_empty());
+
+    // the live view shows the depth as a third picture
+    let looped = format!("{}?loop", sample().display());
+    let (mut child, addr) = spawn(
+        &[
+            "run",
+            "--model",
+            da.to_str().unwrap(),
+            "--head",
+            h,
+            "--source",
+            &looped,
+            "--size",
+            "112x112",
+            "--status",
+            "off",
+            "--sink",
+            "http:127.0.0.1:0",
+        ],
+        tmp.path(),
+    );
+    let addr = addr.unwrap();
+    let page = get(&addr, "/");
+    assert!(page.contains(r#"["camera","result","depth"]"#), "{page}");
+    let t = Instant::now();
+    while
+        serde_json::from_str::<serde_json::Value>(&get(&addr, "/stats")).unwrap()["frames_analysed"]
+            .as_u64()
+            < Some(1)
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "no frame analysed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let picture = |view: &str| {
+        image::load_from_memory(&get_bytes(&addr, &format!("/frame/{view}.jpg")))
+            .unwrap()
+            .into_rgb8()
+    };
+    let (result, depth) = (picture("result"), picture("depth"));
+    assert_eq!(result.dimensions(), depth.dimensions());
+    assert_ne!(
+        result, depth,
+        "the depth view shows the depth, not the classes"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(wait(&mut child, Duration::from_secs(30)).success());
+}
+
 #[test]
 fn a_failing_source_and_a_failing_sink_leave_the_other_outputs_complete() {
     let tmp = tempfile::tempdir().unwrap();
@@ -570,6 +712,16 @@ fn get(addr: &str, path: &str) -> String {
         .unwrap()
 }
 
+/// `GET` on the live view, the body as bytes.
+fn get_bytes(addr: &str, path: &str) -> Vec<u8> {
+    ureq::get(&format!("http://{addr}{path}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap()
+}
+
 /// Read an MJPEG stream for `secs`, counting pictures (each must be a whole JPEG).
 fn count_parts(addr: &str, view: &str, secs: f64) -> usize {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -802,8 +954,8 @@ fn live_view_in_headless_chromium() {
     assert!(status.success());
     let text = body["value"].as_str().unwrap_or_default();
     assert!(
-        text.contains("frames in"),
-        "stats shown on the page: {body}"
+        text.contains("frames in") && text.contains("camera") && text.contains("result"),
+        "stats and both views shown on the page: {body}"
     );
     assert_eq!(a.dimensions(), b.dimensions());
     let changed = a

@@ -112,7 +112,7 @@ impl Sink for GpioSink {
             let summaries = Summaries(
                 self.regions
                     .iter()
-                    .map(|r| (r.name.clone(), r.summarise(&a.analysed)))
+                    .map(|r| (r.name.clone(), r.summarise_all(a)))
                     .collect(),
             );
             self.rules
@@ -192,6 +192,7 @@ mod tests {
             result: Some(Arc::new(FrameResult {
                 seq,
                 analysed: Analysed::Depth(depth),
+                beside: None,
                 backbone: Duration::ZERO,
                 head: Duration::ZERO,
             })),

@@ -50,6 +50,8 @@ struct Hub {
     last: Mutex<Option<Newest>>,
     stats: SharedStats,
     title: String,
+    /// The views the page shows, in order.
+    views: Vec<View>,
     alpha: f32,
     quality: u8,
     next_id: AtomicU64,
@@ -86,8 +88,14 @@ pub struct HttpSink {
 
 impl HttpSink {
     /// Serve on `addr` (`127.0.0.1:8080`; port 0 picks a free one). `title` heads the page
-    /// (the model and task); `stats` are the run's numbers.
-    pub fn bind(addr: &str, title: &str, stats: SharedStats, alpha: f32) -> Result<HttpSink> {
+    /// (the model and task), which shows `views` side by side; `stats` are the run's numbers.
+    pub fn bind(
+        addr: &str,
+        title: &str,
+        views: &[View],
+        stats: SharedStats,
+        alpha: f32,
+    ) -> Result<HttpSink> {
         let server = Server::http(addr).map_err(|e| StreamError::Sink {
             name: format!("http://{addr}"),
             reason: format!("cannot listen: {e}"),
@@ -102,6 +110,7 @@ impl HttpSink {
             last: Mutex::new(None),
             stats,
             title: title.to_string(),
+            views: views.to_vec(),
             alpha,
             quality: 80,
             next_id: AtomicU64::new(0),
@@ -156,7 +165,10 @@ fn handle(hub: &Arc<Hub>, req: Request) {
     };
     match path.as_str() {
         "/" | "/index.html" => {
-            let page = PAGE.replace("{{title}}", &html_escape(&hub.title));
+            let views: Vec<&str> = hub.views.iter().map(|v| v.name()).collect();
+            let page = PAGE
+                .replace("{{title}}", &html_escape(&hub.title))
+                .replace("{{views}}", &serde_json::json!(views).to_string());
             respond(
                 req,
                 Response::from_string(page)

@@ -283,11 +283,10 @@ impl McapSink {
                 t,
             )?;
         }
-        let depth = match &a.analysed {
-            Analysed::Depth(d) => Some(("/dinoedge/depth", d)),
-            Analysed::RelativeDepth(d) => Some(("/dinoedge/depth_relative", d)),
-            _ => None,
-        };
+        let depth = a.depth().map(|(d, relative)| match relative {
+            false => ("/dinoedge/depth", d),
+            true => ("/dinoedge/depth_relative", d),
+        });
         if let Some((topic, d)) = depth {
             let (h, w) = d.dim();
             let mut data = vec![0u8; d.len() * 4];

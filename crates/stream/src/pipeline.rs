@@ -18,6 +18,7 @@ use dinoedge_heads::{DepthHead, SegHead};
 use dinoedge_model::{Backbone, DepthConfig, Features, Preprocessor};
 use dinoedge_render::{PcaView, RenderError, pca_images};
 
+use crate::render::View;
 use crate::result::{Analysed, FrameResult, Output};
 use crate::sink::Sink;
 use crate::stats::{BoardSnapshot, SharedStats, SinkState, StatsSnapshot};
@@ -35,6 +36,9 @@ pub enum Analysis {
     Depth(DepthHead),
     /// The model's own depth head (Depth Anything V2): metres or relative, as its config says.
     ModelDepth(DepthConfig),
+    /// A segmentation head on the encoder tokens of a depth model, and the model's own depth
+    /// from the same pass: classes and depth per frame at the cost of one backbone run.
+    SegWithModelDepth(SegHead, DepthConfig),
 }
 
 impl Analysis {
@@ -45,6 +49,16 @@ impl Analysis {
             Analysis::Pca => "pca",
             Analysis::Seg(_) => "seg",
             Analysis::Depth(_) | Analysis::ModelDepth(_) => "depth",
+            Analysis::SegWithModelDepth(..) => "seg+depth",
+        }
+    }
+
+    /// The pictures a viewer can ask for: the camera and the result, and the depth beside
+    /// the classes when there are both.
+    pub fn views(&self) -> &'static [View] {
+        match self {
+            Analysis::SegWithModelDepth(..) => &View::ALL,
+            _ => &[View::Camera, View::Result],
         }
     }
 }
@@ -177,7 +191,8 @@ fn backbone_stage(
 }
 
 /// The model's depth map at the frame's `h` x `w` (bilinear, as the depth heads upsample).
-fn model_depth(f: &Features, h: usize, w: usize) -> Result<ndarray::Array2<f32>> {
+/// The model's own depth at `h`×`w`, labelled metric or relative as `kind` says.
+fn model_depth(f: &Features, kind: &DepthConfig, h: usize, w: usize) -> Result<Analysed> {
     let depth = f
         .depth
         .as_ref()
@@ -188,7 +203,11 @@ fn model_depth(f: &Features, h: usize, w: usize) -> Result<ndarray::Array2<f32>>
         .into_shape_with_order((1, dh, dw))
         .map_err(|e| dinoedge_model::ModelError::Input(e.to_string()))?;
     let resized = dinoedge_heads::resize::resize_bilinear(planes, h, w);
-    Ok(resized.index_axis_move(ndarray::Axis(0), 0))
+    let depth = resized.index_axis_move(ndarray::Axis(0), 0);
+    Ok(match kind {
+        DepthConfig::Metric { .. } => Analysed::Depth(depth),
+        DepthConfig::Relative => Analysed::RelativeDepth(depth),
+    })
 }
 
 /// The head on one frame's features.
@@ -200,6 +219,7 @@ fn head_stage(
 ) -> Result<FrameResult> {
     let (h, w) = (frame.height as usize, frame.width as usize);
     let t0 = Instant::now();
+    let mut beside = None;
     let analysed = match analysis {
         Analysis::Features => Analysed::Features(f),
         Analysis::Pca => {
@@ -211,17 +231,16 @@ fn head_stage(
         }
         Analysis::Seg(s) => Analysed::Seg(s.predict_features(&f, h, w)?, s.palette.clone()),
         Analysis::Depth(d) => Analysed::Depth(d.predict_features(&f, h, w)?),
-        Analysis::ModelDepth(kind) => {
-            let depth = model_depth(&f, h, w)?;
-            match kind {
-                DepthConfig::Metric { .. } => Analysed::Depth(depth),
-                DepthConfig::Relative => Analysed::RelativeDepth(depth),
-            }
+        Analysis::ModelDepth(kind) => model_depth(&f, kind, h, w)?,
+        Analysis::SegWithModelDepth(s, kind) => {
+            beside = Some(model_depth(&f, kind, h, w)?);
+            Analysed::Seg(s.predict_features(&f, h, w)?, s.palette.clone())
         }
     };
     Ok(FrameResult {
         seq: frame.seq,
         analysed,
+        beside,
         backbone,
         head: t0.elapsed(),
     })

@@ -4,7 +4,7 @@
 use ndarray::{ArrayView2, s};
 use serde_json::{Value, json};
 
-use crate::result::Analysed;
+use crate::result::{Analysed, FrameResult};
 
 /// A rectangle in fractions of the frame (0,0 top left; 1,1 bottom right), with a name.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,18 @@ impl Region {
             lo..hi
         };
         (span(t, b, h), span(l, r, w))
+    }
+
+    /// Summary of every result of a pass over this region: with classes and depth from one
+    /// pass, one object with both `classes` and the depth's key.
+    pub fn summarise_all(&self, r: &FrameResult) -> Value {
+        let mut v = json!({"region": self.name});
+        for part in r.parts() {
+            if let (Value::Object(all), Value::Object(one)) = (&mut v, self.summarise(part)) {
+                all.extend(one);
+            }
+        }
+        v
     }
 
     /// Summary of a result over this region: nearest, median and mean depth, or the fraction

@@ -17,17 +17,21 @@ pub enum View {
     Camera,
     /// The result: segmentation blended over the frame, depth in colour, the PCA picture.
     Result,
+    /// The depth in colour: with a segmentation beside a depth model's own depth, the depth
+    /// (the result view shows the classes); otherwise the same as the result view.
+    Depth,
 }
 
 impl View {
     /// Every view, in the order a page shows them.
-    pub const ALL: [View; 2] = [View::Camera, View::Result];
+    pub const ALL: [View; 3] = [View::Camera, View::Result, View::Depth];
 
     /// `camera` or `result` (URL paths, topic names).
     pub fn name(self) -> &'static str {
         match self {
             View::Camera => "camera",
             View::Result => "result",
+            View::Depth => "depth",
         }
     }
 
@@ -91,25 +95,23 @@ pub fn result_picture(a: &Analysed, w: u32, h: u32) -> Option<RgbImage> {
 }
 
 /// `view` of `out`: the camera frame, or the result (segmentation blended over the frame at
-/// `alpha`; depth and PCA pictures as they are). Before the first result the result view is
-/// the camera frame.
+/// `alpha`; depth and PCA pictures as they are), or the depth beside a segmentation. Before
+/// the first result the result and depth views are the camera frame.
 pub fn render(out: &Output, view: View, alpha: f32) -> RgbImage {
     let frame = out.frame.to_image();
-    match view {
-        View::Camera => frame,
-        View::Result => {
-            let (w, h) = frame.dimensions();
-            match out.result.as_deref() {
-                Some(a) => match result_picture(&a.analysed, w, h) {
-                    Some(pic) if matches!(a.analysed, Analysed::Seg(..)) => {
-                        blend(&frame, &pic, alpha)
-                    }
-                    Some(pic) => pic,
-                    None => frame,
-                },
-                None => frame,
-            }
-        }
+    let Some(a) = out.result.as_deref() else {
+        return frame;
+    };
+    let shown = match (view, &a.beside) {
+        (View::Camera, _) => return frame,
+        (View::Depth, Some(depth)) => depth,
+        (View::Result | View::Depth, _) => &a.analysed,
+    };
+    let (w, h) = frame.dimensions();
+    match result_picture(shown, w, h) {
+        Some(pic) if matches!(shown, Analysed::Seg(..)) => blend(&frame, &pic, alpha),
+        Some(pic) => pic,
+        None => frame,
     }
 }
 

@@ -11,7 +11,8 @@ use dinoedge_model::Features;
 use image::RgbImage;
 use ndarray::Array2;
 
-/// What came out of the head on one frame: one case per [`crate::Analysis`].
+/// What came out of the head on one frame: one case per [`crate::Analysis`] (a segmentation
+/// beside a depth model's own depth is two of these, see [`FrameResult::beside`]).
 pub enum Analysed {
     /// The features (patch grid, CLS, …), for [`crate::Analysis::Features`].
     Features(Features),
@@ -42,10 +43,29 @@ pub struct FrameResult {
     pub seq: u64,
     /// What the head made of it.
     pub analysed: Analysed,
+    /// A second result of the same backbone pass: the model's own depth beside the classes of a
+    /// segmentation head (`run --model da2 --head seg.safetensors`).
+    pub beside: Option<Analysed>,
     /// Time in the backbone (with preprocessing).
     pub backbone: Duration,
     /// Time in the head.
     pub head: Duration,
+}
+
+impl FrameResult {
+    /// Every result of the pass: [`FrameResult::analysed`], then [`FrameResult::beside`].
+    pub fn parts(&self) -> impl Iterator<Item = &Analysed> {
+        std::iter::once(&self.analysed).chain(self.beside.as_ref())
+    }
+
+    /// The depth map of the pass, if it has one, and whether it is relative (no unit).
+    pub fn depth(&self) -> Option<(&Array2<f32>, bool)> {
+        self.parts().find_map(|a| match a {
+            Analysed::Depth(d) => Some((d, false)),
+            Analysed::RelativeDepth(d) => Some((d, true)),
+            _ => None,
+        })
+    }
 }
 
 /// One frame on its way to the sinks, shared by all of them.

@@ -61,7 +61,8 @@ pub enum PictureFormat {
 /// Files per result, numbered by the frame it was computed on: `frame_000042_overlay.png`
 /// and `_classes.png` (class ids) for segmentation; `_depth_mm.png` (16-bit, mm),
 /// `_depth.npy` (f32 metres) and `_depth.png` (colour) for depth; `_depth_relative.npy` and
-/// `_depth_relative.png` for a relative depth model (no unit); `_pca.png` for the PCA
+/// `_depth_relative.png` for a relative depth model (no unit) — both sets when a segmentation
+/// head runs beside a depth model's own depth; `_pca.png` for the PCA
 /// view; `_patches.npy` (`[h, w, C]`) and `_cls.npy` for features. Only fresh results are
 /// written: in the low-rate modes one set per backbone run.
 pub struct FileSink {
@@ -98,8 +99,8 @@ impl Sink for FileSink {
         let npy = |path: PathBuf, write: &dyn Fn(&mut Buffered) -> std::io::Result<()>| {
             write_whole(&path, write).map_err(|e| err(&e))
         };
-        let picture = |stem: &str| -> Result<()> {
-            let img = render(out, View::Result, self.alpha);
+        let picture = |stem: &str, view: View| -> Result<()> {
+            let img = render(out, view, self.alpha);
             let path = p(&format!("{stem}.{ext}"));
             match self.format {
                 PictureFormat::Png => save_png(&img, &path).map_err(|e| err(&e)),
@@ -110,28 +111,32 @@ impl Sink for FileSink {
             }
         };
         use ndarray_npy::WriteNpyExt;
-        match &a.analysed {
-            Analysed::Seg(seg, _) => {
-                save_png(&class_png(seg.labels.view()), &p("classes.png")).map_err(|e| err(&e))?;
-                picture("overlay")
-            }
-            Analysed::Depth(d) => {
-                save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
-                npy(p("depth.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
-                picture("depth")
-            }
-            Analysed::RelativeDepth(d) => {
-                npy(p("depth_relative.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
-                picture("depth_relative")
-            }
-            Analysed::Pca(_) => picture("pca"),
-            Analysed::Features(f) => {
-                npy(p("patches.npy"), &|w| {
-                    f.patches().write_npy(w).map_err(npy_io)
-                })?;
-                npy(p("cls.npy"), &|w| f.cls().write_npy(w).map_err(npy_io))
+        for part in a.parts() {
+            match part {
+                Analysed::Seg(seg, _) => {
+                    save_png(&class_png(seg.labels.view()), &p("classes.png"))
+                        .map_err(|e| err(&e))?;
+                    picture("overlay", View::Result)?
+                }
+                Analysed::Depth(d) => {
+                    save_png(&depth_mm_png(d.view()), &p("depth_mm.png")).map_err(|e| err(&e))?;
+                    npy(p("depth.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
+                    picture("depth", View::Depth)?
+                }
+                Analysed::RelativeDepth(d) => {
+                    npy(p("depth_relative.npy"), &|f| d.write_npy(f).map_err(npy_io))?;
+                    picture("depth_relative", View::Depth)?
+                }
+                Analysed::Pca(_) => picture("pca", View::Result)?,
+                Analysed::Features(f) => {
+                    npy(p("patches.npy"), &|w| {
+                        f.patches().write_npy(w).map_err(npy_io)
+                    })?;
+                    npy(p("cls.npy"), &|w| f.cls().write_npy(w).map_err(npy_io))?
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -267,8 +272,8 @@ impl Sink for JsonLinesSink {
             v["backbone_ms"] = (a.backbone.as_secs_f64() * 1e3).into();
             v["head_ms"] = (a.head.as_secs_f64() * 1e3).into();
             match &a.analysed {
-                m @ (Analysed::Depth(_) | Analysed::RelativeDepth(_) | Analysed::Seg(..)) => {
-                    v["regions"] = self.regions.iter().map(|r| r.summarise(m)).collect();
+                Analysed::Depth(_) | Analysed::RelativeDepth(_) | Analysed::Seg(..) => {
+                    v["regions"] = self.regions.iter().map(|r| r.summarise_all(a)).collect();
                 }
                 Analysed::Features(f) => {
                     let (h, w, c) = f.patches().dim();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::http::HttpSink;
 use crate::mcap_sink::McapSink;
 use crate::region::Region;
+use crate::render::View;
 use crate::sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
 use crate::stats::SharedStats;
 use crate::{Result, StreamError};
@@ -54,6 +55,8 @@ pub struct SinkContext<'a> {
     pub listen: Option<&'a str>,
     /// The live view's title.
     pub title: &'a str,
+    /// The pictures the live view shows (see [`crate::Analysis::views`]).
+    pub views: &'a [View],
     /// The numbers the live view shows.
     pub stats: &'a SharedStats,
 }
@@ -172,7 +175,7 @@ impl SinkSpec {
             }
             SinkSpec::Http { addr } => {
                 let addr = addr.as_deref().or(cx.listen).unwrap_or(DEFAULT_LISTEN);
-                let s = HttpSink::bind(addr, cx.title, cx.stats.clone(), cx.alpha)?;
+                let s = HttpSink::bind(addr, cx.title, cx.views, cx.stats.clone(), cx.alpha)?;
                 let url = format!("http://{}/", s.addr());
                 (Box::new(s), Some(format!("live view at {url}")))
             }
@@ -362,6 +365,7 @@ mod tests {
             regions: &[],
             listen: None,
             title: "t",
+            views: &View::ALL,
             stats: &stats,
         };
         let files = SinkSpec::parse(&format!("files:{}", dir.display())).unwrap();

@@ -48,6 +48,43 @@ pub enum Label {
     Depth(Array2<f32>),
 }
 
+/// Read every depth map of `dataset` (as [`Task::load_labels`] does for a depth task): what a
+/// depth model is scored on.
+pub fn load_depth_maps(dataset: &Dataset, format: &DepthFormat) -> Result<Vec<Label>, HeadsError> {
+    load_all(dataset, |s| {
+        let d = format.load(&s.label)?;
+        check_same_size(s, (d.ncols(), d.nrows()))?;
+        Ok(Label::Depth(d))
+    })
+}
+
+/// `load` on every sample; all failures reported together (up to ten).
+fn load_all(
+    dataset: &Dataset,
+    load: impl Fn(&crate::dataset::Sample) -> Result<Label, HeadsError>,
+) -> Result<Vec<Label>, HeadsError> {
+    let mut labels = Vec::with_capacity(dataset.samples.len());
+    let mut errors = Vec::new();
+    for s in &dataset.samples {
+        match load(s) {
+            Ok(l) => labels.push(l),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(labels);
+    }
+    let n = errors.len();
+    let mut text: Vec<String> = errors.into_iter().take(10).collect();
+    if n > 10 {
+        text.push(format!("… and {} more", n - 10));
+    }
+    Err(HeadsError::Dataset {
+        path: dataset.root.clone(),
+        reason: format!("{n} bad label file(s):\n  {}", text.join("\n  ")),
+    })
+}
+
 /// What a workflow reports while it runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress {
@@ -66,36 +103,14 @@ impl Task {
     /// Read every label of `dataset`, checking each against its image's size. All bad files
     /// are reported together (up to ten), so a user fixes a folder in one pass.
     pub fn load_labels(&self, dataset: &Dataset) -> Result<Vec<Label>, HeadsError> {
-        let mut labels = Vec::with_capacity(dataset.samples.len());
-        let mut errors = Vec::new();
-        for s in &dataset.samples {
-            let r = match self {
-                Task::Segmentation { format, .. } => format.load(&s.label).and_then(|m| {
-                    check_same_size(s, (m.ncols(), m.nrows()))?;
-                    Ok(Label::Mask(m))
-                }),
-                Task::Depth { format, .. } => format.load(&s.label).and_then(|d| {
-                    check_same_size(s, (d.ncols(), d.nrows()))?;
-                    Ok(Label::Depth(d))
-                }),
-            };
-            match r {
-                Ok(l) => labels.push(l),
-                Err(e) => errors.push(e.to_string()),
-            }
+        match self {
+            Task::Segmentation { format, .. } => load_all(dataset, |s| {
+                let m = format.load(&s.label)?;
+                check_same_size(s, (m.ncols(), m.nrows()))?;
+                Ok(Label::Mask(m))
+            }),
+            Task::Depth { format, .. } => load_depth_maps(dataset, format),
         }
-        if errors.is_empty() {
-            return Ok(labels);
-        }
-        let n = errors.len();
-        let mut text: Vec<String> = errors.into_iter().take(10).collect();
-        if n > 10 {
-            text.push(format!("… and {} more", n - 10));
-        }
-        Err(HeadsError::Dataset {
-            path: dataset.root.clone(),
-            reason: format!("{n} bad label file(s):\n  {}", text.join("\n  ")),
-        })
     }
 
     fn outputs(&self) -> usize {
@@ -316,6 +331,54 @@ impl Evaluation {
             },
             LinearHead::Depth(_) => Evaluation::Depth(depth.summary()),
         })
+    }
+
+    /// Score the depth a model gives itself (Depth Anything V2) on the images `indices` at
+    /// their full resolution (the map resized bilinearly to the label's size): metric depth
+    /// as it is; a `relative` inverse depth aligned per image by scale and shift
+    /// ([`DepthScores::add_relative`]). `extractor` must run the backbone (no feature cache:
+    /// it keeps no depth maps).
+    pub fn model_depth(
+        extractor: &mut Extractor<'_>,
+        dataset: &Dataset,
+        labels: &[Label],
+        indices: &[usize],
+        relative: bool,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Evaluation, HeadsError> {
+        let mut scores = DepthScores::default();
+        for (n, &i) in indices.iter().enumerate() {
+            let path = &dataset.samples[i].image;
+            let Label::Depth(truth) = &labels[i] else {
+                return Err(HeadsError::Incompatible(
+                    "a depth model is scored on depth maps, not class masks".into(),
+                ));
+            };
+            let f = extractor.features(path, false)?;
+            let depth = f.depth.as_ref().ok_or_else(|| {
+                HeadsError::Incompatible(format!(
+                    "{}: the model gave no depth map (is it a depth model?)",
+                    path.display()
+                ))
+            })?;
+            let (h, w) = truth.dim();
+            let (dh, dw) = depth.dim();
+            let planes = depth
+                .view()
+                .into_shape_with_order((1, dh, dw))
+                .map_err(|e| HeadsError::Incompatible(e.to_string()))?;
+            let pred = dinoedge_heads::resize::resize_bilinear(planes, h, w);
+            let pred = pred.index_axis(Axis(0), 0);
+            match relative {
+                true => scores.add_relative(truth.view(), pred),
+                false => scores.add(truth.view(), pred),
+            };
+            progress(Progress::Features {
+                done: n + 1,
+                total: indices.len(),
+            });
+        }
+        Ok(Evaluation::Depth(scores.summary()))
     }
 
     /// The scores as JSON.

@@ -176,6 +176,38 @@ impl DepthScores {
         true
     }
 
+    /// Score a relative inverse depth (larger is nearer, no unit: a relative Depth Anything V2
+    /// model's output) as its papers evaluate it: aligned to the truth's inverse depth by the
+    /// least-squares scale and shift over the valid pixels of this image, turned into depth
+    /// (capped at the image's largest true depth, so that a near-zero inverse depth does not
+    /// give an unbounded one), then scored as [`DepthScores::add`]. Returns `false` when the
+    /// image had fewer than two valid pixels or a constant prediction over them.
+    pub fn add_relative(&mut self, truth: ArrayView2<f32>, pred: ArrayView2<f32>) -> bool {
+        assert_eq!(truth.dim(), pred.dim(), "maps of different sizes");
+        let valid = |t: f32, p: f32| t > 0.0 && t.is_finite() && p.is_finite();
+        let pairs = || {
+            truth
+                .iter()
+                .zip(pred.iter())
+                .filter(|(t, p)| valid(**t, **p))
+                .map(|(&t, &p)| (p as f64, 1.0 / t as f64))
+        };
+        let Some((scale, shift)) = fit_scale_shift(pairs()) else {
+            return false;
+        };
+        let far = truth
+            .iter()
+            .filter(|t| **t > 0.0 && t.is_finite())
+            .fold(0f32, |a, &b| a.max(b)) as f64;
+        let depth = ndarray::Zip::from(truth)
+            .and(pred)
+            .map_collect(|&t, &p| match valid(t, p) {
+                true => (1.0 / (scale * p as f64 + shift).max(1.0 / far)) as f32,
+                false => 0.0,
+            });
+        self.add(truth, depth.view())
+    }
+
     /// The averages.
     pub fn summary(&self) -> DepthSummary {
         let n = self.images.max(1) as f64;
@@ -189,6 +221,25 @@ impl DepthScores {
             images: self.images,
         }
     }
+}
+
+/// The least-squares `(scale, shift)` that map the first of each pair onto the second, or
+/// `None` for fewer than two pairs or a constant first value.
+pub fn fit_scale_shift(pairs: impl Iterator<Item = (f64, f64)>) -> Option<(f64, f64)> {
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (x, y) in pairs {
+        n += 1.0;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+    }
+    let det = n * sxx - sx * sx;
+    if n < 2.0 || det.abs() <= 1e-12 * (n * sxx).max(f64::MIN_POSITIVE) {
+        return None;
+    }
+    let scale = (n * sxy - sx * sy) / det;
+    Some((scale, (sy - scale * sx) / n))
 }
 
 /// How close a second backbone's features are to a first one's (an int8 model against its
@@ -334,6 +385,40 @@ mod tests {
         let (miou, acc) = c.constant_baseline(0);
         assert!((acc - 4.0 / 7.0).abs() < 1e-12);
         assert!((miou - (4.0 / 7.0 + 0.0) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn relative_depth_is_aligned_by_scale_and_shift() {
+        let truth =
+            ndarray::Array2::from_shape_fn((6, 8), |(i, j)| 0.5 + 0.3 * i as f32 + 0.1 * j as f32);
+        // any positive affine map of the inverse depth scores as exact
+        let pred = truth.mapv(|t| 7.0 / t - 0.25);
+        let mut s = DepthScores::default();
+        assert!(s.add_relative(truth.view(), pred.view()));
+        let d = s.summary();
+        assert!(
+            d.abs_rel < 1e-5 && d.rmse < 1e-5 && d.delta1 == 1.0,
+            "{d:?}"
+        );
+        // unlabelled pixels are left out of the fit, and a constant map cannot be aligned
+        let mut holes = truth.clone();
+        holes[[0, 0]] = 0.0;
+        let mut bad = pred.clone();
+        bad[[0, 0]] = 1e6;
+        let mut s = DepthScores::default();
+        assert!(s.add_relative(holes.view(), bad.view()));
+        assert!(s.summary().abs_rel < 1e-5);
+        let flat = ndarray::Array2::from_elem((6, 8), 3.0f32);
+        assert!(!DepthScores::default().add_relative(truth.view(), flat.view()));
+        // a depth in place of an inverse depth is scored as wrong, not aligned away
+        let mut s = DepthScores::default();
+        assert!(s.add_relative(truth.view(), truth.view()));
+        assert!(s.summary().abs_rel > 0.05, "{:?}", s.summary());
+        assert_eq!(
+            fit_scale_shift([(1.0, 3.0), (2.0, 5.0)].into_iter()),
+            Some((2.0, 1.0))
+        );
+        assert_eq!(fit_scale_shift([(1.0, 3.0)].into_iter()), None);
     }
 
     #[test]

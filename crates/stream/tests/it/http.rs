@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dinoedge_camera::Frame;
-use dinoedge_stream::{HttpSink, Output, SharedStats, Sink};
+use dinoedge_stream::{HttpSink, Output, SharedStats, Sink, View};
 
 /// A frame of noise: its JPEG does not compress (≈ 1 MB at 1280×720).
 fn noise_frame(seq: u64) -> Output {
@@ -41,7 +41,14 @@ fn stats(addr: &str) -> serde_json::Value {
 
 #[test]
 fn a_viewer_that_never_reads_is_skipped_not_waited_for() {
-    let mut sink = HttpSink::bind("127.0.0.1:0", "test", SharedStats::default(), 0.5).unwrap();
+    let mut sink = HttpSink::bind(
+        "127.0.0.1:0",
+        "test",
+        &View::ALL,
+        SharedStats::default(),
+        0.5,
+    )
+    .unwrap();
     let addr = sink.addr().to_string();
     // asks for the stream, never reads a byte
     let mut stalled = TcpStream::connect(&addr).unwrap();

@@ -5,7 +5,7 @@
 
 use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
 use dinoedge_stream::{
-    Analysis, HttpSink, JsonLinesSink, McapSink, RunOptions, SharedStats, Sink, run,
+    Analysis, HttpSink, JsonLinesSink, McapSink, RunOptions, SharedStats, Sink, View, run,
 };
 use dinoedge_testkit::fixtures;
 
@@ -59,7 +59,9 @@ fn peak_memory_alone() {
             "jsonl",
             vec!["low=0,0.5,1,1".parse().unwrap()],
         )),
-        Box::new(HttpSink::bind("127.0.0.1:0", "memory", stats.clone(), 0.5).unwrap()),
+        Box::new(
+            HttpSink::bind("127.0.0.1:0", "memory", &View::ALL[..2], stats.clone(), 0.5).unwrap(),
+        ),
         Box::new(McapSink::create(&tmp.path().join("long.mcap"), false, 0.5).unwrap()),
     ];
     let source =
