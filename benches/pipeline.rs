@@ -23,7 +23,7 @@ use dinoedge_heads::LinearHead;
 use dinoedge_model::{Backbone, BackboneOptions, CacheMode, ResizeMode, Resolution};
 use dinoedge_stream::{
     Analysis, FileSink, HttpSink, JsonLinesSink, McapSink, PictureFormat, Region, RunOptions,
-    SharedStats, Sink, run,
+    SharedStats, Sink, View, run,
 };
 
 use dinoedge_testkit::fixtures;
@@ -157,7 +157,8 @@ fn main() {
                         vec![region.clone()],
                     )));
                     sinks.push(Box::new(
-                        HttpSink::bind("127.0.0.1:0", "bench", stats.clone(), 0.5).unwrap(),
+                        HttpSink::bind("127.0.0.1:0", "bench", &View::ALL[..2], stats.clone(), 0.5)
+                            .unwrap(),
                     ));
                 }
                 if c >= 3 {
@@ -280,7 +281,9 @@ fn main() {
     let stats = SharedStats::default();
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(JsonLinesSink::new(std::io::sink(), "jsonl", vec![region])),
-        Box::new(HttpSink::bind("127.0.0.1:0", "bench", stats.clone(), 0.5).unwrap()),
+        Box::new(
+            HttpSink::bind("127.0.0.1:0", "bench", &View::ALL[..2], stats.clone(), 0.5).unwrap(),
+        ),
         Box::new(McapSink::create(&tmp.path().join("long.mcap"), true, 0.5).unwrap()),
     ];
     let source = Box::new(Memory {

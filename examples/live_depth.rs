@@ -17,7 +17,7 @@
 use anyhow::{Context, Result, bail};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{Backbone, BackboneOptions, ModelInfo, ResizeMode};
-use dinoedge_stream::{Analysis, HttpSink, RunOptions, SharedStats};
+use dinoedge_stream::{Analysis, HttpSink, RunOptions, SharedStats, View};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,7 +39,7 @@ fn main() -> Result<()> {
     let pre = backbone.preprocessor(ResizeMode::Stretch)?;
 
     let stats = SharedStats::default();
-    let view = HttpSink::bind(addr, "live depth", stats.clone(), 0.5)?;
+    let view = HttpSink::bind(addr, "live depth", &View::ALL[..2], stats.clone(), 0.5)?;
     println!("live view: http://{}/ (Ctrl-C to stop)", view.addr());
     let frames = dinoedge_camera::open(source).with_context(|| format!("opening {source}"))?;
     let options = RunOptions {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use dinoedge_camera::{Pace, SourceSpec};
 use dinoedge_heads::LinearHead;
 use dinoedge_model::{DepthConfig, ResizeMode, Resolution, Runtime};
+use dinoedge_stream::points::Points;
 use dinoedge_stream::{
     Analysis, Cadence, DEFAULT_LISTEN, GpioSink, Region, RunOptions, RunReport, SharedStats, Sink,
     SinkContext, SinkSpec, SinkState, StatsSnapshot,
@@ -62,6 +63,12 @@ pub struct Args {
     /// depth: classes and depth from one pass (`--task seg` for the classes alone).
     #[arg(long, value_parser = crate::cmd::fetch::model_ref)]
     head: Option<PathBuf>,
+    /// The camera's intrinsics, for point clouds from metric depth (MCAP sink,
+    /// `/dinoedge/points`): `fx,fy,cx,cy` in pixels of the frames as the source delivers them,
+    /// or `hfov=DEGREES`. A recording with a calibration topic (ROS 2 CameraInfo, Foxglove
+    /// CameraCalibration) needs none.
+    #[arg(long, value_name = "FX,FY,CX,CY|hfov=DEG")]
+    intrinsics: Option<dinoedge_camera::Intrinsics>,
     /// What to compute without a head (seg needs --head; depth needs --head or a depth model).
     #[arg(long, value_enum)]
     task: Option<Task>,
@@ -269,6 +276,54 @@ fn choose_task(
         ),
         (None, t) => t.unwrap_or(Task::Pca),
     })
+}
+
+/// Point clouds need depth in metres and intrinsics: `--intrinsics` or an explicit
+/// `mcap:…?points=stride:N` that cannot give one is an error before anything opens.
+fn check_points(
+    args: &Args,
+    analysis: &Analysis,
+    sinks: &[SinkSpec],
+    source: &dinoedge_camera::SourceSpec,
+    model: &ModelArgs,
+    info: &dinoedge_model::ModelInfo,
+) -> Result<()> {
+    let asked = sinks.iter().find_map(|s| match s {
+        SinkSpec::Mcap {
+            points: Some(Points::Stride(n)),
+            ..
+        } => Some(format!("mcap:…?points=stride:{n}")),
+        _ => None,
+    });
+    let what = match (&asked, args.intrinsics.is_some()) {
+        (Some(a), _) => a.clone(),
+        (None, true) => "--intrinsics".to_string(),
+        (None, false) => return Ok(()),
+    };
+    let metres = match analysis {
+        Analysis::Depth(_) | Analysis::ModelDepth(DepthConfig::Metric { .. }) => true,
+        Analysis::SegWithModelDepth(_, DepthConfig::Metric { .. }) => true,
+        Analysis::ModelDepth(DepthConfig::Relative)
+        | Analysis::SegWithModelDepth(_, DepthConfig::Relative) => bail!(
+            "{what}: a point cloud needs depth in metres, and {} ({}) gives relative depth, with no unit: use a metric model (a Depth Anything V2 Metric export, whose config.json says depth_estimation_type: metric) or a DINOv2 depth head (--head)",
+            model.model.display(),
+            info.variant()
+        ),
+        Analysis::Features | Analysis::Pca | Analysis::Seg(_) => false,
+    };
+    if !metres && asked.is_some() {
+        bail!(
+            "{what}: a point cloud needs depth in metres, and this run computes {}: give a depth head (--head) or a metric depth model",
+            analysis.name()
+        );
+    }
+    let recording = matches!(source.kind, dinoedge_camera::SourceKind::Mcap { .. });
+    if asked.is_some() && args.intrinsics.is_none() && !recording {
+        bail!(
+            "{what}: a point cloud needs the camera's intrinsics: --intrinsics fx,fy,cx,cy (pixels of the frames) or --intrinsics hfov=DEGREES"
+        );
+    }
+    Ok(())
 }
 
 /// A flag Ctrl-C, SIGTERM or SIGHUP sets (the runner finishes what is in flight and closes
@@ -516,6 +571,8 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
+    check_points(&args, &analysis, &sink_specs, &spec, &model, &model_info)?;
+
     let stats = SharedStats::default();
     let title = format!(
         "{} on {} ({})",
@@ -535,6 +592,7 @@ pub fn run(args: Args) -> Result<()> {
         listen: args.listen.as_deref(),
         title: &title,
         views: analysis.views(),
+        intrinsics: args.intrinsics,
         stats: &stats,
     };
     for spec in &sink_specs {

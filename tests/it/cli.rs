@@ -598,7 +598,7 @@ fn predict_with_a_depth_model_needs_no_head() {
 
 /// The tiny Depth Anything V2 fixture with the fixture generator's config made metric
 /// (`depth_estimation_type: metric`, 20 m), under `dir`: its model file.
-fn tiny_da_metric(dir: &std::path::Path) -> PathBuf {
+pub(crate) fn tiny_da_metric(dir: &std::path::Path) -> PathBuf {
     let metric = dir.join("da-metric");
     std::fs::create_dir_all(metric.join("onnx")).unwrap();
     let src = fixtures().join("tiny/depth-anything-v2-tiny");

@@ -403,6 +403,132 @@ fn a_seg_head_runs_beside_a_depth_models_own_depth_in_one_pass() {
 }
 
 #[test]
+fn metric_depth_with_intrinsics_records_a_point_cloud_and_plays_it_back() {
+    use foxglove::Decode;
+    let tmp = tempfile::tempdir().unwrap();
+    let metric = crate::cli::tiny_da_metric(tmp.path());
+    let source = format!("{}?frames=3", sample().display());
+    let (files, rec) = (tmp.path().join("files"), tmp.path().join("run.mcap"));
+    let (fx, fy, cx, cy) = (300.0f64, 310.0f64, 167.5f64, 125.5f64);
+    let run = |source: &str, extra: &[&str]| {
+        let mut c = cmd(tmp.path());
+        c.args([
+            "run", "--source", source, "--size", "112x112", "--status", "off",
+        ])
+        .arg("--model")
+        .arg(&metric)
+        .args(extra);
+        c.output().unwrap()
+    };
+    let o = run(
+        &source,
+        &[
+            "--intrinsics",
+            &format!("{fx},{fy},{cx},{cy}"),
+            "--sink",
+            &format!("files:{}", files.display()),
+            "--sink",
+            &format!("mcap:{}?points=stride:4", rec.display()),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let clouds = mcap_topic(&rec, "/dinoedge/points");
+    assert_eq!(clouds.len(), 3);
+    for (seq, (_, data)) in clouds.iter().enumerate() {
+        let pc = foxglove::schemas::PointCloud::decode(&data[..]).unwrap();
+        let depth: ndarray::Array2<f32> =
+            ndarray_npy::read_npy(files.join(format!("frame_{seq:06}_depth.npy"))).unwrap();
+        // every 4th pixel with a depth, lifted with the intrinsics, in order
+        let (h, w) = depth.dim();
+        let mut want = Vec::new();
+        for v in (0..h).step_by(4) {
+            for u in (0..w).step_by(4) {
+                let z = depth[[v, u]];
+                if z > 0.0 && z.is_finite() {
+                    want.push([
+                        ((u as f64 - cx) * z as f64 / fx) as f32,
+                        ((v as f64 - cy) * z as f64 / fy) as f32,
+                        z,
+                    ]);
+                }
+            }
+        }
+        assert!(want.len() > 1000, "{} points", want.len());
+        assert_eq!(pc.point_stride, 16);
+        assert_eq!(pc.data.len(), want.len() * 16, "frame {seq}");
+        for (p, want) in pc.data.chunks_exact(16).zip(&want) {
+            let f = |o: usize| f32::from_le_bytes(p[o..o + 4].try_into().unwrap());
+            assert_eq!([f(0), f(4), f(8)], *want);
+        }
+        // coloured from the frame: the sample is not one colour
+        let colours: std::collections::HashSet<&[u8]> =
+            pc.data.chunks_exact(16).map(|p| &p[12..15]).collect();
+        assert!(colours.len() > 50, "{} colours", colours.len());
+    }
+    let calib = mcap_topic(&rec, "/camera/calibration");
+    assert_eq!(calib.len(), 3);
+    let k = foxglove::schemas::CameraCalibration::decode(&calib[0].1[..]).unwrap();
+    assert_eq!((k.width, k.height), (336, 252));
+    assert_eq!(k.k, [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]);
+
+    // the recording as the source: its calibration stands in for --intrinsics
+    let again = tmp.path().join("again.mcap");
+    let o = run(
+        rec.to_str().unwrap(),
+        &["--sink", &format!("mcap:{}", again.display())],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(mcap_topic(&again, "/camera/calibration"), calib);
+    let replayed = mcap_topic(&again, "/dinoedge/points");
+    assert_eq!(replayed.len(), 3);
+    let points = |data: &[u8]| {
+        foxglove::schemas::PointCloud::decode(data)
+            .unwrap()
+            .data
+            .len()
+            / 16
+    };
+    // the replayed frames went through JPEG once more: other depths, the same grid
+    assert_eq!(points(&replayed[0].1), points(&clouds[0].1));
+
+    // what cannot give a point cloud is refused before anything opens
+    let relative = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let o = cmd(tmp.path())
+        .args([
+            "run",
+            "--source",
+            &source,
+            "--status",
+            "off",
+            "--intrinsics",
+            "hfov=66",
+        ])
+        .arg("--model")
+        .arg(&relative)
+        .args(["--sink", "jsonl:-"])
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("relative depth") && t.contains("metric"),
+        "{t}"
+    );
+    let o = run(
+        &source,
+        &[
+            "--sink",
+            &format!(
+                "mcap:{}?points=stride:2",
+                tmp.path().join("x.mcap").display()
+            ),
+        ],
+    );
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--intrinsics"), "{t}");
+    assert!(!tmp.path().join("x.mcap").exists());
+}
+
+#[test]
 fn a_failing_source_and_a_failing_sink_leave_the_other_outputs_complete() {
     let tmp = tempfile::tempdir().unwrap();
     // the clip cut in the middle of its 8th frame

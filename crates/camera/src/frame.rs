@@ -25,6 +25,8 @@ pub struct Frame {
     /// Frames the source lost between the previous delivered frame and this one (corrupt
     /// frames skipped, frames overwritten in a newest-frame hand-over, gaps a camera reported).
     pub dropped_before: u64,
+    /// The camera's intrinsics when the source knows them (a recording's calibration topic).
+    pub intrinsics: Option<crate::Intrinsics>,
 }
 
 impl std::fmt::Debug for Frame {
@@ -52,6 +54,7 @@ impl Frame {
             wall: SystemTime::now(),
             media_time: None,
             dropped_before: 0,
+            intrinsics: None,
         }
     }
 

@@ -29,6 +29,7 @@ mod error;
 pub mod ffmpeg;
 mod frame;
 pub mod images;
+pub mod intrinsics;
 pub mod latest;
 pub mod mcap;
 pub mod mjpeg;
@@ -40,6 +41,7 @@ pub mod y4m;
 
 pub use error::{CameraError, Result};
 pub use frame::{Frame, FrameSource, SourceInfo};
+pub use intrinsics::{Intrinsics, Pinhole};
 pub use latest::{Capture, LatestReceiver, LatestSender, Received, latest};
 pub use source::{Pace, SourceKind, SourceSpec, open};
 pub use v4l2::{CameraDescription, CameraMode, V4L2_BUILT, list_cameras};

@@ -6,7 +6,8 @@
 //! `sensor_msgs/msg/CompressedImage` and `sensor_msgs/msg/Image` (CDR, as `ros2 bag record`
 //! writes them). Frames carry the message's own timestamp as their wall-clock time (so a
 //! recording made from this one keeps the original times) and the time since the first
-//! message as their media time.
+//! message as their media time. A calibration topic (`sensor_msgs/msg/CameraInfo`,
+//! `foxglove.CameraCalibration`) gives the frames after it their camera's intrinsics.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +27,7 @@ const MAX_RECORD: usize = 256 << 20;
 use crate::decode::{YuvColor, jpeg_to_rgb, yuyv_to_rgb};
 use crate::error::{CameraError, Result};
 use crate::frame::{Frame, FrameSource, SourceInfo};
+use crate::intrinsics::{Intrinsics, Pinhole};
 
 /// The message types this source turns into frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub struct McapSource {
     first_log_time: Option<u64>,
     ended: bool,
     rgb: Vec<u8>,
+    /// The newest calibration read, given to every frame after it.
+    intrinsics: Option<Intrinsics>,
 }
 
 impl McapSource {
@@ -91,6 +95,7 @@ impl McapSource {
             first_log_time: None,
             ended: false,
             rgb: Vec::new(),
+            intrinsics: None,
         })
     }
 
@@ -198,6 +203,63 @@ impl McapSource {
         };
         Ok((w, h, stamp))
     }
+}
+
+/// A calibration message (ROS 2 `CameraInfo`, Foxglove `CameraCalibration`) on a channel
+/// `(topic, schema, encoding)` read into intrinsics; `None` for other messages. One that
+/// cannot be read is an error the caller warns about (the images are still good).
+fn calibration(
+    (_, schema, enc): &(String, String, String),
+    data: &[u8],
+) -> Option<std::result::Result<Intrinsics, String>> {
+    Some(match (schema.as_str(), enc.as_str()) {
+        ("sensor_msgs/msg/CameraInfo", "cdr") => ros_camera_info(data),
+        ("foxglove.CameraCalibration", "protobuf") => {
+            foxglove::schemas::CameraCalibration::decode(data)
+                .map_err(|e| e.to_string())
+                .and_then(|m| pinhole_of(&m.k, m.width, m.height))
+        }
+        _ => return None,
+    })
+}
+
+/// Intrinsics from a row-major 3x3 camera matrix `k` for `width`×`height` pictures.
+fn pinhole_of(k: &[f64], width: u32, height: u32) -> std::result::Result<Intrinsics, String> {
+    let [fx, _, cx, _, fy, cy, ..] = k[..] else {
+        return Err(format!("a camera matrix of {} values, not 9", k.len()));
+    };
+    if !(fx > 0.0
+        && fy > 0.0
+        && fx.is_finite()
+        && fy.is_finite()
+        && cx.is_finite()
+        && cy.is_finite())
+    {
+        return Err(format!(
+            "no usable camera matrix (fx {fx}, fy {fy}): an uncalibrated camera?"
+        ));
+    }
+    Ok(Intrinsics::Pinhole {
+        k: Pinhole { fx, fy, cx, cy },
+        size: (width > 0 && height > 0).then_some((width, height)),
+    })
+}
+
+/// `sensor_msgs/msg/CameraInfo` (CDR): its size and camera matrix `k`.
+fn ros_camera_info(data: &[u8]) -> std::result::Result<Intrinsics, String> {
+    let mut c = Cdr::new(data)?;
+    c.header()?;
+    let height = c.u32()?;
+    let width = c.u32()?;
+    let _distortion_model = c.string()?;
+    let n = c.u32()? as usize;
+    for _ in 0..n {
+        c.f64()?;
+    }
+    let k = (0..9)
+        .map(|_| c.f64())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    pinhole_of(&k, width, height)
 }
 
 /// JPEG or PNG bytes (told apart by their magic) to RGB8.
@@ -318,6 +380,15 @@ impl<'a> Cdr<'a> {
         })
     }
 
+    fn f64(&mut self) -> std::result::Result<f64, String> {
+        let b: [u8; 8] = self.take(8, 8)?.try_into().expect("8 bytes");
+        Ok(if self.little {
+            f64::from_le_bytes(b)
+        } else {
+            f64::from_be_bytes(b)
+        })
+    }
+
     fn bytes(&mut self) -> std::result::Result<&'a [u8], String> {
         let n = self.u32()? as usize;
         self.take(n, 1)
@@ -392,7 +463,19 @@ impl FrameSource for McapSource {
                             Some((id, kind)) if id == header.channel_id => {
                                 Some((kind, header.log_time, data.into_owned()))
                             }
-                            _ => None,
+                            _ => {
+                                let channel = self.channels.get(&header.channel_id);
+                                match channel.and_then(|c| calibration(c, &data)) {
+                                    Some(Ok(i)) => self.intrinsics = Some(i),
+                                    Some(Err(e)) => tracing::warn!(
+                                        "{}: calibration on {} skipped: {e}",
+                                        self.path.display(),
+                                        channel.map(|c| c.0.as_str()).unwrap_or_default()
+                                    ),
+                                    None => {}
+                                }
+                                None
+                            }
                         },
                         Ok(_) => None,
                         Err(e) => {
@@ -424,6 +507,7 @@ impl FrameSource for McapSource {
                 wall: UNIX_EPOCH + Duration::from_nanos(nanos),
                 media_time: Some(Duration::from_nanos(log_time.saturating_sub(first))),
                 dropped_before: 0,
+                intrinsics: self.intrinsics,
             };
             self.seq += 1;
             return Ok(Some(frame));
@@ -504,6 +588,50 @@ mod tests {
         body.extend(data);
         m.extend(body);
         m
+    }
+
+    /// A `sensor_msgs/msg/CameraInfo` in little-endian CDR up to its camera matrix.
+    fn ros_camera_info_msg(w: u32, h: u32, k: [f64; 9]) -> Vec<u8> {
+        let mut b = vec![0x00, 0x01, 0x00, 0x00];
+        let pad = |b: &mut Vec<u8>, a: usize| {
+            while !(b.len() - 4).is_multiple_of(a) {
+                b.push(0);
+            }
+        };
+        b.extend(7i32.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend(4u32.to_le_bytes());
+        b.extend(b"cam\0");
+        b.extend(h.to_le_bytes());
+        b.extend(w.to_le_bytes());
+        b.extend(10u32.to_le_bytes());
+        b.extend(b"plumb_bob\0");
+        pad(&mut b, 4);
+        b.extend(5u32.to_le_bytes());
+        for d in [0.1f64, -0.2, 0.0, 0.0, 0.0] {
+            pad(&mut b, 8);
+            b.extend(d.to_le_bytes());
+        }
+        for v in k {
+            pad(&mut b, 8);
+            b.extend(v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn ros2_camera_info_gives_intrinsics() {
+        let k = [600.0, 0.0, 319.5, 0.0, 610.0, 239.5, 0.0, 0.0, 1.0];
+        let msg = ros_camera_info_msg(640, 480, k);
+        let i = ros_camera_info(&msg).unwrap();
+        let p = i.at(640, 480);
+        assert_eq!((p.fx, p.fy, p.cx, p.cy), (600.0, 610.0, 319.5, 239.5));
+        assert_eq!(i.at(320, 240).fx, 300.0);
+        // cut short, and a camera that was never calibrated (all zeros): errors, not panics
+        let e = ros_camera_info(&msg[..msg.len() - 20]).unwrap_err();
+        assert!(e.contains("CDR message ends"), "{e}");
+        let e = ros_camera_info(&ros_camera_info_msg(640, 480, [0.0; 9])).unwrap_err();
+        assert!(e.contains("uncalibrated"), "{e}");
     }
 
     #[test]

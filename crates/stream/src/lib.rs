@@ -18,6 +18,7 @@ pub mod gpio_sink;
 pub mod http;
 pub mod mcap_sink;
 pub mod pipeline;
+pub mod points;
 pub mod region;
 pub mod render;
 pub mod result;

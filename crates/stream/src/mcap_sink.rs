@@ -9,6 +9,8 @@
 //! | `/dinoedge/depth_relative` | `foxglove.RawImage`, `32FC1`, relative inverse depth (no unit) | each new result of a relative depth model |
 //! | `/dinoedge/classes` | `foxglove.RawImage`, `mono8`, class ids | each new segmentation |
 //! | `/dinoedge/stats` | `dinoedge.Stats` (JSON) | each new result |
+//! | `/camera/calibration` | `foxglove.CameraCalibration` | every frame, when the intrinsics are known (`--intrinsics`, or the source's calibration) |
+//! | `/dinoedge/points` | `foxglove.PointCloud` (x, y, z, red, green, blue, alpha; metres, camera optical frame) | each new metric depth result, when the intrinsics are known (`?points=stride:N`, default 4; `?points=off`) |
 //!
 //! Messages are logged at the frame's capture time (its own timestamp when it came from a
 //! recording), so a recording of a recording keeps the original times.
@@ -20,11 +22,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dinoedge_camera::mcap::unix_nanos;
+use dinoedge_camera::{Intrinsics, Pinhole};
 use foxglove::Encode;
 use foxglove::bytes::Bytes;
-use foxglove::schemas::{CompressedImage, RawImage, Timestamp};
+use foxglove::schemas::{CameraCalibration, CompressedImage, RawImage, Timestamp};
 use mcap::records::MessageHeader;
 
+use crate::points::{Points, point_cloud};
 use crate::render::{View, jpeg, render};
 use crate::result::{Analysed, Output};
 use crate::sink::{Sink, chain, sink_err};
@@ -54,6 +58,10 @@ pub struct McapSink {
     flush_every: Duration,
     /// The file's length at the last successful flush: everything before it is whole records.
     whole_len: u64,
+    /// How point clouds are decimated (when there are intrinsics and metric depth).
+    points: Points,
+    /// The camera's intrinsics as the user gave them (over what the frames carry).
+    intrinsics: Option<Intrinsics>,
 }
 
 /// How often a recording's chunk is closed, flushed and synced, by default.
@@ -101,6 +109,8 @@ impl McapSink {
             flushed: Instant::now(),
             flush_every: FLUSH_EVERY,
             whole_len: 0,
+            points: Points::default(),
+            intrinsics: None,
         };
         // the header on the disk: from here on the file can always be closed readable
         sink.flush().map_err(|e| sink.salvage(e))?;
@@ -111,6 +121,14 @@ impl McapSink {
     /// SIGKILL or a power cut can lose; shorter means smaller chunks).
     pub fn flush_every(mut self, every: Duration) -> Self {
         self.flush_every = every;
+        self
+    }
+
+    /// Point clouds decimated as `points`, with the camera's `intrinsics` when given (else the
+    /// frames' own, from a recording's calibration; without either, no point cloud).
+    pub fn with_points(mut self, points: Points, intrinsics: Option<Intrinsics>) -> Self {
+        self.points = points;
+        self.intrinsics = intrinsics;
         self
     }
 
@@ -230,6 +248,8 @@ impl McapSink {
         let schema_name: &'static str = match schema.name.as_str() {
             "foxglove.CompressedImage" => "foxglove.CompressedImage",
             "foxglove.RawImage" => "foxglove.RawImage",
+            "foxglove.PointCloud" => "foxglove.PointCloud",
+            "foxglove.CameraCalibration" => "foxglove.CameraCalibration",
             other => return Err(self.err(format!("unexpected schema {other}"))),
         };
         let data = schema.data.clone();
@@ -240,6 +260,23 @@ impl McapSink {
             time,
             &buf,
         )
+    }
+}
+
+/// Foxglove's calibration message for a distortion-free pinhole camera `k` of `w`×`h` frames.
+fn calibration(k: Pinhole, w: u32, h: u32, timestamp: Option<Timestamp>) -> CameraCalibration {
+    CameraCalibration {
+        timestamp,
+        frame_id: "camera".into(),
+        width: w,
+        height: h,
+        distortion_model: "plumb_bob".into(),
+        d: vec![0.0; 5],
+        k: vec![k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+        r: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p: vec![
+            k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0,
+        ],
     }
 }
 
@@ -255,6 +292,14 @@ impl McapSink {
     fn record(&mut self, out: &Output) -> Result<()> {
         let t = unix_nanos(out.frame.wall);
         let stamp = Some(timestamp(t));
+        // the calibration before its image: a reader of this recording has it for the first
+        // frame already
+        let intrinsics = self.intrinsics.or(out.frame.intrinsics);
+        let (w, h) = (out.frame.width, out.frame.height);
+        let k = intrinsics.map(|i| i.at(w, h));
+        if let Some(k) = k {
+            self.log_foxglove("/camera/calibration", &calibration(k, w, h, stamp), t)?;
+        }
         let camera = jpeg(&out.frame.to_image(), self.quality).map_err(|e| self.err(e))?;
         self.log_foxglove(
             "/camera/image",
@@ -269,6 +314,10 @@ impl McapSink {
         let Some(a) = out.result.as_deref().filter(|_| out.fresh) else {
             return Ok(());
         };
+        if let (Some(k), Some((depth, false)), Points::Stride(n)) = (k, a.depth(), self.points) {
+            let cloud = point_cloud(depth.view(), &out.frame, k, n, stamp);
+            self.log_foxglove("/dinoedge/points", &cloud, t)?;
+        }
         if !matches!(a.analysed, Analysed::Features(_)) {
             let pic = render(out, View::Result, self.alpha);
             let bytes = jpeg(&pic, self.quality).map_err(|e| self.err(e))?;

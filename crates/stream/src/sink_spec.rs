@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use crate::http::HttpSink;
 use crate::mcap_sink::McapSink;
+use crate::points::Points;
 use crate::region::Region;
 use crate::render::View;
 use crate::sink::{FileSink, JsonLinesSink, PictureFormat, Sink};
 use crate::stats::SharedStats;
 use crate::{Result, StreamError};
+use dinoedge_camera::Intrinsics;
 
 /// The live view's address when `http` names none and `--listen` is not given: this machine only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -36,6 +38,9 @@ pub enum SinkSpec {
         file: PathBuf,
         /// Replace the file if it exists.
         overwrite: bool,
+        /// `?points=stride:N` or `?points=off` as given (`None`: the default, every 4th pixel
+        /// when there are intrinsics and metric depth).
+        points: Option<Points>,
     },
     /// `http` or `http:ADDR` (`view` too): the live view in the browser.
     Http {
@@ -57,6 +62,8 @@ pub struct SinkContext<'a> {
     pub title: &'a str,
     /// The pictures the live view shows (see [`crate::Analysis::views`]).
     pub views: &'a [View],
+    /// The camera's intrinsics as the user gave them (`--intrinsics`): for point clouds.
+    pub intrinsics: Option<Intrinsics>,
     /// The numbers the live view shows.
     pub stats: &'a SharedStats,
 }
@@ -125,10 +132,22 @@ impl SinkSpec {
             }
             "mcap" => {
                 need("a file", "run.mcap")?;
-                allow(&["overwrite"])?;
+                allow(&["overwrite", "points"])?;
+                let points = options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("points="))
+                    .map(|p| p.parse::<Points>().map_err(|e| invalid(spec, e)))
+                    .transpose()?;
+                if points.is_none() && options.contains(&"points") {
+                    return Err(invalid(
+                        spec,
+                        "points needs a value: points=stride:N or points=off".into(),
+                    ));
+                }
                 SinkSpec::Mcap {
                     file: PathBuf::from(target),
                     overwrite: options.contains(&"overwrite"),
+                    points,
                 }
             }
             "http" | "view" => {
@@ -164,8 +183,13 @@ impl SinkSpec {
                 let s = JsonLinesSink::create(f, cx.regions.to_vec())?;
                 (Box::new(s), Some(format!("JSON lines in {}", f.display())))
             }
-            SinkSpec::Mcap { file, overwrite } => {
-                let s = McapSink::create(Path::new(file), *overwrite, cx.alpha)?;
+            SinkSpec::Mcap {
+                file,
+                overwrite,
+                points,
+            } => {
+                let s = McapSink::create(Path::new(file), *overwrite, cx.alpha)?
+                    .with_points(points.unwrap_or_default(), cx.intrinsics);
                 let where_ = format!(
                     "MCAP recording {} (open it in Foxglove, or run it again with --source {})",
                     file.display(),
@@ -303,7 +327,16 @@ mod tests {
             SinkSpec::parse("mcap:run.mcap?overwrite").unwrap(),
             SinkSpec::Mcap {
                 file: "run.mcap".into(),
-                overwrite: true
+                overwrite: true,
+                points: None,
+            }
+        );
+        assert_eq!(
+            SinkSpec::parse("mcap:run.mcap?points=stride:2").unwrap(),
+            SinkSpec::Mcap {
+                file: "run.mcap".into(),
+                overwrite: false,
+                points: Some(crate::points::Points::Stride(2)),
             }
         );
         assert_eq!(
@@ -352,7 +385,15 @@ mod tests {
         );
         assert_eq!(
             err("mcap:r.mcap?append"),
-            "sink `mcap:r.mcap?append`: unknown option `append` (this sink takes: overwrite)"
+            "sink `mcap:r.mcap?append`: unknown option `append` (this sink takes: overwrite, points)"
+        );
+        assert_eq!(
+            err("mcap:r.mcap?points=stride:0"),
+            "sink `mcap:r.mcap?points=stride:0`: points=stride:0: use points=stride:N (every N-th pixel along both axes, 1 to 64) or points=off"
+        );
+        assert_eq!(
+            err("mcap:r.mcap?points"),
+            "sink `mcap:r.mcap?points`: points needs a value: points=stride:N or points=off"
         );
     }
 
@@ -366,6 +407,7 @@ mod tests {
             listen: None,
             title: "t",
             views: &View::ALL,
+            intrinsics: None,
             stats: &stats,
         };
         let files = SinkSpec::parse(&format!("files:{}", dir.display())).unwrap();
