@@ -1215,6 +1215,16 @@ fn board_profiles_and_their_units_reach_the_runner() {
         ),
         ("vits14", "model.onnx", "tiny/dinov2-tiny/onnx/model.onnx"),
         (
+            "da2-small-int8",
+            "model_int8.onnx",
+            "tiny/depth-anything-v2-tiny/onnx/model_int8.onnx",
+        ),
+        (
+            "da2-small",
+            "model.onnx",
+            "tiny/depth-anything-v2-tiny/onnx/model.onnx",
+        ),
+        (
             "vits14-nyu-linear",
             "dinov2_vits14_nyu_linear_head.pth",
             "heads/dinov2_vits14_nyu_linear_head.pth",
@@ -1225,12 +1235,15 @@ fn board_profiles_and_their_units_reach_the_runner() {
     }
     for (name, _) in dinoedge_board::profile::BUILTIN {
         let p = dinoedge_board::Profile::builtin(name).unwrap();
-        // the unit's command line, as systemd would run it
-        let unit = std::fs::read_to_string(root.join(name).join("dinoedge.service")).unwrap();
+        // the unit's command line, as systemd would run it (a Depth Anything profile: its
+        // board's unit with the profile's name)
+        let (folder, _) = dinoedge_board::profile::file_of(name);
+        let unit = std::fs::read_to_string(root.join(folder).join("dinoedge.service")).unwrap();
         let exec = unit
             .lines()
             .find_map(|l| l.strip_prefix("ExecStart="))
-            .unwrap();
+            .unwrap()
+            .replace(&format!("--board {folder} "), &format!("--board {name} "));
         let argv: Vec<&str> = exec.split_whitespace().skip(1).collect();
         let (ok, t, v) = settings(&argv);
         assert!(ok, "{name}: {exec}: {t}");
@@ -1241,22 +1254,25 @@ fn board_profiles_and_their_units_reach_the_runner() {
             v["model"].as_str().unwrap(),
             models
                 .join(p.model())
-                .join(if p.model() == "vits14" {
-                    "model.onnx"
-                } else {
+                .join(if p.model().ends_with("-int8") {
                     "model_int8.onnx"
+                } else {
+                    "model.onnx"
                 })
                 .to_str()
                 .unwrap(),
             "{name}"
         );
-        assert!(
-            v["head"]
-                .as_str()
-                .unwrap()
-                .ends_with("dinov2_vits14_nyu_linear_head.pth"),
-            "{name}"
-        );
+        match p.run.head {
+            Some(_) => assert!(
+                v["head"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("dinov2_vits14_nyu_linear_head.pth"),
+                "{name}"
+            ),
+            None => assert!(v["head"].is_null(), "{name}: {v}"),
+        }
         assert_eq!(v["source"], r.camera.as_str(), "{name}");
         assert_eq!(v["sinks"], serde_json::json!(r.sinks), "{name}");
         assert_eq!(v["listen"], r.listen.as_deref().unwrap(), "{name}");

@@ -322,8 +322,14 @@ fn a_seg_head_runs_beside_a_depth_models_own_depth_in_one_pass() {
         let alone: ndarray::Array2<f32> =
             ndarray_npy::read_npy(f(&depth_only, "depth_relative.npy")).unwrap();
         // (the seg head's taps make another plan: equal up to the rounding of its fusions)
-        let diff = d.iter().zip(&alone).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-5, "frame {seq}: depth beside the classes off by {diff}");
+        let diff = d
+            .iter()
+            .zip(&alone)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-5,
+            "frame {seq}: depth beside the classes off by {diff}"
+        );
         let classes = image::open(f(&both, "classes.png")).unwrap().into_luma8();
         let classes_alone = image::open(f(&seg_only, "classes.png"))
             .unwrap()

@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use crate::{BoardError, Result, RuleSet};
 
-/// The profiles built into dinoedge, by name.
-pub const BUILTIN: [(&str, &str); 4] = [
+/// The profiles built into dinoedge, by name: one per board folder of `firmware-configs/`
+/// (`profile.toml`), and for the boards Depth Anything V2 suits a `-da2` one beside it
+/// (`profile-da2.toml`, see [`file_of`]).
+pub const BUILTIN: [(&str, &str); 7] = [
     (
         "rpi4",
         include_str!("../../../firmware-configs/rpi4/profile.toml"),
@@ -25,7 +27,28 @@ pub const BUILTIN: [(&str, &str); 4] = [
         "x86",
         include_str!("../../../firmware-configs/x86/profile.toml"),
     ),
+    (
+        "rpi4-da2",
+        include_str!("../../../firmware-configs/rpi4/profile-da2.toml"),
+    ),
+    (
+        "rpi5-da2",
+        include_str!("../../../firmware-configs/rpi5/profile-da2.toml"),
+    ),
+    (
+        "jetson-orin-nano-da2",
+        include_str!("../../../firmware-configs/jetson-orin-nano/profile-da2.toml"),
+    ),
 ];
+
+/// Where a built-in profile lives under `firmware-configs/`: its board's folder and file
+/// (`rpi5-da2` is `rpi5/profile-da2.toml`).
+pub fn file_of(name: &str) -> (&str, &'static str) {
+    match name.strip_suffix("-da2") {
+        Some(board) => (board, "profile-da2.toml"),
+        None => (name, "profile.toml"),
+    }
+}
 
 /// A board profile.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -65,7 +88,10 @@ pub enum Precision {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
-    /// Which backbone file (when `--model` is not given).
+    /// The model by its name in `dinoedge models` (e.g. `da2-small-int8`), when it is not
+    /// DINOv2 ViT-S/14 in `precision`.
+    pub model: Option<String>,
+    /// Which backbone file (when `--model` is not given): DINOv2 ViT-S/14 in int8 or fp32.
     pub precision: Precision,
     /// `--threads`.
     pub threads: usize,
@@ -186,11 +212,13 @@ impl Profile {
         Profile::builtin(spec)
     }
 
-    /// The backbone's name in `dinoedge models` for this profile's precision.
-    pub fn model(&self) -> &'static str {
-        match self.run.precision {
-            Precision::Int8 => "vits14-int8",
-            Precision::Fp32 => "vits14",
+    /// The model's name in `dinoedge models`: `run.model`, else DINOv2 ViT-S/14 in the
+    /// profile's precision.
+    pub fn model(&self) -> &str {
+        match (&self.run.model, self.run.precision) {
+            (Some(m), _) => m,
+            (None, Precision::Int8) => "vits14-int8",
+            (None, Precision::Fp32) => "vits14",
         }
     }
 

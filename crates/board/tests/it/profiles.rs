@@ -9,25 +9,46 @@ fn every_builtin_profile_parses_and_matches_its_folder() {
     for (name, text) in BUILTIN {
         let p = Profile::builtin(name).unwrap();
         // the built-in copy is the file in the folder
-        let on_disk = std::fs::read_to_string(root.join(name).join("profile.toml")).unwrap();
+        let (folder, file) = dinoedge_board::profile::file_of(name);
+        let path = root.join(folder).join(file);
+        let on_disk = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, on_disk, "{name}");
-        assert_eq!(
-            Profile::load(root.join(name).join("profile.toml").to_str().unwrap()).unwrap(),
-            p
-        );
+        assert_eq!(Profile::load(path.to_str().unwrap()).unwrap(), p);
         assert!(
             p.board.target == "aarch64-unknown-linux-gnu" || name == "x86",
             "{name}"
         );
-        assert!(p.model().starts_with("vits14"));
+        // a Depth Anything profile is its board's, with the model and no head
+        match name.strip_suffix("-da2") {
+            Some(board) => {
+                assert!(p.model().starts_with("da2-small"), "{name}");
+                assert_eq!(p.run.head, None, "{name}");
+                assert_eq!(p.board, Profile::builtin(board).unwrap().board, "{name}");
+            }
+            None => assert!(p.model().starts_with("vits14")),
+        }
         // the folder has the rest: a README, a unit, boot lines
         for f in ["README.md", "dinoedge.service"] {
-            assert!(root.join(name).join(f).is_file(), "{name}/{f}");
+            assert!(root.join(folder).join(f).is_file(), "{name}/{f}");
         }
-        let unit = std::fs::read_to_string(root.join(name).join("dinoedge.service")).unwrap();
-        assert!(unit.contains(&format!("run --board {name} ")), "{name}");
+        let unit = std::fs::read_to_string(root.join(folder).join("dinoedge.service")).unwrap();
+        assert!(unit.contains(&format!("run --board {folder} ")), "{name}");
         assert!(unit.contains("Restart=on-failure") && unit.contains("WantedBy=multi-user.target"));
     }
+    // the Pis run Depth Anything in int8, the Jetson on its GPU
+    assert_eq!(
+        Profile::builtin("rpi5-da2").unwrap().model(),
+        "da2-small-int8"
+    );
+    assert_eq!(
+        Profile::builtin("rpi4-da2").unwrap().model(),
+        "da2-small-int8"
+    );
+    let jetson = Profile::builtin("jetson-orin-nano-da2").unwrap();
+    assert_eq!(
+        (jetson.model(), jetson.run.runtime.as_deref()),
+        ("da2-small", Some("cuda-or-cpu"))
+    );
     assert_eq!(
         Profile::builtin("rpi4").unwrap().run.precision,
         Precision::Int8
@@ -41,8 +62,11 @@ fn every_builtin_profile_parses_and_matches_its_folder() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     folders.sort();
-    let mut names: Vec<&str> = BUILTIN.map(|(n, _)| n).to_vec();
+    let mut names: Vec<&str> = BUILTIN
+        .map(|(n, _)| dinoedge_board::profile::file_of(n).0)
+        .to_vec();
     names.sort();
+    names.dedup();
     assert_eq!(folders, names);
 }
 
