@@ -4,7 +4,7 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// DINOv2 on small boards: dense features, attention and PCA views from ONNX models, and
 /// frames from cameras, files and streams.
@@ -52,6 +52,8 @@ enum Command {
     Cameras(cmd::cameras::Args),
     /// Read frames from a camera, file or stream; print them and optionally save them.
     Capture(cmd::capture::Args),
+    /// Man pages and shell completions of this command line (what the packages install).
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::EvalHead(a) => cmd::eval_head::run(a),
         Command::Cameras(a) => cmd::cameras::run(a),
         Command::Capture(a) => cmd::capture::run(a),
+        Command::Generate(a) => cmd::generate::run(a, Cli::command()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

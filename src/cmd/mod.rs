@@ -9,6 +9,7 @@ pub mod compare;
 pub mod eval_head;
 pub mod features;
 pub mod fetch;
+pub mod generate;
 pub mod info;
 pub mod pca;
 pub mod predict;

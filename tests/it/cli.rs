@@ -917,6 +917,43 @@ fn a_head_trained_on_dinov3_runs_on_dinov3_and_is_refused_on_dinov2() {
     }
 }
 
+#[test]
+fn generate_writes_man_pages_and_completions_of_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let man = tmp.path().join("man1");
+    let o = dinoedge(args!["generate", "man", "--out", man], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    // one page per command, each naming its flags
+    for (page, flag) in [
+        ("dinoedge.1", "generate"),
+        ("dinoedge-run.1", "intrinsics"),
+        ("dinoedge-eval-head.1", "head"),
+        ("dinoedge-fetch.1", "cache"),
+    ] {
+        let roff = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(
+            roff.starts_with(".ie") || roff.contains(".TH"),
+            "{page}: {roff}"
+        );
+        assert!(roff.contains(flag), "{page} does not mention {flag}");
+    }
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef dinoedge"),
+        ("fish", "complete -c dinoedge"),
+    ] {
+        let o = dinoedge(args!["generate", format!("complete-{shell}")], tmp.path());
+        let t = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && t.contains(marker) && t.contains("intrinsics"),
+            "{shell}: {t}"
+        );
+    }
+    let o = dinoedge(args!["generate", "man"], tmp.path());
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--out"), "{t}");
+}
+
 /// `dinoedge` with a model cache of its own (and no user manifest).
 fn dinoedge_models(args: &[&std::ffi::OsStr], models: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dinoedge"))
