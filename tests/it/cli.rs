@@ -705,7 +705,7 @@ fn eval_head_scores_a_depth_models_own_depth_aligning_only_relative_depth() {
 }
 
 /// A labelled folder at `dir`: the fixture VOC images `numbers` with their class maps.
-fn voc_folder(dir: &std::path::Path, numbers: &[u32]) -> PathBuf {
+pub(crate) fn voc_folder(dir: &std::path::Path, numbers: &[u32]) -> PathBuf {
     std::fs::create_dir(dir).unwrap();
     for n in numbers {
         for kind in ["image", "target"] {

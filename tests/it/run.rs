@@ -260,28 +260,32 @@ fn a_depth_anything_model_alone_runs_relative_depth_to_every_sink() {
     assert!(t.contains("relative depth") && t.contains("metric"), "{t}");
 }
 
-/// A labelled folder of three fixture VOC images with their class maps.
-fn voc3(dir: &Path) -> PathBuf {
-    std::fs::create_dir(dir).unwrap();
-    for n in [0, 8, 23] {
-        for kind in ["image", "target"] {
-            let name = format!("{n}_{kind}.png");
-            let from = fixtures().join("images/voc2012_val_vainf").join(&name);
-            std::fs::copy(from, dir.join(&name)).unwrap();
-        }
-    }
-    dir.to_owned()
-}
-
 #[test]
 fn a_seg_head_runs_beside_a_depth_models_own_depth_in_one_pass() {
+    seg_beside_depth("tiny/depth-anything-v2-tiny/onnx/model.onnx", 1e-5);
+}
+
+/// Issue 19's end-to-end check with the int8 ViT-S file: the sample clip to files, MCAP and the
+/// live view, with a head trained on it beside its depth (x86 only: under qemu the ViT-S runs
+/// would take minutes, and the tiny model above runs the same code there).
+#[test]
+fn small_int8_depth_anything_with_a_seg_head_to_files_mcap_and_the_live_view() {
+    // int8: the seg head's taps change the plan, and a rounding flip in a re-quantisation moves
+    // the depth by more than fp32's rounding
+    seg_beside_depth("depth-anything-v2-small/onnx/model_int8.onnx", 1e-3);
+}
+
+/// Train a seg head on the depth model `model` (a fixture path), run the sample clip with it
+/// beside the depth, and check both results against runs of each alone (depth within
+/// `tolerance` of the largest depth) and the live view's depth picture.
+fn seg_beside_depth(model: &str, tolerance: f32) {
     let tmp = tempfile::tempdir().unwrap();
-    let da = fixtures().join("tiny/depth-anything-v2-tiny/onnx/model.onnx");
+    let da = fixtures().join(model);
     let head = tmp.path().join("seg.safetensors");
     let o = cmd(tmp.path())
         .arg("train-head")
         .arg(&da)
-        .arg(voc3(&tmp.path().join("voc")))
+        .arg(crate::cli::voc_folder(&tmp.path().join("voc"), &[0, 8, 23]))
         .arg("--out")
         .arg(&head)
         .args(["--size", "112x112", "--epochs", "2", "--val-split", "0.34"])
@@ -326,9 +330,10 @@ fn a_seg_head_runs_beside_a_depth_models_own_depth_in_one_pass() {
             .iter()
             .zip(&alone)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let top = alone.fold(0f32, |m, b| m.max(b.abs()));
         assert!(
-            diff <= 1e-5,
-            "frame {seq}: depth beside the classes off by {diff}"
+            diff <= tolerance * top.max(1.0),
+            "frame {seq}: depth beside the classes off by {diff} (largest {top})"
         );
         let classes = image::open(f(&both, "classes.png")).unwrap().into_luma8();
         let classes_alone = image::open(f(&seg_only, "classes.png"))
