@@ -190,8 +190,8 @@ fn backbone_stage(
     Ok((f, t0.elapsed()))
 }
 
-/// The model's depth map at the frame's `h` x `w` (bilinear, as the depth heads upsample).
-/// The model's own depth at `h`×`w`, labelled metric or relative as `kind` says.
+/// The model's own depth map at the frame's `h` x `w` (bilinear, as the depth heads
+/// upsample), labelled metric or relative as `kind` says.
 fn model_depth(f: &Features, kind: &DepthConfig, h: usize, w: usize) -> Result<Analysed> {
     let depth = f
         .depth

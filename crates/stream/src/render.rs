@@ -26,7 +26,7 @@ impl View {
     /// Every view, in the order a page shows them.
     pub const ALL: [View; 3] = [View::Camera, View::Result, View::Depth];
 
-    /// `camera` or `result` (URL paths, topic names).
+    /// `camera`, `result` or `depth` (URL paths, topic names).
     pub fn name(self) -> &'static str {
         match self {
             View::Camera => "camera",
