@@ -96,7 +96,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -110,5 +110,42 @@ fn quiet_on_closed_stdout() {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The error and its causes on one line, as `{:#}` writes them, less the causes whose text the
+/// line already holds (the libraries' errors print their source in their own message, so `{:#}`
+/// would say "is a directory: is a directory").
+fn report(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+    use anyhow::Context;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = || std::io::Error::other("is a directory");
+        let typed = dinoedge_model::ModelError::Io {
+            path: "m".into(),
+            source: io(),
+        };
+        let repeated = anyhow::Error::new(typed).context("loading the model");
+        assert_eq!(
+            report(&repeated),
+            "loading the model: cannot read m: is a directory"
+        );
+        let chained = Err::<(), _>(io()).context("cannot read m").unwrap_err();
+        assert_eq!(report(&chained), "cannot read m: is a directory");
     }
 }

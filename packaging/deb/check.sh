@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Check a dinoedge .deb: its control fields, that every part is where Debian and systemd look
 # for it, that the binary inside runs (`--version`, under qemu for arm64 on x86), and its size
-# and newest GLIBC_ symbol version (printed). With --install (root, amd64 on amd64): `dpkg -i`,
+# and newest GLIBC_ symbol version (printed, and no newer than DINOEDGE_MAX_GLIBC, 2.31 by
+# default: the C library of Pi OS bullseye and JetPack 5; `DINOEDGE_MAX_GLIBC=` skips it). With --install (root, amd64 on amd64): `dpkg -i`,
 # `dinoedge --version` from /usr/bin, the service user and directories, the unit as systemd
 # would read it, then `dpkg --purge`.
 #
@@ -50,6 +51,10 @@ grep -q '^ExecStart=/usr/bin/dinoedge run --board auto' "$tmp/lib/systemd/system
   fail "the unit does not start /usr/bin/dinoedge"
 glibc=$(readelf -W --dyn-syms "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
 echo "   binary $(stat -c %s "$bin") bytes ($(( $(stat -c %s "$bin") / 1048576 )) MiB, stripped); newest GLIBC_ symbol version: $glibc"
+max_glibc="${DINOEDGE_MAX_GLIBC-2.31}"
+if [ -n "$max_glibc" ] && [ "$(printf '%s\n%s\n' "$glibc" "$max_glibc" | sort -V | tail -1)" != "$max_glibc" ]; then
+  fail "the binary needs glibc $glibc, newer than $max_glibc (Pi OS bullseye, JetPack 5): link it with zig (packaging/zig/env.sh)"
+fi
 
 if [ "$INSTALL" = --install ]; then
   [ "$(id -u)" = 0 ] || fail "--install needs root"
