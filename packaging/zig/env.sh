@@ -4,7 +4,9 @@
 #
 #   . packaging/zig/env.sh
 #   cargo zigbuild --release --target aarch64-unknown-linux-gnu.2.31 --features camera,rpi
-#   cargo zigbuild --release --target x86_64-unknown-linux-gnu.2.31
+#
+# (CI builds aarch64 this way; for x86_64 it relinks the host's build with `packaging/zig/cc`,
+# below: `--target x86_64-unknown-linux-gnu.2.31` should work too but has not been run here.)
 #
 # It installs the two pinned tools from the Python package index (`ziglang`, the zig compiler as
 # a wheel, and `cargo-zigbuild`) into a virtual environment, once, and puts it first on the PATH.
