@@ -96,7 +96,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -113,39 +113,26 @@ fn quiet_on_closed_stdout() {
     }
 }
 
-/// The error and its causes on one line, as `{:#}` writes them, less the causes whose text the
-/// line already holds (the libraries' errors print their source in their own message, so `{:#}`
-/// would say "is a directory: is a directory").
-fn report(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
-    use super::report;
     use anyhow::Context;
 
+    /// `main` writes an error with its causes (`{:#}`); a library error that has its OS error in
+    /// its message does not give it again as its source, so the reason is said once.
     #[test]
-    fn a_cause_already_in_the_message_is_said_once() {
-        let io = || std::io::Error::other("is a directory");
-        let typed = dinoedge_model::ModelError::Io {
-            path: "m".into(),
-            source: io(),
-        };
-        let repeated = anyhow::Error::new(typed).context("loading the model");
-        assert_eq!(
-            report(&repeated),
-            "loading the model: cannot read m: is a directory"
-        );
-        let chained = Err::<(), _>(io()).context("cannot read m").unwrap_err();
-        assert_eq!(report(&chained), "cannot read m: is a directory");
+    fn a_library_errors_reason_is_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = dinoedge_model::ModelInfo::read(dir.path())
+            .context("reading the model")
+            .unwrap_err();
+        let line = format!("{e:#}");
+        assert_eq!(line.matches("is a directory").count(), 1, "{line}");
+        assert!(line.starts_with("reading the model: cannot read"), "{line}");
+        let e = dinoedge_imagefile::load(dir.path())
+            .context("loading")
+            .unwrap_err();
+        let line = format!("{e:#}");
+        assert!(line.starts_with("loading: cannot read"), "{line}");
+        assert_eq!(e.chain().count(), 2, "{line}");
     }
 }

@@ -292,6 +292,7 @@ fn seg_beside_depth(model: &str, tolerance: f32) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    predict_beside_depth(tmp.path(), &da, &head, tolerance);
 
     let source = format!("{}?frames=3", sample().display());
     // one run with the head (both results), one without (depth), one with --task seg (classes)
@@ -413,6 +414,73 @@ fn seg_beside_depth(model: &str, tolerance: f32) {
         .args(["-INT", &child.id().to_string()])
         .status();
     assert!(wait(&mut child, Duration::from_secs(30)).success());
+}
+
+/// `predict` with the seg head `head` on the depth model `da`: the classes and the model's
+/// depth from one pass, the depth as `predict` without the head gives it (within `tolerance` of
+/// its largest value), both in the summary.
+fn predict_beside_depth(tmp: &Path, da: &Path, head: &Path, tolerance: f32) {
+    let image = fixtures().join("images/voc2012_val_vainf/23_image.png");
+    let predict = |name: &str, extra: &[&str]| {
+        let out = tmp.join(name);
+        let o = cmd(tmp)
+            .arg("predict")
+            .arg(da)
+            .arg(&image)
+            .args(["--size", "112x112", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        (out, text(&o))
+    };
+    let (both, said) = predict("predict-both", &["--head", head.to_str().unwrap()]);
+    let (alone, _) = predict("predict-depth", &[]);
+    assert!(
+        both.join("23_image_classes.png").is_file() && both.join("23_image_overlay.png").is_file()
+    );
+    assert!(both.join("23_image_depth_relative.png").is_file());
+    let d: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(both.join("23_image_depth_relative.npy")).unwrap();
+    let want: ndarray::Array2<f32> =
+        ndarray_npy::read_npy(alone.join("23_image_depth_relative.npy")).unwrap();
+    assert_eq!(d.dim(), want.dim());
+    let diff = d
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let top = want.fold(0f32, |m, b| m.max(b.abs()));
+    assert!(
+        diff <= tolerance * top.max(1.0),
+        "depth beside the classes off by {diff} (largest {top})"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(both.join("predictions.json")).unwrap())
+            .unwrap();
+    let s = &summary[0];
+    assert_eq!(s["task"], "segmentation", "{s}");
+    assert!(
+        s["classes"].as_array().is_some_and(|c| !c.is_empty()),
+        "{s}"
+    );
+    assert!(
+        s["model_depth"]["depth"]
+            .as_str()
+            .unwrap()
+            .starts_with("relative"),
+        "{s}"
+    );
+    let nearest = d.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    assert_eq!(
+        s["model_depth"]["max"].as_f64().unwrap() as f32,
+        nearest,
+        "{s}"
+    );
+    assert!(
+        said.contains("%") && said.contains("relative depth"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -29,13 +29,13 @@ pub enum CameraError {
         extensions: String,
     },
     /// Reading from a file, pipe or device failed.
-    #[error("{what}: {source}")]
+    /// (The underlying error is in the message, and not also given as `source()`.)
+    #[error("{what}: {error}")]
     Io {
         /// What was being read.
         what: String,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An image or frame could not be decoded.
     #[error("cannot decode {what}: {reason}")]
@@ -114,10 +114,10 @@ fn stderr_suffix(stderr: &str) -> String {
 pub type Result<T, E = CameraError> = std::result::Result<T, E>;
 
 impl CameraError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         CameraError::Io {
             what: what.into(),
-            source,
+            error,
         }
     }
 

@@ -98,8 +98,8 @@ impl FrameSource for ImageFiles {
         // A bad file is reported and skipped: the next call reads the next file.
         let loaded = dinoedge_imagefile::load(path).map_err(|e| match e {
             dinoedge_imagefile::ImageFileError::NotFound(p) => CameraError::NotFound(p),
-            dinoedge_imagefile::ImageFileError::Io { path, source } => {
-                CameraError::io(path.display().to_string(), source)
+            dinoedge_imagefile::ImageFileError::Io { path, error } => {
+                CameraError::io(path.display().to_string(), error)
             }
             dinoedge_imagefile::ImageFileError::Decode { path, reason } => {
                 CameraError::decode(path.display().to_string(), reason)

@@ -116,12 +116,13 @@ pub enum FetchError {
     #[error("no cache directory: set DINOEDGE_MODELS_DIR or pass --cache-dir")]
     NoCacheDir,
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    /// (The error is in the message, and not also given as `source()`.)
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Hugging Face client failed in another way.
     #[error("{url}: {reason}")]
@@ -137,8 +138,8 @@ pub enum FetchError {
 pub type Result<T, E = FetchError> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io {
+    move |error| FetchError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }

@@ -23,12 +23,13 @@ pub enum ImageFileError {
     #[error("{}: no such file", .0.display())]
     NotFound(PathBuf),
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// (The cause is in the message, and not also given as `source()`.)
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not an image dinoedge decodes, or is corrupt, or too large.
     #[error("cannot decode image {}: {reason}", path.display())]
@@ -52,11 +53,11 @@ pub struct Loaded {
 
 /// Decode an image file to upright RGB8 (see the crate's documentation).
 pub fn load(path: &Path) -> Result<Loaded, ImageFileError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+    let bytes = std::fs::read(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound => ImageFileError::NotFound(path.to_owned()),
         _ => ImageFileError::Io {
             path: path.to_owned(),
-            source,
+            error,
         },
     })?;
     decode(&bytes, path)

@@ -243,16 +243,16 @@ pub fn model_digest(path: &Path, external: &[PathBuf]) -> Result<String> {
 
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|source| ModelError::Io {
+    let mut f = std::fs::File::open(path).map_err(|error| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|source| ModelError::Io {
+        let n = f.read(&mut buf).map_err(|error| ModelError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         if n == 0 {
             break;

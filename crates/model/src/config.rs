@@ -237,9 +237,9 @@ impl ModelConfigs {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: path.to_owned(),

@@ -15,12 +15,14 @@ pub enum ModelError {
         path: PathBuf,
     },
     /// The file exists but could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// (The OS error is in the message, and not also given as `source()`: a chain printer
+    /// would say it twice.)
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The model keeps its weights in an external data file that is not there.
     #[error("{} keeps its weights in {}, which is missing: put it beside the model (a download of the model includes it)", model.display(), data.display())]

@@ -499,14 +499,14 @@ pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
             path: path.to_owned(),
         });
     }
-    let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+    let meta = std::fs::metadata(path).map_err(|error| ModelError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     if meta.is_dir() {
         return Err(ModelError::Io {
             path: path.to_owned(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::IsADirectory,
                 "is a directory; give the .onnx file inside it",
             ),
@@ -523,7 +523,7 @@ pub fn read_proto(path: &Path) -> Result<pb::ModelProto> {
         match e.downcast_ref::<std::io::Error>() {
             Some(io) => ModelError::Io {
                 path: path.to_owned(),
-                source: std::io::Error::new(io.kind(), io.to_string()),
+                error: std::io::Error::new(io.kind(), io.to_string()),
             },
             None => ModelError::InvalidOnnx {
                 path: path.to_owned(),

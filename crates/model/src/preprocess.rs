@@ -286,7 +286,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
         path: path.to_owned(),
         reason: match e {
             dinoedge_imagefile::ImageFileError::NotFound(_) => "no such file".into(),
-            dinoedge_imagefile::ImageFileError::Io { source, .. } => source.to_string(),
+            dinoedge_imagefile::ImageFileError::Io { error, .. } => error.to_string(),
             dinoedge_imagefile::ImageFileError::Decode { reason, .. } => reason,
         },
     })?;
