@@ -395,8 +395,8 @@ impl Backbone {
             // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
             // are rebuilt once, so they pick up its newer fusions
             match (fast_ops, crate::layer_norm::enabled()) {
-                (true, true) => " dinoedge-ops 5",
-                (true, false) => " dinoedge-ops 5, tract's LayerNorm",
+                (true, true) => " dinoedge-ops 6",
+                (true, false) => " dinoedge-ops 6, tract's LayerNorm",
                 (false, _) => " tract-ops-only",
             }
         );
@@ -849,6 +849,11 @@ fn build_plan(
             let mut model = model;
             // the weight products on dinoedge's kernels, where this CPU runs them
             if fast_ops {
+                if crate::rotary::enabled() {
+                    let n = crate::rotary::swap_rotary(&mut model)
+                        .map_err(|e| ModelError::tract("fuse the rotary embeddings", e))?;
+                    tracing::debug!("{n} rotary embeddings fused");
+                }
                 let kernels = crate::qmatmul::Kernels::available();
                 // attention first: its products are the ones swap_products would take
                 if crate::qmatmul::Kernels::fused_attention() && crate::attention::enabled() {
@@ -886,6 +891,7 @@ fn build_plan(
                         || n.op_as::<crate::attention::FusedAttention>().is_some()
                         || n.op_as::<crate::layer_norm::LayerNorm>().is_some()
                         || n.op_as::<crate::resize::Resize2d>().is_some()
+                        || n.op_as::<crate::rotary::Rotary>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)

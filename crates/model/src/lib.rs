@@ -49,6 +49,7 @@ pub mod qgemm;
 pub mod qmatmul;
 pub mod resize;
 pub mod resolution;
+pub mod rotary;
 pub mod runtime;
 pub mod sgemm;
 

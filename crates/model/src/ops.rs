@@ -436,12 +436,13 @@ pub(crate) fn other_operand(node: &TypedNode, name: &str, from: OutletId) -> Opt
     }
 }
 
-/// One `Cast(i32 → f32) → Mul(scalar) → Add(const of the last dimension)` chain, as
-/// `(cast, add, acc, scale, bias)`.
+/// One `Cast(i32 → f32) → Mul(scalar)` pair, with the `Add(const of the last dimension)` after
+/// it when there is one, as `(cast, last, acc, scale, bias)` (`last`: the `Add`, or the `Mul`
+/// of a projection without a bias, as DINOv3's keys have).
 fn dequant_chain(
     model: &TypedModel,
     cast: &TypedNode,
-) -> Option<(usize, usize, OutletId, OutletId, OutletId)> {
+) -> Option<(usize, usize, OutletId, OutletId, Option<OutletId>)> {
     let c = cast.op_as::<tract_core::ops::cast::Cast>()?;
     let acc = *cast.inputs.first()?;
     let acc_fact = model.outlet_fact(acc).ok()?;
@@ -458,24 +459,23 @@ fn dequant_chain(
         return None;
     }
     let mul_out = OutletId::new(mul.id, 0);
-    let add = sole_reader(model, mul_out)?;
-    let bias = other_operand(add, "Add", mul_out)?;
-    let bias_fact = model.outlet_fact(bias).ok()?;
-    let bias_dims = bias_fact.shape.as_concrete()?;
-    let per_column =
-        bias_dims.last() == Some(&n) && bias_dims.iter().rev().skip(1).all(|d| *d == 1);
-    let out_dims = model
-        .outlet_fact(OutletId::new(add.id, 0))
-        .ok()?
-        .shape
-        .as_concrete()?
-        .to_vec();
-    (bias_fact.datum_type == f32::datum_type()
-        && bias_fact.konst.is_some()
-        && per_column
-        && bias_dims.len() <= dims.len()
-        && out_dims == dims)
-        .then_some((cast.id, add.id, acc, scale, bias))
+    let shape_of = |o: OutletId| Some(model.outlet_fact(o).ok()?.shape.as_concrete()?.to_vec());
+    let with_bias = sole_reader(model, mul_out).and_then(|add| {
+        let bias = other_operand(add, "Add", mul_out)?;
+        let bias_fact = model.outlet_fact(bias).ok()?;
+        let bias_dims = bias_fact.shape.as_concrete()?;
+        let per_column =
+            bias_dims.last() == Some(&n) && bias_dims.iter().rev().skip(1).all(|d| *d == 1);
+        (bias_fact.datum_type == f32::datum_type()
+            && bias_fact.konst.is_some()
+            && per_column
+            && bias_dims.len() <= dims.len()
+            && shape_of(OutletId::new(add.id, 0))? == dims)
+            .then_some((cast.id, add.id, acc, scale, Some(bias)))
+    });
+    // a scalar scale is never a QDQ file's per-column one ([`scale_chain`])
+    with_bias
+        .or_else(|| (shape_of(mul_out)? == dims).then_some((cast.id, mul.id, acc, scale, None)))
 }
 
 /// A constant of `n` values along the last axis (all other dimensions 1), as broadcast over
@@ -514,7 +514,8 @@ fn scale_chain(model: &TypedModel, cast: &TypedNode) -> Option<(usize, OutletId,
 }
 
 /// Replace every `Cast(i32 → f32) → Mul(scale) → Add(bias)` after an int8 product (the ONNX
-/// dynamic-quantisation pattern) by one [`DequantizeI32`], then every remaining
+/// dynamic-quantisation pattern; a projection without a bias ends at the `Mul`) by one
+/// [`DequantizeI32`], then every remaining
 /// `Cast(i32 → f32) → Mul(per-column constant)` (QDQ products, [`crate::qdq`]) by one
 /// [`ScaleI32`]. Returns how many were fused.
 pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
@@ -523,20 +524,30 @@ pub fn fuse_dequantize(model: &mut TypedModel) -> TractResult<usize> {
         .iter()
         .filter_map(|n| dequant_chain(model, n))
         .collect();
-    for (cast, add, acc, scale, bias) in &chains {
+    for (cast, last, acc, scale, bias) in &chains {
         let mut patch = TypedModelPatch::default();
-        let inputs = patch.taps(model, [acc, scale, bias])?;
+        let inputs = patch.taps(model, [acc, scale])?;
         let name = format!("{}.dequantize", model.node(*cast).name);
-        let bias_fact = model.outlet_fact(*bias)?.clone();
-        let n = bias_fact.shape.volume();
-        // the bias as a flat vector of the last dimension
-        let flat = patch.wire_node(
-            format!("{name}.bias"),
-            AxisOp::Reshape(0, bias_fact.shape.iter().cloned().collect(), tvec![n]),
-            &[inputs[2]],
-        )?;
-        let out = patch.wire_node(name, DequantizeI32, &[inputs[0], inputs[1], flat[0]])?;
-        patch.shunt_outside(model, OutletId::new(*add, 0), out[0])?;
+        // the bias as a flat vector of the last dimension; zeros where there is none (`x · s
+        // + 0` is `x · s` to the bit: the product of a non-zero sum is never −0 or 0)
+        let flat = match bias {
+            Some(bias) => {
+                let bias_fact = model.outlet_fact(*bias)?.clone();
+                let n = bias_fact.shape.volume();
+                let bias = patch.tap_model(model, *bias)?;
+                patch.wire_node(
+                    format!("{name}.bias"),
+                    AxisOp::Reshape(0, bias_fact.shape.iter().cloned().collect(), tvec![n]),
+                    &[bias],
+                )?[0]
+            }
+            None => {
+                let n = row_len(model.outlet_fact(*acc)?.shape.as_concrete().unwrap_or(&[]));
+                patch.add_const(format!("{name}.no_bias"), Tensor::zero::<f32>(&[n])?)?
+            }
+        };
+        let out = patch.wire_node(name, DequantizeI32, &[inputs[0], inputs[1], flat])?;
+        patch.shunt_outside(model, OutletId::new(*last, 0), out[0])?;
         patch.apply(model)?;
     }
     let scaled: Vec<_> = model
@@ -728,9 +739,10 @@ mod tests {
         assert_eq!(got, want, "{xs:?}");
     }
 
-    /// `acc: i32 [2, 3], scale: f32 []` → Cast → Mul → Add(bias [3]); with `tap_cast` the
-    /// cast's output is also a model output (so the chain must not be fused).
-    fn epilogue_model(tap_cast: bool) -> TypedModel {
+    /// `acc: i32 [2, 3], scale: f32 []` → Cast → Mul → Add(bias [3]) (no `Add` without
+    /// `with_bias`); with `tap_cast` the cast's output is also a model output (so the chain
+    /// must not be fused).
+    fn epilogue_model(tap_cast: bool, with_bias: bool) -> TypedModel {
         use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
         let mut m = TypedModel::default();
         let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
@@ -759,7 +771,7 @@ mod tests {
                 &[bias, mul[0]],
             )
             .unwrap();
-        let mut outputs = vec![add[0]];
+        let mut outputs = vec![if with_bias { add[0] } else { mul[0] }];
         if tap_cast {
             outputs.push(c[0]);
         }
@@ -824,22 +836,25 @@ mod tests {
 
     #[test]
     fn dequantize_epilogue_fuses_bit_for_bit() {
-        let want = run(epilogue_model(false));
-        let mut fused = epilogue_model(false);
-        assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
-        assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
-        assert!(
-            !fused
-                .nodes()
-                .iter()
-                .any(|n| n.op_is::<tract_core::ops::cast::Cast>())
-        );
-        let got = run(fused);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&got), bits(&want));
-        // a chain whose intermediate is read elsewhere stays as it is
-        let mut tapped = epilogue_model(true);
-        assert_eq!(fuse_dequantize(&mut tapped).unwrap(), 0);
+        // with a bias, and without one (a projection with no bias: DINOv3's keys)
+        for with_bias in [true, false] {
+            let want = run(epilogue_model(false, with_bias));
+            let mut fused = epilogue_model(false, with_bias);
+            assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
+            assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
+            assert!(
+                !fused
+                    .nodes()
+                    .iter()
+                    .any(|n| n.op_is::<tract_core::ops::cast::Cast>())
+            );
+            let got = run(fused);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "bias: {with_bias}");
+            // a chain whose intermediate is read elsewhere stays as it is
+            let mut tapped = epilogue_model(true, with_bias);
+            assert_eq!(fuse_dequantize(&mut tapped).unwrap(), 0);
+        }
     }
 
     #[test]
