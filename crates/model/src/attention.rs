@@ -989,19 +989,7 @@ pub fn swap_attention(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A few thousand values in [-1, 1), the same for the same seed.
-    fn noise(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::noise;
 
     /// The definition, in f64, each step applied in f32 as the op does.
     fn reference(spec: &Spec, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {

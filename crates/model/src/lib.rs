@@ -52,6 +52,8 @@ pub mod resolution;
 pub mod rotary;
 pub mod runtime;
 pub mod sgemm;
+#[cfg(test)]
+mod test_values;
 
 pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;

@@ -365,21 +365,9 @@ pub fn swap_rotary(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::noise;
     use tract_core::ops::binary::TypedBinOp;
     use tract_core::ops::math;
-
-    /// Values in [-1, 1), the same for the same seed.
-    fn noise(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// How the prefix and the patches come from `x`.
     #[derive(Clone, Copy, Debug)]
