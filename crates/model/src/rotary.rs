@@ -194,9 +194,9 @@ pub type RepeatedOp = (usize, usize, usize);
 
 /// The whole tensor that tract split into `prefix` and `patches` and the ops it repeated on
 /// the two parts: walking back from both in step while the two nodes are the same op on the
-/// same inputs but one (the path; [`same_value`]), down to two slices of one outlet on one axis that cover it
-/// from the start and meet. The ops come as `(node, path input, output slot)` from the slices
-/// on; none when the two did not come from one split.
+/// same inputs but one (the path; [`same_value`]), down to two slices of one outlet on one
+/// axis that cover it from the start and meet. The ops come in order from the slices on;
+/// none when the two did not come from one split.
 pub fn unsplit(
     model: &TypedModel,
     prefix: OutletId,
