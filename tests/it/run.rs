@@ -326,16 +326,7 @@ fn seg_beside_depth(model: &str, tolerance: f32) {
             ndarray_npy::read_npy(f(&both, "depth_relative.npy")).unwrap();
         let alone: ndarray::Array2<f32> =
             ndarray_npy::read_npy(f(&depth_only, "depth_relative.npy")).unwrap();
-        // (the seg head's taps make another plan: equal up to the rounding of its fusions)
-        let diff = d
-            .iter()
-            .zip(&alone)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let top = alone.fold(0f32, |m, b| m.max(b.abs()));
-        assert!(
-            diff <= tolerance * top.max(1.0),
-            "frame {seq}: depth beside the classes off by {diff} (largest {top})"
-        );
+        assert_depth_close(&d, &alone, tolerance, &format!("frame {seq}"));
         let classes = image::open(f(&both, "classes.png")).unwrap().into_luma8();
         let classes_alone = image::open(f(&seg_only, "classes.png"))
             .unwrap()
@@ -416,6 +407,27 @@ fn seg_beside_depth(model: &str, tolerance: f32) {
     assert!(wait(&mut child, Duration::from_secs(30)).success());
 }
 
+/// `got` (the depth beside the classes) equals `want` (the depth alone) within `tolerance` of
+/// want's largest value: the seg head's taps make another plan, equal up to the rounding of its
+/// fusions.
+fn assert_depth_close(
+    got: &ndarray::Array2<f32>,
+    want: &ndarray::Array2<f32>,
+    tolerance: f32,
+    what: &str,
+) {
+    assert_eq!(got.dim(), want.dim(), "{what}");
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let top = want.fold(0f32, |m, b| m.max(b.abs()));
+    assert!(
+        diff <= tolerance * top.max(1.0),
+        "{what}: depth beside the classes off by {diff} (largest {top})"
+    );
+}
+
 /// `predict` with the seg head `head` on the depth model `da`: the classes and the model's
 /// depth from one pass, the depth as `predict` without the head gives it (within `tolerance` of
 /// its largest value), both in the summary.
@@ -445,16 +457,7 @@ fn predict_beside_depth(tmp: &Path, da: &Path, head: &Path, tolerance: f32) {
         ndarray_npy::read_npy(both.join("23_image_depth_relative.npy")).unwrap();
     let want: ndarray::Array2<f32> =
         ndarray_npy::read_npy(alone.join("23_image_depth_relative.npy")).unwrap();
-    assert_eq!(d.dim(), want.dim());
-    let diff = d
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let top = want.fold(0f32, |m, b| m.max(b.abs()));
-    assert!(
-        diff <= tolerance * top.max(1.0),
-        "depth beside the classes off by {diff} (largest {top})"
-    );
+    assert_depth_close(&d, &want, tolerance, "predict");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(both.join("predictions.json")).unwrap())
             .unwrap();
