@@ -440,6 +440,7 @@ pub fn matmul(
     let out = SharedRows::new(out);
     // the AVX-512 epilogue wherever the int8 kernel is an AVX-512 one (AMX CPUs have it too)
     let wide = matches!(kernel(), Kernel::Amx | Kernel::Vnni);
+    let avx2 = kernel() == Kernel::Avx2;
     let store = |row: usize, c0: usize, dots: &[i32]| {
         // SAFETY: `par_panels` hands each panel's columns to one call alone.
         let dst = unsafe { out.segment(row * n + c0, dots.len()) };
@@ -464,9 +465,26 @@ pub fn matmul(
             unsafe { row.finish_avx512(dst) };
             return;
         }
-        let _ = wide;
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked by `kernel`); as above.
+            unsafe { row.finish_avx2(dst) };
+            return;
+        }
+        let _ = (wide, avx2);
         row.finish(dst);
     };
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // the activations widened once here, not by every thread for every chunk of panels
+        let mut wide = Vec::new();
+        // SAFETY: the CPU has AVX2 (checked by `kernel`).
+        unsafe { avx2::widen(a_rows, &mut wide) };
+        return par_panels(n.div_ceil(NR), m * n * k, |panels| {
+            // SAFETY: as above; `wide` is `a_rows` widened.
+            unsafe { avx2::tiles_widened(&wide, b, panels, store) }
+        });
+    }
     par_panels(n.div_ceil(NR), m * n * k, |panels| {
         tiles(a_rows, b, panels, store)
     })
@@ -488,7 +506,12 @@ struct Row<'a> {
 impl Row<'_> {
     /// The reference, one value at a time.
     fn finish(&self, dst: &mut [f32]) {
-        for (i, d) in dst.iter_mut().enumerate() {
+        self.finish_from(0, dst)
+    }
+
+    /// [`Row::finish`] from value `start` on.
+    fn finish_from(&self, start: usize, dst: &mut [f32]) {
+        for (i, d) in dst.iter_mut().enumerate().skip(start) {
             let exact = self.dots[i]
                 .wrapping_add(self.terms[i])
                 .wrapping_sub(self.zero[i].wrapping_mul(self.row_sum));
@@ -537,6 +560,48 @@ impl Row<'_> {
                 }
                 _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, v);
             }
+        }
+    }
+}
+
+impl Row<'_> {
+    /// [`Row::finish`] 8 lanes at a time, the last values by the reference; bit for bit the
+    /// reference's.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish_avx2(&self, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let len = dst.len();
+        assert!(self.dots.len() >= len && self.terms.len() >= len && self.zero.len() >= len);
+        assert!(self.scales.is_none_or(|s| s.len() >= len));
+        assert!(self.bias.is_none_or(|b| b.len() >= len));
+        let row_sum = _mm256_set1_epi32(self.row_sum);
+        let scale = _mm256_set1_ps(self.scale);
+        let whole = len - len % 8;
+        for i in (0..whole).step_by(8) {
+            // SAFETY: `i + 8 ≤ len`, and every slice holds `len` values.
+            unsafe {
+                let d = _mm256_loadu_si256(self.dots.as_ptr().add(i) as *const __m256i);
+                let t = _mm256_loadu_si256(self.terms.as_ptr().add(i) as *const __m256i);
+                let z = _mm256_loadu_si256(self.zero.as_ptr().add(i) as *const __m256i);
+                let exact =
+                    _mm256_sub_epi32(_mm256_add_epi32(d, t), _mm256_mullo_epi32(z, row_sum));
+                let s = match self.scales {
+                    Some(s) => _mm256_loadu_ps(s.as_ptr().add(i)),
+                    None => scale,
+                };
+                let mut v = _mm256_mul_ps(_mm256_cvtepi32_ps(exact), s);
+                if let Some(b) = self.bias {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(b.as_ptr().add(i)));
+                }
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+            }
+        }
+        if whole < len {
+            self.finish_from(whole, dst);
         }
     }
 }
@@ -1015,13 +1080,39 @@ mod avx2 {
 
     /// Each row's 4 bytes a step as two words of two 16-bit values, bytes 0 and 2 then 1 and 3
     /// (what `VPMADDWD` pairs with the weights' even and odd bytes), so that the kernel
-    /// broadcasts them as they are.
-    fn widen(a: &[u8], wide: &mut Vec<u32>) {
-        wide.clear();
-        wide.extend(a.chunks_exact(4).flat_map(|q| {
-            let [b0, b1, b2, b3] = [q[0], q[1], q[2], q[3]].map(u32::from);
-            [b0 | b2 << 16, b1 | b3 << 16]
-        }));
+    /// broadcasts them as they are. 16 bytes at a time by one byte shuffle (bytes 0–7 into
+    /// the low half, 8–15 into the high one), the last by [`widen_group`].
+    #[target_feature(enable = "avx2")]
+    pub(super) fn widen(a: &[u8], wide: &mut Vec<u32>) {
+        const Z: i8 = -128; // a shuffle index with its top bit set writes a zero byte
+        #[rustfmt::skip]
+        let order = _mm256_setr_epi8(
+            0, Z, 2, Z, 1, Z, 3, Z, 4, Z, 6, Z, 5, Z, 7, Z,
+            8, Z, 10, Z, 9, Z, 11, Z, 12, Z, 14, Z, 13, Z, 15, Z,
+        );
+        // every word is written below: only a longer vector needs zeros first
+        wide.resize(a.len() / 2, 0);
+        let whole = a.len() - a.len() % 16;
+        for (src, dst) in a[..whole].chunks_exact(16).zip(wide.chunks_exact_mut(8)) {
+            // SAFETY: 16 bytes read from `src`, 8 words written to `dst`.
+            unsafe {
+                let x = _mm_loadu_si128(src.as_ptr() as *const __m128i);
+                let y = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(x), order);
+                _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, y);
+            }
+        }
+        for (q, dst) in a[whole..]
+            .chunks_exact(4)
+            .zip(wide[whole / 2..].chunks_exact_mut(2))
+        {
+            dst.copy_from_slice(&widen_group(q));
+        }
+    }
+
+    /// One step's 4 bytes as [`widen`] lays them out.
+    fn widen_group(q: &[u8]) -> [u32; 2] {
+        let [b0, b1, b2, b3] = [q[0], q[1], q[2], q[3]].map(u32::from);
+        [b0 | b2 << 16, b1 | b3 << 16]
     }
 
     thread_local! {
@@ -1038,10 +1129,24 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
     ) {
-        let k4 = b.k4;
-        let m = a.len() / (4 * k4);
         let mut wide = WIDE.take();
         widen(a, &mut wide);
+        // SAFETY: the caller's promise (AVX2).
+        unsafe { tiles_widened(&wide, b, panels, store) };
+        WIDE.set(wide);
+    }
+
+    /// [`tiles`] of activations already widened by [`widen`] (rows of `2·k4` words): what
+    /// a product split over threads does once, not once per thread and chunk.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tiles_widened(
+        wide: &[u32],
+        b: &PackedWeights,
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
+    ) {
+        let k4 = b.k4;
+        let m = wide.len() / (2 * k4);
         let mut out = [[0i32; NR]; MR];
         let panel_len = k4 * NR * 4;
         for p in panels {
@@ -1066,7 +1171,6 @@ mod avx2 {
                 }
             }
         }
-        WIDE.set(wide);
     }
 
     /// Whether this CPU can run [`tiles`] (for the tests, whatever kernel is in use).
