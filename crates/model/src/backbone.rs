@@ -395,8 +395,8 @@ impl Backbone {
             // the version of dinoedge's graph rewrites: entries compiled by an older dinoedge
             // are rebuilt once, so they pick up its newer fusions
             match (fast_ops, crate::layer_norm::enabled()) {
-                (true, true) => " dinoedge-ops 6",
-                (true, false) => " dinoedge-ops 6, tract's LayerNorm",
+                (true, true) => " dinoedge-ops 7",
+                (true, false) => " dinoedge-ops 7, tract's LayerNorm",
                 (false, _) => " tract-ops-only",
             }
         );

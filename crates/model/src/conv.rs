@@ -8,7 +8,12 @@
 //!   with `W − W₀` a float initializer. Every product of two integers below 2⁸ in magnitude is
 //!   exact in `f32`, and so is every partial sum below 2²⁴: the rewrite is made only when each
 //!   output channel's `255 · Σ|W − W₀|` is under 2²⁴, so the sums, and the result, are the
-//!   integer convolution's, bit for bit, for any input.
+//!   integer convolution's, bit for bit, for any input. Where the whole sum could pass 2²⁴ (a
+//!   3x3 convolution over 192 or 384 channels, as Depth Anything's neck has), the input
+//!   channels are split into runs that each stay under it: one float convolution per run, each
+//!   result cast to `i32` (exact), the runs added in `i32` (exact): still the integer
+//!   convolution bit for bit. Left to tract only where a single channel's sum could pass 2²⁴
+//!   (kernels of over 258 taps) or the convolution is grouped.
 //! - In a QDQ file, `Conv(…, DequantizeLinear(W_q, s, 0))` takes the dequantised weights as a
 //!   float initializer (the values tract computes from them at load anyway), so tract does not
 //!   form a quantised convolution.
@@ -45,28 +50,91 @@ fn float_init(name: String, dims: Vec<i64>, values: Vec<f32>) -> TensorProto {
     }
 }
 
-/// `W − W₀` as floats when the integer convolution's sums are exact in `f32` (see the module's
-/// text); `zero` is one value or one per output channel (axis 0).
-fn centred_weights(w: &TensorProto, zero: &[i32]) -> Option<Vec<f32>> {
-    let values = bytes(w)?;
-    let out_channels = *w.dims.first()? as usize;
-    if out_channels == 0 || !values.len().is_multiple_of(out_channels) {
-        return None;
-    }
-    if zero.len() != 1 && zero.len() != out_channels {
-        return None;
-    }
-    let per = values.len() / out_channels;
-    let mut centred = Vec::with_capacity(values.len());
-    for (o, chunk) in values.chunks_exact(per).enumerate() {
-        let z = zero[if zero.len() == 1 { 0 } else { o }];
-        let bound: i64 = chunk.iter().map(|v| (v - z).unsigned_abs() as i64).sum();
-        if bound * 255 >= EXACT {
+/// `W − W₀` of a convolution's weights `[out, channels, taps…]`; `zero` is one value or one
+/// per output channel (axis 0).
+struct Centred {
+    values: Vec<i32>,
+    out: usize,
+    channels: usize,
+    taps: usize,
+}
+
+impl Centred {
+    fn new(w: &TensorProto, zero: &[i32]) -> Option<Centred> {
+        let values = bytes(w)?;
+        let (out, channels) = (*w.dims.first()? as usize, *w.dims.get(1)? as usize);
+        if out == 0 || channels == 0 || !values.len().is_multiple_of(out * channels) {
             return None;
         }
-        centred.extend(chunk.iter().map(|v| (v - z) as f32));
+        if zero.len() != 1 && zero.len() != out {
+            return None;
+        }
+        let per = values.len() / out;
+        let values = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v - zero[if zero.len() == 1 { 0 } else { i / per }])
+            .collect();
+        Some(Centred {
+            values,
+            out,
+            channels,
+            taps: per / channels,
+        })
     }
-    Some(centred)
+
+    /// The input channels in runs whose sums are exact in `f32` for every output channel
+    /// (`255 · Σ|W − W₀|` under 2²⁴; see the module's text), or `None` when one channel alone
+    /// is not.
+    fn exact_runs(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        let mut runs = Vec::new();
+        let mut sums = vec![0i64; self.out];
+        let mut start = 0;
+        for c in 0..self.channels {
+            let adds: Vec<i64> = (0..self.out)
+                .map(|o| {
+                    self.channel(o, c)
+                        .iter()
+                        .map(|v| v.unsigned_abs() as i64)
+                        .sum()
+                })
+                .collect();
+            if adds.iter().any(|a| a * 255 >= EXACT) {
+                return None;
+            }
+            if sums.iter().zip(&adds).any(|(s, a)| (s + a) * 255 >= EXACT) {
+                runs.push(start..c);
+                start = c;
+                sums.fill(0);
+            }
+            sums.iter_mut().zip(&adds).for_each(|(s, a)| *s += a);
+        }
+        runs.push(start..self.channels);
+        Some(runs)
+    }
+
+    /// Output channel `o`'s weights for input channel `c`.
+    fn channel(&self, o: usize, c: usize) -> &[i32] {
+        &self.values[(o * self.channels + c) * self.taps..][..self.taps]
+    }
+
+    /// The weights of input channels `run`, as floats, `[out, run.len(), taps…]`.
+    fn floats(&self, run: &std::ops::Range<usize>) -> Vec<f32> {
+        (0..self.out)
+            .flat_map(|o| run.clone().flat_map(move |c| self.channel(o, c)))
+            .map(|v| *v as f32)
+            .collect()
+    }
+}
+
+fn int64_init(name: String, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name,
+        dims: vec![values.len() as i64],
+        data_type: 7, // INT64
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// The `ConvInteger` at `ix` rewritten (see the module's text), or `None` to leave it.
@@ -84,7 +152,12 @@ fn rewrite_conv_integer(
         Some(z) => bytes(inits.get(z.as_str())?)?,
         None => vec![0],
     };
-    let centred = centred_weights(w, &w_zero)?;
+    let centred = Centred::new(w, &w_zero)?;
+    let runs = centred.exact_runs()?;
+    let grouped = conv.attribute.iter().any(|a| a.name == "group" && a.i != 1);
+    if runs.len() > 1 && grouped {
+        return None;
+    }
     let base = format!("{}_dinoedge_float", conv.name);
     let (xf, xc, wf, yf) = (
         format!("{base}_x"),
@@ -107,6 +180,9 @@ fn rewrite_conv_integer(
         }
         None => xf,
     };
+    if runs.len() > 1 {
+        return split_by_channels(conv, &w.dims, &centred, &runs, &base, conv_input, nodes);
+    }
     let mut float_conv = node(
         "Conv",
         format!("{base}_conv"),
@@ -129,7 +205,67 @@ fn rewrite_conv_integer(
             INT32,
         ));
     }
-    Some((nodes, vec![float_init(wf, w.dims.clone(), centred)]))
+    let weights = centred.floats(&(0..centred.channels));
+    Some((nodes, vec![float_init(wf, w.dims.clone(), weights)]))
+}
+
+/// The rest of [`rewrite_conv_integer`] when the input channels go in several `runs`: after
+/// `nodes` (which make the centred float input `x`), per run a `Slice` of its channels, a float
+/// `Conv` and a `Cast` to `i32`; then the runs' `i32` sums added into the `ConvInteger`'s output.
+fn split_by_channels(
+    conv: &NodeProto,
+    w_dims: &[i64],
+    centred: &Centred,
+    runs: &[std::ops::Range<usize>],
+    base: &str,
+    x: String,
+    mut nodes: Vec<NodeProto>,
+) -> Option<(Vec<NodeProto>, Vec<TensorProto>)> {
+    let mut inits = vec![int64_init(format!("{base}_axes"), &[1])];
+    let mut sum: Option<String> = None;
+    for (i, run) in runs.iter().enumerate() {
+        let (starts, ends) = (format!("{base}_starts{i}"), format!("{base}_ends{i}"));
+        inits.push(int64_init(starts.clone(), &[run.start as i64]));
+        inits.push(int64_init(ends.clone(), &[run.end as i64]));
+        let (xs, wf, yf, yi) = (
+            format!("{base}_x{i}"),
+            format!("{base}_w{i}"),
+            format!("{base}_y{i}"),
+            format!("{base}_y{i}_i32"),
+        );
+        nodes.push(node(
+            "Slice",
+            format!("{base}_slice{i}"),
+            vec![x.clone(), starts, ends, format!("{base}_axes")],
+            xs.clone(),
+        ));
+        let mut dims = w_dims.to_vec();
+        dims[1] = run.len() as i64;
+        inits.push(float_init(wf.clone(), dims, centred.floats(run)));
+        let mut float_conv = node("Conv", format!("{base}_conv{i}"), vec![xs, wf], yf.clone());
+        float_conv.attribute = conv.attribute.clone();
+        nodes.push(float_conv);
+        nodes.push(cast(format!("{base}_cast_y{i}"), yf, yi.clone(), INT32));
+        sum = Some(match sum {
+            None => yi,
+            Some(prev) => {
+                let last = i + 1 == runs.len();
+                let out = if last {
+                    conv.output.first()?.clone()
+                } else {
+                    format!("{base}_sum{i}")
+                };
+                nodes.push(node(
+                    "Add",
+                    format!("{base}_add{i}"),
+                    vec![prev, yi],
+                    out.clone(),
+                ));
+                out
+            }
+        });
+    }
+    Some((nodes, inits))
 }
 
 /// The dequantised weights of the QDQ `Conv` at `ix` as a float initializer, or `None`.
@@ -403,18 +539,52 @@ mod tests {
     }
 
     #[test]
-    fn sums_that_could_leave_f32_exactness_are_left_alone() {
-        // 588 weights of 127 per channel: 255 · 588 · 127 > 2²⁴
-        let w = init_i8("w", &[4, 3, 14, 14], &[127; 4 * 3 * 14 * 14]);
-        let mut m = dynamic(w, init_i8("zw", &[], &[0]));
-        assert_eq!(float_convolutions(&mut m), 0);
-        assert!(
-            m.graph
+    fn sums_that_could_leave_f32_exactness_go_in_runs_of_channels() {
+        // 255 · 196 · 127 per channel: two channels' sums stay under 2²⁴, three do not;
+        // 255 · 196 · 255 (uint8 weights from a zero point of 0): one channel's alone does
+        let signed = init_i8("w", &[4, 3, 14, 14], &[127; 4 * 3 * 14 * 14]);
+        let unsigned = init_u8("w", &[4, 3, 14, 14], &[255; 4 * 3 * 14 * 14]);
+        let mixed: Vec<i8> = noise(4 * 3 * 14 * 14, 17)
+            .map(|v| if v % 2 == 0 { 127 } else { -127 })
+            .collect();
+        for (w, zw, runs) in [
+            (signed, init_i8("zw", &[], &[0]), 2),
+            (unsigned, init_u8("zw", &[], &[0]), 3),
+            (
+                init_i8("w", &[4, 3, 14, 14], &mixed),
+                init_i8("zw", &[], &[0]),
+                2,
+            ),
+        ] {
+            let original = dynamic(w, zw);
+            let mut rewritten = original.clone();
+            assert_eq!(float_convolutions(&mut rewritten), 1);
+            let ops: Vec<_> = rewritten
+                .graph
+                .as_ref()
                 .unwrap()
                 .node
                 .iter()
-                .any(|n| n.op_type == "ConvInteger")
-        );
+                .map(|n| n.op_type.as_str().to_owned())
+                .collect();
+            assert!(!ops.contains(&"ConvInteger".to_owned()), "{ops:?}");
+            assert_eq!(ops.iter().filter(|o| *o == "Conv").count(), runs, "{ops:?}");
+            let (want, got) = (run(&original), run(&rewritten));
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.to_bits(), w.to_bits(), "{got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_channel_whose_own_sum_could_leave_f32_exactness_is_left_alone() {
+        // 17x17 taps of 255 from a zero point of 0: 255 · 289 · 255 > 2²⁴ in one channel
+        let w = init_u8("w", &[2, 3, 17, 17], &[255; 2 * 3 * 17 * 17]);
+        let centred = Centred::new(&w, &[0]).unwrap();
+        assert_eq!(centred.exact_runs(), None);
+        let w = init_u8("w", &[2, 3, 16, 16], &[255; 2 * 3 * 16 * 16]);
+        let centred = Centred::new(&w, &[0]).unwrap();
+        assert_eq!(centred.exact_runs(), Some(vec![0..1, 1..2, 2..3]));
     }
 
     #[test]
