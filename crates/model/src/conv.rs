@@ -472,6 +472,28 @@ mod tests {
             .collect()
     }
 
+    /// The operators of `original` with its one int8 convolution rewritten, once the rewrite
+    /// is checked to give tract's integer convolution bit for bit.
+    fn rewritten_ops(original: &ModelProto) -> Vec<String> {
+        let mut rewritten = original.clone();
+        assert_eq!(float_convolutions(&mut rewritten), 1);
+        let ops: Vec<String> = rewritten
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.clone())
+            .collect();
+        assert!(!ops.iter().any(|o| o == "ConvInteger"), "{ops:?}");
+        let (want, got) = (run(original), run(&rewritten));
+        assert_eq!(want.len(), 16);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.to_bits(), w.to_bits(), "{got:?} vs {want:?}");
+        }
+        ops
+    }
+
     #[test]
     fn an_integer_convolution_becomes_a_float_one_with_the_same_bits() {
         let len = 4 * 3 * 14 * 14;
@@ -491,23 +513,7 @@ mod tests {
                 init_u8("zw", &[4], &[130, 135, 140, 128]),
             ),
         ] {
-            let original = dynamic(w, zw);
-            let mut rewritten = original.clone();
-            assert_eq!(float_convolutions(&mut rewritten), 1);
-            let ops: Vec<_> = rewritten
-                .graph
-                .as_ref()
-                .unwrap()
-                .node
-                .iter()
-                .map(|n| n.op_type.clone())
-                .collect();
-            assert!(!ops.contains(&"ConvInteger".to_string()), "{ops:?}");
-            let (want, got) = (run(&original), run(&rewritten));
-            assert_eq!(want.len(), 16);
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.to_bits(), w.to_bits(), "{got:?} vs {want:?}");
-            }
+            rewritten_ops(&dynamic(w, zw));
         }
     }
 
@@ -556,23 +562,8 @@ mod tests {
                 2,
             ),
         ] {
-            let original = dynamic(w, zw);
-            let mut rewritten = original.clone();
-            assert_eq!(float_convolutions(&mut rewritten), 1);
-            let ops: Vec<_> = rewritten
-                .graph
-                .as_ref()
-                .unwrap()
-                .node
-                .iter()
-                .map(|n| n.op_type.as_str().to_owned())
-                .collect();
-            assert!(!ops.contains(&"ConvInteger".to_owned()), "{ops:?}");
+            let ops = rewritten_ops(&dynamic(w, zw));
             assert_eq!(ops.iter().filter(|o| *o == "Conv").count(), runs, "{ops:?}");
-            let (want, got) = (run(&original), run(&rewritten));
-            for (g, w) in got.iter().zip(&want) {
-                assert_eq!(g.to_bits(), w.to_bits(), "{got:?} vs {want:?}");
-            }
         }
     }
 

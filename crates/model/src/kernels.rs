@@ -266,6 +266,20 @@ dispatch!(
     /// [`dequantize_i8`] for u8 inputs.
     pub fn dequantize_u8(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) => dequantize_u8_impl);
 
+/// `ln 2` in two parts (Cephes'): `x − n·ln 2` taken as `x − n·LN2_HI − n·LN2_LO`.
+const LN2_HI: f32 = 0.693_359_4;
+/// See [`LN2_HI`].
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' polynomial `p` with `eʳ ≈ 1 + r + p(r)·r²`, highest degree first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `eˣ` for `x ≤ 0` (what a softmax exponentiates once its maximum is taken out), within 2
 /// units in the last place: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, Cephes' degree-7
 /// polynomial for `eʳ`, and `2ⁿ` built from its bits. Below −87 (where `eˣ` is under
@@ -273,19 +287,11 @@ dispatch!(
 /// operations and bit casts, so it vectorises.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 0.0);
-    let t = x * LOG2E + MAGIC;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_2e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, c| p * r + c);
     let e = p * r * r + r + 1.0;
     // t's bits are MAGIC's plus n (two's complement); 2ⁿ has n + 127 as its exponent
     let n_bits = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -408,6 +414,7 @@ pub fn softmax_u8(xs: &[f32], ys: &mut [u8]) -> f32 {
 /// (the tail under a mask), `2ⁿ` by `vscalefps`.
 #[cfg(target_arch = "x86_64")]
 mod exp512 {
+    use super::{EXP_POLY, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
 
     /// The mask of the first `rem.min(16)` lanes.
@@ -426,17 +433,11 @@ mod exp512 {
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_2e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         let e = _mm512_fmadd_ps(
             _mm512_mul_ps(p, r),
@@ -518,7 +519,7 @@ mod exp512 {
 /// int8 ViT-S run); this is under 1.
 #[cfg(target_arch = "x86_64")]
 mod exp256 {
-    use super::{exp_nonpositive, low_byte, round_clamped};
+    use super::{EXP_POLY, LN2_HI, LN2_LO, exp_nonpositive, low_byte, round_clamped};
     use std::arch::x86_64::*;
 
     /// `eˣ` for each lane, `x ≤ 0` (clamped to −87..0 as `exp_nonpositive` does).
@@ -528,17 +529,11 @@ mod exp256 {
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_2e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let e = _mm256_fmadd_ps(
             _mm256_mul_ps(p, r),
