@@ -476,14 +476,17 @@ pub fn matmul(
     };
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // the activations widened once here, not by every thread for every chunk of panels
-        let mut wide = Vec::new();
+        // the activations widened once here, not by every thread for every chunk of panels,
+        // into this thread's buffer (no allocation per product)
+        let mut wide = avx2::WIDE.take();
         // SAFETY: the CPU has AVX2 (checked by `kernel`).
         unsafe { avx2::widen(a_rows, &mut wide) };
-        return par_panels(n.div_ceil(NR), m * n * k, |panels| {
+        let done = par_panels(n.div_ceil(NR), m * n * k, |panels| {
             // SAFETY: as above; `wide` is `a_rows` widened.
             unsafe { avx2::tiles_widened(&wide, b, panels, store) }
         });
+        avx2::WIDE.set(wide);
+        return done;
     }
     par_panels(n.div_ceil(NR), m * n * k, |panels| {
         tiles(a_rows, b, panels, store)
@@ -1117,7 +1120,7 @@ mod avx2 {
 
     thread_local! {
         /// Each thread's widened activations, kept between products (no allocation per call).
-        static WIDE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        pub(super) static WIDE: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// [`super::tiles`] with the AVX2 kernel, in the order of the VNNI one (the activations
