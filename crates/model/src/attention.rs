@@ -24,9 +24,11 @@ use crate::kernels;
 use crate::qgemm::{self, PackedWeights, ShapeError, SharedRows};
 use crate::sgemm::{self, PackedF32};
 
-/// Query rows per task: 32 rows of 257 scores (33 KB at 224) stay in L1/L2 between the two
-/// products.
-pub const ROWS: usize = 32;
+/// Query rows per task: a multiple of the AVX2 kernels' 6-row and 4-row tiles and of the
+/// AVX-512 ones' 8 (with 32, every block of the fp32 products ended on a 2-row tile: 48 took
+/// fp32 attention at 308x448 from 154 to 146 ms a run on one AVX2 core); its scores (48 KB
+/// at 224, 135 KB at 308x448) stay in L2 between the two products.
+pub const ROWS: usize = 48;
 
 /// Where one operand's values lie: the element offset of one step along its head, row and
 /// column axes.
@@ -191,16 +193,42 @@ pub fn attend(
             spec.out
         )));
     }
-    let mut packed: Vec<Option<Packed>> = vec![None; h];
+    // the heads packed into the buffers of this thread's last call (no allocation, and no
+    // fresh pages to fault in, per head and run)
+    let mut packed = PACKED.take();
+    packed.resize_with(h, || None);
     let pack = |h0: usize, slots: &mut [Option<Packed>]| -> TractResult<()> {
         for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = Some(Packed::new(spec, k, v, h0 + i).map_err(|e| format_err!("{e}"))?);
+            Packed::fill(slot, spec, k, v, h0 + i).map_err(|e| format_err!("{e}"))?;
         }
         Ok(())
     };
     tract_linalg::multithread::par_chunks_mut(&mut packed, 1, h * n * (d + dv) * 8, pack)
         .map_err(|e| ShapeError(format!("{e}")))?;
-    let packed: Vec<Packed> = packed.into_iter().flatten().collect();
+    let done = run_blocks(spec, q, &packed, out);
+    PACKED.set(packed);
+    done
+}
+
+thread_local! {
+    /// Each thread's packed heads from its last [`attend`], refilled by the next.
+    static PACKED: std::cell::RefCell<Vec<Option<Packed>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every (head, block of [`ROWS`] queries) of [`attend`] as one task, over tract's executor.
+fn run_blocks(
+    spec: &Spec,
+    q: &[f32],
+    packed: &[Option<Packed>],
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
+    let Dims {
+        heads: h,
+        queries: m,
+        keys: n,
+        depth: d,
+        value_depth: dv,
+    } = spec.dims;
     let blocks = m.div_ceil(ROWS);
     let shared = SharedRows::new(out);
     let mut tasks = vec![0u8; h * blocks];
@@ -208,7 +236,8 @@ pub fn attend(
         for t in t0..t0 + chunk.len() {
             let (hh, r0) = (t / blocks, (t % blocks) * ROWS);
             let rows = ROWS.min(m - r0);
-            block(spec, q, &packed[hh], hh, r0, rows, &shared).map_err(|e| format_err!("{e}"))?;
+            let packed = packed[hh].as_ref().expect("every head is packed");
+            block(spec, q, packed, hh, r0, rows, &shared).map_err(|e| format_err!("{e}"))?;
         }
         Ok(())
     };
@@ -240,7 +269,15 @@ enum Packed {
 }
 
 impl Packed {
-    fn new(spec: &Spec, k: &[f32], v: &[f32], hh: usize) -> Result<Packed, ShapeError> {
+    /// Head `hh` packed into `slot`, into the buffers already there when they are `f32`
+    /// ones (the int8 variant is packed anew).
+    fn fill(
+        slot: &mut Option<Packed>,
+        spec: &Spec,
+        k: &[f32],
+        v: &[f32],
+        hh: usize,
+    ) -> Result<(), ShapeError> {
         let Dims {
             keys: n,
             depth: d,
@@ -248,14 +285,36 @@ impl Packed {
             ..
         } = spec.dims;
         let (kl, vl) = (spec.k, spec.v);
-        if !spec.int8 {
-            let key = |key: usize, c: usize| k[hh * kl.head + key * kl.row + c * kl.col];
-            let value = |key: usize, c: usize| v[hh * vl.head + key * vl.row + c * vl.col];
-            return Ok(Packed::F32 {
-                keys: PackedF32::from_fn(d, n, |c, j| key(j, c))?,
-                values: PackedF32::from_fn(n, dv, value)?,
-            });
+        if spec.int8 {
+            *slot = Some(Packed::new_int8(spec, k, v, hh)?);
+            return Ok(());
         }
+        // Kᵀ: `[depth, keys]`, one step along K is a channel, along N a key
+        let (k, v) = (&k[hh * kl.head..], &v[hh * vl.head..]);
+        match slot {
+            Some(Packed::F32 { keys, values }) => {
+                keys.repack_strided(k, d, n, kl.col, kl.row)?;
+                values.repack_strided(v, n, dv, vl.row, vl.col)?;
+            }
+            _ => {
+                *slot = Some(Packed::F32 {
+                    keys: PackedF32::from_strided(k, d, n, kl.col, kl.row)?,
+                    values: PackedF32::from_strided(v, n, dv, vl.row, vl.col)?,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Head `hh`'s keys and values quantised and packed for [`qgemm`].
+    fn new_int8(spec: &Spec, k: &[f32], v: &[f32], hh: usize) -> Result<Packed, ShapeError> {
+        let Dims {
+            keys: n,
+            depth: d,
+            value_depth: dv,
+            ..
+        } = spec.dims;
+        let (kl, vl) = (spec.k, spec.v);
         // one scale per key (a column of Kᵀ) and per value channel (a column of V): K packed
         // from its rows as they are (a key's channels together), V from its rows (keys)
         let mut kt = vec![0i8; n * d];

@@ -112,28 +112,75 @@ impl PackedF32 {
         Ok(PackedF32 { k, n, panels })
     }
 
-    /// Pack `[K, N]` values given by `at(k, n)` (a strided view: a head of attention's keys
-    /// or values, read where it lies).
-    pub fn from_fn(
+    /// Pack the `[K, N]` values at `src[kk·k_step + c·n_step]` (a strided view: a head of
+    /// attention's keys as `Kᵀ`, or its values, read where they lie).
+    pub fn from_strided(
+        src: &[f32],
         k: usize,
         n: usize,
-        at: impl Fn(usize, usize) -> f32,
+        k_step: usize,
+        n_step: usize,
     ) -> Result<Self, ShapeError> {
+        let mut packed = PackedF32 {
+            k: 0,
+            n: 0,
+            panels: Vec::new(),
+        };
+        packed.repack_strided(src, k, n, k_step, n_step)?;
+        Ok(packed)
+    }
+
+    /// [`PackedF32::from_strided`] into this value's buffer (its allocation reused: attention
+    /// packs every head's keys and values on every run).
+    pub fn repack_strided(
+        &mut self,
+        src: &[f32],
+        k: usize,
+        n: usize,
+        k_step: usize,
+        n_step: usize,
+    ) -> Result<(), ShapeError> {
         if k == 0 || n == 0 {
             return Err(ShapeError(format!("no weights for [{k}, {n}]")));
         }
+        let extent = (k - 1) * k_step + (n - 1) * n_step + 1;
+        if src.len() < extent {
+            return Err(ShapeError(format!(
+                "{} values for [{k}, {n}] with steps {k_step} and {n_step} (reaching {extent})",
+                src.len()
+            )));
+        }
         let panels_n = n.div_ceil(NR);
-        let mut panels = vec![0f32; panels_n * k * NR];
-        for p in 0..panels_n {
+        self.k = k;
+        self.n = n;
+        self.panels.clear();
+        // zeros: the last panel's columns past `n` are read by the kernels, never stored
+        self.panels.resize(panels_n * k * NR, 0.0);
+        for (p, panel) in self.panels.chunks_exact_mut(k * NR).enumerate() {
             let cols = NR.min(n - p * NR);
-            for kk in 0..k {
-                let row = &mut panels[(p * k + kk) * NR..][..cols];
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = at(kk, p * NR + c);
+            let first = &src[p * NR * n_step..];
+            if n_step == 1 {
+                // each of the panel's rows is a run of `src`
+                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    row[..cols].copy_from_slice(&first[kk * k_step..][..cols]);
+                }
+            } else if k_step == 1 {
+                // each of the panel's columns is a run of `src` (a key's channels, for `Kᵀ`)
+                for c in 0..cols {
+                    let column = &first[c * n_step..][..k];
+                    for (row, v) in panel.chunks_exact_mut(NR).zip(column) {
+                        row[c] = *v;
+                    }
+                }
+            } else {
+                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (c, v) in row[..cols].iter_mut().enumerate() {
+                        *v = first[kk * k_step + c * n_step];
+                    }
                 }
             }
         }
-        Ok(PackedF32 { k, n, panels })
+        Ok(())
     }
 
     /// `K` (the shared dimension).
@@ -486,5 +533,31 @@ mod tests {
         assert!(matmul(&[0.0; 2], &packed, Some(&[0.0; 2]), &mut out).is_err());
         assert!(matmul(&[0.0; 4], &packed, None, &mut out).is_err());
         assert!(matmul(&[0.0; 2], &packed, None, &mut out).is_ok());
+    }
+
+    #[test]
+    fn strided_packing_is_packing_the_gathered_matrix() {
+        // (k, n, k_step, n_step): rows contiguous (V), columns contiguous (Kᵀ), neither
+        let cases = [
+            (70, 100, 384, 1),
+            (64, 257, 1, 384),
+            (5, 50, 3, 7),
+            (1, 1, 1, 1),
+        ];
+        // one value repacked case after case: its old contents must not leak
+        let mut reused = PackedF32::from_strided(&values(9, 1), 3, 3, 3, 1).unwrap();
+        for (k, n, ks, ns) in cases {
+            let src = values((k - 1) * ks + (n - 1) * ns + 1, (k + n) as u32);
+            let dense: Vec<f32> = (0..k * n)
+                .map(|i| src[(i / n) * ks + (i % n) * ns])
+                .collect();
+            let want = PackedF32::new(&dense, k, n).unwrap();
+            assert_eq!(PackedF32::from_strided(&src, k, n, ks, ns).unwrap(), want);
+            reused.repack_strided(&src, k, n, ks, ns).unwrap();
+            assert_eq!(reused, want, "k{k} n{n} steps {ks} {ns}");
+            let short = &src[..src.len() - 1];
+            assert!(PackedF32::from_strided(short, k, n, ks, ns).is_err());
+        }
+        assert!(PackedF32::from_strided(&[1.0], 0, 1, 1, 1).is_err());
     }
 }
