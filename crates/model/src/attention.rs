@@ -222,13 +222,8 @@ fn run_blocks(
     packed: &[Option<Packed>],
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    let Dims {
-        heads: h,
-        queries: m,
-        keys: n,
-        depth: d,
-        value_depth: dv,
-    } = spec.dims;
+    let dims = spec.dims;
+    let (h, m) = (dims.heads, dims.queries);
     let blocks = m.div_ceil(ROWS);
     let shared = SharedRows::new(out);
     let mut tasks = vec![0u8; h * blocks];
@@ -236,13 +231,20 @@ fn run_blocks(
         for t in t0..t0 + chunk.len() {
             let (hh, r0) = (t / blocks, (t % blocks) * ROWS);
             let rows = ROWS.min(m - r0);
-            let packed = packed[hh].as_ref().expect("every head is packed");
+            let packed = packed[hh]
+                .as_ref()
+                .ok_or_else(|| format_err!("head {hh} of {h} was not packed"))?;
             block(spec, q, packed, hh, r0, rows, &shared).map_err(|e| format_err!("{e}"))?;
         }
         Ok(())
     };
-    tract_linalg::multithread::par_chunks_mut(&mut tasks, 1, h * m * n * (d + dv), run)
-        .map_err(|e| ShapeError(format!("{e}")))
+    tract_linalg::multithread::par_chunks_mut(
+        &mut tasks,
+        1,
+        h * m * dims.keys * (dims.depth + dims.value_depth),
+        run,
+    )
+    .map_err(|e| ShapeError(format!("{e}")))
 }
 
 /// One head's keys (as `Kᵀ`, `[depth, keys]`) and values (`[keys, value_depth]`), packed
