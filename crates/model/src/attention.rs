@@ -280,17 +280,12 @@ impl Packed {
         v: &[f32],
         hh: usize,
     ) -> Result<(), ShapeError> {
-        let Dims {
-            keys: n,
-            depth: d,
-            value_depth: dv,
-            ..
-        } = spec.dims;
-        let (kl, vl) = (spec.k, spec.v);
         if spec.int8 {
             *slot = Some(Packed::new_int8(spec, k, v, hh)?);
             return Ok(());
         }
+        let (n, d, dv) = (spec.dims.keys, spec.dims.depth, spec.dims.value_depth);
+        let (kl, vl) = (spec.k, spec.v);
         // Kᵀ: `[depth, keys]`, one step along K is a channel, along N a key
         let (k, v) = (&k[hh * kl.head..], &v[hh * vl.head..]);
         match slot {
