@@ -501,7 +501,7 @@ impl Kernels {
         let tract = std::env::var("DINOEDGE_PRODUCTS").is_ok_and(|v| v == "tract");
         Kernels {
             int8: !tract && qgemm::available(),
-            f32: !tract && sgemm::available() && !sgemm::attention_only(),
+            f32: !tract && sgemm::available(),
         }
     }
 

@@ -12,13 +12,19 @@
 //! tests against PyTorch hold it to the same tolerance.
 //!
 //! Two kernels, picked at run time: AVX-512F, and AVX2 + FMA (tiles of 6 rows by 16 columns,
-//! in 12 ymm accumulators). [`available`] says whether either runs; other CPUs keep tract's
-//! products.
+//! in 12 ymm accumulators, over weights packed in panels of 16 columns instead: one
+//! sequential stream per tile). [`available`] says whether either runs; other CPUs keep
+//! tract's products.
 
 use crate::qgemm::{ShapeError, SharedRows, par_panels};
 
-/// Columns in a panel (three 16-lane vectors).
+/// Columns in a panel for the AVX-512 kernel and the reference (three 16-lane vectors).
 const NR: usize = 48;
+/// Columns in a panel for the AVX2 kernel: one tile's width, so that the tile reads its
+/// weights as one sequential stream (from 48-column panels, a third of each 192-byte row: 36–46
+/// GMAC/s on ViT-S's shapes here, against 45–50 from 16-column ones).
+#[cfg(target_arch = "x86_64")]
+const NR_AVX2: usize = 16;
 /// Rows in a tile.
 #[cfg(target_arch = "x86_64")]
 const MR: usize = 8;
@@ -28,7 +34,9 @@ const MR: usize = 8;
 pub struct PackedF32 {
     k: usize,
     n: usize,
-    /// Panel after panel, each `k` rows of `NR` columns; zero padded.
+    /// Columns in a panel: [`NR`], or 16 for the AVX2 kernel ([`panel_width`]).
+    width: usize,
+    /// Panel after panel, each `k` rows of `width` columns; zero padded.
     panels: Vec<f32>,
 }
 
@@ -36,7 +44,7 @@ impl Eq for PackedF32 {}
 
 impl std::hash::Hash for PackedF32 {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.k, self.n).hash(state);
+        (self.k, self.n, self.width).hash(state);
         for v in &self.panels {
             v.to_bits().hash(state);
         }
@@ -85,31 +93,44 @@ fn kernel() -> Kernel {
 }
 
 /// Whether a fast kernel can run on this CPU (x86-64 with AVX-512F, or AVX2 and FMA; not
-/// when `DINOEDGE_KERNELS=baseline`): attention's products ([`crate::attention`]).
+/// when `DINOEDGE_KERNELS=baseline`): the weight products and attention's.
 pub fn available() -> bool {
     kernel() != Kernel::Portable
 }
 
-/// Whether the kernel here is only for attention's products: the AVX2 one, no faster than
-/// tract's on the weight products (see `avx2`), so those stay tract's.
-pub fn attention_only() -> bool {
-    kernel() == Kernel::Avx2
+/// The panel width this CPU's kernel reads.
+fn panel_width() -> usize {
+    match kernel() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => NR_AVX2,
+        _ => NR,
+    }
 }
 
 impl PackedF32 {
     /// Pack row-major `[K, N]` weights.
     pub fn new(b: &[f32], k: usize, n: usize) -> Result<Self, ShapeError> {
+        Self::with_width(b, k, n, panel_width())
+    }
+
+    /// [`PackedF32::new`] in panels of `width` columns.
+    fn with_width(b: &[f32], k: usize, n: usize, width: usize) -> Result<Self, ShapeError> {
         if k == 0 || n == 0 || b.len() != k * n {
             return Err(ShapeError(format!("{} weights for [{k}, {n}]", b.len())));
         }
-        let panels_n = n.div_ceil(NR);
-        let mut panels = vec![0f32; panels_n * k * NR];
+        let panels_n = n.div_ceil(width);
+        let mut panels = vec![0f32; panels_n * k * width];
         for kk in 0..k {
             for c in 0..n {
-                panels[((c / NR) * k + kk) * NR + c % NR] = b[kk * n + c];
+                panels[((c / width) * k + kk) * width + c % width] = b[kk * n + c];
             }
         }
-        Ok(PackedF32 { k, n, panels })
+        Ok(PackedF32 {
+            k,
+            n,
+            width,
+            panels,
+        })
     }
 
     /// Pack the `[K, N]` values at `src[kk·k_step + c·n_step]` (a strided view: a head of
@@ -124,6 +145,7 @@ impl PackedF32 {
         let mut packed = PackedF32 {
             k: 0,
             n: 0,
+            width: panel_width(),
             panels: Vec::new(),
         };
         packed.repack_strided(src, k, n, k_step, n_step)?;
@@ -150,30 +172,31 @@ impl PackedF32 {
                 src.len()
             )));
         }
-        let panels_n = n.div_ceil(NR);
+        let w = self.width;
+        let panels_n = n.div_ceil(w);
         self.k = k;
         self.n = n;
         self.panels.clear();
         // zeros: the last panel's columns past `n` are read by the kernels, never stored
-        self.panels.resize(panels_n * k * NR, 0.0);
-        for (p, panel) in self.panels.chunks_exact_mut(k * NR).enumerate() {
-            let cols = NR.min(n - p * NR);
-            let first = &src[p * NR * n_step..];
+        self.panels.resize(panels_n * k * w, 0.0);
+        for (p, panel) in self.panels.chunks_exact_mut(k * w).enumerate() {
+            let cols = w.min(n - p * w);
+            let first = &src[p * w * n_step..];
             if n_step == 1 {
                 // each of the panel's rows is a run of `src`
-                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (kk, row) in panel.chunks_exact_mut(w).enumerate() {
                     row[..cols].copy_from_slice(&first[kk * k_step..][..cols]);
                 }
             } else if k_step == 1 {
                 // each of the panel's columns is a run of `src` (a key's channels, for `Kᵀ`)
                 for c in 0..cols {
                     let column = &first[c * n_step..][..k];
-                    for (row, v) in panel.chunks_exact_mut(NR).zip(column) {
+                    for (row, v) in panel.chunks_exact_mut(w).zip(column) {
                         row[c] = *v;
                     }
                 }
             } else {
-                for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (kk, row) in panel.chunks_exact_mut(w).enumerate() {
                     for (c, v) in row[..cols].iter_mut().enumerate() {
                         *v = first[kk * k_step + c * n_step];
                     }
@@ -225,11 +248,11 @@ pub fn matmul(
             None => dst.copy_from_slice(sums),
         }
     };
-    par_panels(n.div_ceil(NR), m * n * k, |panels| {
+    par_panels(n.div_ceil(b.width), m * n * k, |panels| {
         match kernel() {
             // SAFETY: the CPU has AVX-512F (checked by `kernel`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::tiles(a, b, panels, store) },
+            Kernel::Avx512 if b.width == NR => unsafe { avx512::tiles(a, b, panels, store) },
             // SAFETY: the CPU has AVX2 and FMA (checked by `kernel`).
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::tiles(a, b, panels, store) },
@@ -256,21 +279,20 @@ fn portable_tiles(
     panels: std::ops::Range<usize>,
     store: impl Fn(usize, usize, &[f32]),
 ) {
-    let k = b.k;
+    let (k, w) = (b.k, b.width);
     let m = a.len() / k;
-    let mut sums = [0f32; NR];
+    let mut sums = vec![0f32; w];
     for p in panels {
-        let cols = NR.min(b.n - p * NR);
-        let panel = &b.panels[p * k * NR..(p + 1) * k * NR];
+        let cols = w.min(b.n - p * w);
+        let panel = &b.panels[p * k * w..(p + 1) * k * w];
         for r in 0..m {
             sums.fill(0.0);
-            for kk in 0..k {
-                let x = a[r * k + kk];
-                for (s, w) in sums.iter_mut().zip(&panel[kk * NR..(kk + 1) * NR]) {
-                    *s = x.mul_add(*w, *s);
+            for (x, row) in a[r * k..(r + 1) * k].iter().zip(panel.chunks_exact(w)) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s = x.mul_add(*v, *s);
                 }
             }
-            store(r, p * NR, &sums[..cols]);
+            store(r, p * w, &sums[..cols]);
         }
     }
 }
@@ -351,11 +373,10 @@ mod avx512 {
     }
 }
 
-/// The AVX2 kernel: tiles of 6 rows by 16 columns (12 ymm accumulators), a panel in three
-/// passes; the same sums in the same order as the others. 39–46 GMAC/s on ViT-S's shapes on
-/// this project's AVX2 VM (peak 51); in the model about tract's AVX2 kernel's speed (163
-/// against 153 ms for the weight products, within the machine's noise), so the weight
-/// products stay tract's ([`attention_only`]) and attention's products run here.
+/// The AVX2 kernel: tiles of 6 rows by 16 columns (12 ymm accumulators), over panels of 16
+/// columns ([`NR_AVX2`]; 48-column ones, as the tests give it too, in three passes); the same
+/// sums in the same order as the others. 45–50 GMAC/s on ViT-S's shapes on the project's Zen 3
+/// VM (peak 51), where tract's AVX2 kernel runs the weight products at 37 in the model.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{NR, PackedF32};
@@ -368,19 +389,22 @@ mod avx2 {
     /// reload each step halved the speed).
     const NV: usize = 2;
 
-    /// `R` rows of `a` (stride `lda`) times `k` steps of a panel (from `panel`, vector `v0`
-    /// on), added to the partial sums `acc` (rows of [`NR`], from column `8·v0`).
+    /// `R` rows of `a` (stride `lda`) times `k` steps of a panel of `width` columns (from
+    /// `panel`, vector `v0` on), added to the partial sums `acc` (rows of [`NR`], from
+    /// column `8·v0`).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(
         k: usize,
         a: *const f32,
         lda: usize,
         panel: *const f32,
+        width: usize,
         v0: usize,
         sums: *mut f32,
     ) {
         // SAFETY (every access): the caller hands R rows of `a` with `k` values each, `k` rows
-        // of NR in the panel, and R rows of NR partial sums.
+        // of `width` in the panel, and R rows of NR partial sums.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; R];
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -389,7 +413,7 @@ mod avx2 {
                 }
             }
             for kk in 0..k {
-                let bp = panel.add(kk * NR + 8 * v0);
+                let bp = panel.add(kk * width + 8 * v0);
                 let mut b = [_mm256_setzero_ps(); NV];
                 for (v, b) in b.iter_mut().enumerate() {
                     *b = _mm256_loadu_ps(bp.add(8 * v));
@@ -417,12 +441,12 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[f32]),
     ) {
-        let k = b.k;
+        let (k, w) = (b.k, b.width);
         let m = a.len() / k;
         let mut sums = [0f32; MR * NR];
         for p in panels {
-            let panel = b.panels[p * k * NR..].as_ptr();
-            let cols = NR.min(b.n - p * NR);
+            let panel = b.panels[p * k * w..].as_ptr();
+            let cols = w.min(b.n - p * w);
             for r0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - r0);
                 let ap = a[r0 * k..].as_ptr();
@@ -433,17 +457,17 @@ mod avx2 {
                     // MR rows of NR sums.
                     unsafe {
                         match rows {
-                            6 => tile::<6>(k, ap, k, panel, v0, sp),
-                            5 => tile::<5>(k, ap, k, panel, v0, sp),
-                            4 => tile::<4>(k, ap, k, panel, v0, sp),
-                            3 => tile::<3>(k, ap, k, panel, v0, sp),
-                            2 => tile::<2>(k, ap, k, panel, v0, sp),
-                            _ => tile::<1>(k, ap, k, panel, v0, sp),
+                            6 => tile::<6>(k, ap, k, panel, w, v0, sp),
+                            5 => tile::<5>(k, ap, k, panel, w, v0, sp),
+                            4 => tile::<4>(k, ap, k, panel, w, v0, sp),
+                            3 => tile::<3>(k, ap, k, panel, w, v0, sp),
+                            2 => tile::<2>(k, ap, k, panel, w, v0, sp),
+                            _ => tile::<1>(k, ap, k, panel, w, v0, sp),
                         }
                     }
                 }
                 for (r, row) in sums.chunks_exact(NR).take(rows).enumerate() {
-                    store(r0 + r, p * NR, &row[..cols]);
+                    store(r0 + r, p * w, &row[..cols]);
                 }
             }
         }
@@ -460,6 +484,9 @@ mod avx2 {
 mod tests {
     use super::*;
     use crate::test_values::noise as values;
+
+    /// What a kernel hands each row segment to.
+    type Store<'a> = &'a dyn Fn(usize, usize, &[f32]);
 
     #[test]
     fn kernel_and_reference_agree_bit_for_bit_and_match_the_definition() {
@@ -479,33 +506,33 @@ mod tests {
             tract_linalg::multithread::multithread_tract_scope(two, || {
                 matmul(&a, &packed, Some(&bias), &mut got).unwrap()
             });
-            let slow = std::sync::Mutex::new(vec![0f32; m * n]);
-            portable_tiles(&a, &packed, 0..n.div_ceil(NR), |r, c0, s| {
-                let mut slow = slow.lock().unwrap();
-                for (i, v) in s.iter().enumerate() {
-                    slow[r * n + c0 + i] = v + bias[c0 + i];
-                }
-            });
-            let slow = slow.into_inner().unwrap();
-            for (i, (g, w)) in got.iter().zip(&slow).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "m{m} k{k} n{n} at {i}");
-            }
-            // the AVX2 kernel too, whichever kernel this CPU picked
+            // the reference and the AVX2 kernel (whichever kernel this CPU picked) on panels
+            // of either width, each with the bias added as `matmul` adds it
+            let run = |tiles: &dyn Fn(&PackedF32, Store)| {
+                [NR, 16].map(|width| {
+                    let packed = PackedF32::with_width(&b, k, n, width).unwrap();
+                    let out = std::sync::Mutex::new(vec![0f32; m * n]);
+                    tiles(&packed, &|r, c0, s| {
+                        let mut out = out.lock().unwrap();
+                        for (i, v) in s.iter().enumerate() {
+                            out[r * n + c0 + i] = v + bias[c0 + i];
+                        }
+                    });
+                    out.into_inner().unwrap()
+                })
+            };
+            let slow = run(&|p, store| portable_tiles(&a, p, 0..n.div_ceil(p.width), store));
+            let mut all = vec![("matmul", got.clone()), ("reference, 16", slow[1].clone())];
             #[cfg(target_arch = "x86_64")]
             if avx2::detected() {
-                let wide = std::sync::Mutex::new(vec![0f32; m * n]);
                 // SAFETY: the CPU has AVX2 and FMA (just checked).
-                unsafe {
-                    avx2::tiles(&a, &packed, 0..n.div_ceil(NR), |r, c0, s| {
-                        let mut wide = wide.lock().unwrap();
-                        for (i, v) in s.iter().enumerate() {
-                            wide[r * n + c0 + i] = v + bias[c0 + i];
-                        }
-                    })
-                };
-                let wide = wide.into_inner().unwrap();
-                for (i, (g, w)) in wide.iter().zip(&slow).enumerate() {
-                    assert_eq!(g.to_bits(), w.to_bits(), "avx2: m{m} k{k} n{n} at {i}");
+                let wide =
+                    run(&|p, store| unsafe { avx2::tiles(&a, p, 0..n.div_ceil(p.width), store) });
+                all.extend([("avx2, 48", wide[0].clone()), ("avx2, 16", wide[1].clone())]);
+            }
+            for (what, out) in all {
+                for (i, (g, w)) in out.iter().zip(&slow[0]).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{what}: m{m} k{k} n{n} at {i}");
                 }
             }
             for r in 0..m {
