@@ -176,11 +176,16 @@ impl PackedF32 {
         let panels_n = n.div_ceil(w);
         self.k = k;
         self.n = n;
-        self.panels.clear();
-        // zeros: the last panel's columns past `n` are read by the kernels, never stored
+        // every value is written below (no zeroing pass over the last call's buffer)
         self.panels.resize(panels_n * k * w, 0.0);
         for (p, panel) in self.panels.chunks_exact_mut(k * w).enumerate() {
             let cols = w.min(n - p * w);
+            if cols < w {
+                // zeros: the last panel's columns past `n` are read by the kernels, never stored
+                for row in panel.chunks_exact_mut(w) {
+                    row[cols..].fill(0.0);
+                }
+            }
             let first = &src[p * w * n_step..];
             if n_step == 1 {
                 // each of the panel's rows is a run of `src`
