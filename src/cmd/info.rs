@@ -146,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
             "cache_entry": r1.cache_entry,
             "cache_note": r1.cache_note,
             "plan_nodes": first.plan_nodes(),
+            "seven_bit_products": r1.seven_bit_products,
         });
         if !args.json {
             let fmt = |d: Option<std::time::Duration>| {
@@ -166,6 +167,12 @@ pub fn run(args: Args) -> Result<()> {
             }
             if let Some(n) = &r1.cache_note {
                 println!("cache note    {n}");
+            }
+            if r1.seven_bit_products > 0 {
+                println!(
+                    "int8 kernel   {} products with 7-bit weights (exact byte products on AVX2)",
+                    r1.seven_bit_products
+                );
             }
         }
     }

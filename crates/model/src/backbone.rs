@@ -75,21 +75,25 @@ impl ModelInfo {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let (proto, graph) = GraphInfo::read(path)?;
-        let configs = ModelConfigs::find(path)?;
-        let cfg = configs.model.as_ref().map(|(_, c)| c);
+        let mut configs = ModelConfigs::find(path)?;
+        // a config.json of other sizes is another model's (one left in the directory above,
+        // say): none of it applies, not its register count or image size either
         if let Some((cfg_path, c)) = &configs.model
             && let (Some(width), Some(layers)) = (c.hidden_size, c.num_hidden_layers)
             && (width != graph.embed_dim || layers != graph.num_blocks)
         {
             tracing::warn!(
-                "{} says hidden_size {} / {} layers, the graph has {} / {}: using the graph",
+                "{} says hidden_size {} / {} layers, the graph has {} / {}: another model's \
+                 config, ignored",
                 cfg_path.display(),
                 width,
                 layers,
                 graph.embed_dim,
                 graph.num_blocks
             );
+            configs.model = None;
         }
+        let cfg = configs.model.as_ref().map(|(_, c)| c);
         if let Some((cfg_path, c)) = &configs.model
             && let Some(model_type) = c.model_type.as_deref()
             && !graph.family().model_types().contains(&model_type)
@@ -270,6 +274,10 @@ pub struct LoadReport {
     /// How many blocks' attention runs as one fused operator
     /// ([`crate::attention::FusedAttention`]; not a block whose attention map is asked for).
     pub fused_attention: usize,
+    /// How many of the int8 products on dinoedge's kernels have 7-bit weights (every value in
+    /// −64..=64 as packed: `reduce_range` exports), which the AVX2 kernel multiplies as bytes
+    /// ([`crate::qgemm::PackedWeights::narrow`]).
+    pub seven_bit_products: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -412,6 +420,7 @@ impl Backbone {
             cache_note: None,
             dinoedge_ops: 0,
             fused_attention: 0,
+            seven_bit_products: 0,
             runtime,
             runtime_note,
         };
@@ -876,6 +885,12 @@ fn build_plan(
                 let n = crate::resize::swap_resizes(&mut optimized);
                 tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
             }
+            report.seven_bit_products = optimized
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<crate::qmatmul::MatMulInt8>())
+                .filter(|op| op.weights.narrow())
+                .count();
             report.dinoedge_ops = optimized
                 .nodes()
                 .iter()

@@ -24,8 +24,9 @@ use crate::error::{ModelError, Result};
 /// tract version the cache format depends on (kept equal to the pinned dependency).
 pub const TRACT_VERSION: &str = "0.23.9";
 /// Cache layout version: 2 since int8 convolutions are rewritten before compiling (`conv`),
-/// 3 since the key covers external data and the sidecar holds the archive's digest.
-const FORMAT: u32 = 3;
+/// 3 since the key covers external data and the sidecar holds the archive's digest, 4 since a
+/// per-channel dynamic-int8 file's epilogues (a scale per column) are fused before caching.
+const FORMAT: u32 = 4;
 
 /// Where compiled models are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

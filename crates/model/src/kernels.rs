@@ -226,6 +226,23 @@ dispatch!(
     pub fn dequantize_i32(acc: &[i32], scale: f32, bias: &[f32], out: &mut [f32]) => dequantize_i32_impl);
 
 #[inline(always)]
+fn dequantize_i32_columns_impl(acc: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
+    for (a, o) in acc
+        .chunks_exact(bias.len())
+        .zip(out.chunks_exact_mut(bias.len()))
+    {
+        for (((x, s), b), y) in a.iter().zip(scales).zip(bias).zip(o.iter_mut()) {
+            *y = (*x as f32) * *s + *b;
+        }
+    }
+}
+
+dispatch!(
+    /// [`dequantize_i32`] with one scale per column (`scales` as long as `bias`): a
+    /// per-channel dynamic-int8 product's `Cast`, `Mul`, `Add`, rounded as those three are.
+    pub fn dequantize_i32_columns(acc: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) => dequantize_i32_columns_impl);
+
+#[inline(always)]
 fn scale_i32_impl(acc: &[i32], scales: &[f32], out: &mut [f32]) {
     for (a, o) in acc
         .chunks_exact(scales.len())

@@ -334,9 +334,10 @@ pub fn swap_dynamic_quantizers(model: &mut TypedModel) -> usize {
 }
 
 /// The epilogue of a dynamic-int8 product, `Cast(i32 → f32) → Mul(scale) → Add(bias)`, as one
-/// operator: inputs `(acc: i32 [.., N], scale: f32 scalar, bias: f32 const of N)`, one pass
-/// instead of three (tract does not fuse an i32 → f32 cast into its int8 kernels), rounded
-/// exactly as the three are.
+/// operator: inputs `(acc: i32 [.., N], scale: f32, bias: f32 const of N)`, one pass instead of
+/// three (tract does not fuse an i32 → f32 cast into its int8 kernels), rounded exactly as the
+/// three are. The scale is one value, or one per column: a per-channel file's (`quantize_dynamic`
+/// with `per_channel`), the activations' scale times each column's, computed at run time.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
 pub struct DequantizeI32;
 
@@ -353,18 +354,21 @@ impl EvalOp for DequantizeI32 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (acc, scale, bias) = (&inputs[0], &inputs[1], &inputs[2]);
-        let scale = *scale
-            .try_as_plain_ram()?
-            .as_slice::<f32>()?
-            .first()
-            .context("empty scale")?;
+        let scale_plain = scale.try_as_plain_ram()?;
+        let scales = scale_plain.as_slice::<f32>()?;
         let bias_plain = bias.try_as_plain_ram()?;
         let bias = bias_plain.as_slice::<f32>()?;
         let n = row_len(acc.shape());
         ensure!(bias.len() == n, "bias of {} for rows of {n}", bias.len());
-        let dst = map_rows(acc, |x: &[i32], y: &mut [f32]| {
-            crate::kernels::dequantize_i32(x, scale, bias, y)
-        })?;
+        let dst = match *scales {
+            [scale] => map_rows(acc, |x: &[i32], y: &mut [f32]| {
+                crate::kernels::dequantize_i32(x, scale, bias, y)
+            })?,
+            _ if scales.len() == n => map_rows(acc, |x: &[i32], y: &mut [f32]| {
+                crate::kernels::dequantize_i32_columns(x, scales, bias, y)
+            })?,
+            _ => bail!("{} scales for rows of {n}", scales.len()),
+        };
         Ok(tvec!(dst.into_tvalue()))
     }
 }
@@ -438,7 +442,9 @@ pub(crate) fn other_operand(node: &TypedNode, name: &str, from: OutletId) -> Opt
 
 /// One `Cast(i32 → f32) → Mul(scalar)` pair, with the `Add(const of the last dimension)` after
 /// it when there is one, as `(cast, last, acc, scale, bias)` (`last`: the `Add`, or the `Mul`
-/// of a projection without a bias, as DINOv3's keys have).
+/// of a projection without a bias, as DINOv3's keys have). The scale may also be one value per
+/// column computed at run time (a per-channel dynamic file's); a constant one is a QDQ
+/// product's ([`scale_chain`]).
 fn dequant_chain(
     model: &TypedModel,
     cast: &TypedNode,
@@ -455,7 +461,17 @@ fn dequant_chain(
     let mul = sole_reader(model, cast_out)?;
     let scale = other_operand(mul, "Mul", cast_out)?;
     let scale_fact = model.outlet_fact(scale).ok()?;
-    if scale_fact.datum_type != f32::datum_type() || scale_fact.shape.volume() != TDim::from(1) {
+    let per_column = || {
+        let d = scale_fact.shape.as_concrete()?;
+        (scale_fact.konst.is_none()
+            && d.last() == Some(&n)
+            && d.len() <= dims.len()
+            && d.iter().rev().skip(1).all(|d| *d == 1))
+        .then_some(())
+    };
+    if scale_fact.datum_type != f32::datum_type()
+        || (scale_fact.shape.volume() != TDim::from(1) && per_column().is_none())
+    {
         return None;
     }
     let mul_out = OutletId::new(mul.id, 0);
@@ -832,6 +848,58 @@ mod tests {
         assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
         assert!(fused.nodes().iter().any(|n| n.op_is::<ScaleI32>()));
         assert_eq!(run(fused), run(build()));
+    }
+
+    #[test]
+    fn per_channel_dynamic_epilogue_fuses_bit_for_bit() {
+        // `Cast → Mul(a_scale · b_scale[n]) → Add(bias)`, the scale vector computed at run
+        // time from the activations' scalar one (`quantize_dynamic(per_channel=True)`)
+        use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
+        let build = || {
+            let mut m = TypedModel::default();
+            let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
+            let a_scale = m.add_source("scale", f32::fact([0usize; 0])).unwrap();
+            let b_scale = m
+                .add_const("b_scale", tensor2(&[[0.013f32, -2.5e-4, 7.0]]))
+                .unwrap();
+            let bias = m
+                .add_const("bias", tensor2(&[[0.5f32, -1.25, 3.0]]))
+                .unwrap();
+            let a_scale = m.wire_node("a_axis", AxisOp::Add(0), &[a_scale]).unwrap();
+            let a_scale = m.wire_node("a_axis2", AxisOp::Add(0), &a_scale).unwrap();
+            let scales = m
+                .wire_node(
+                    "scales",
+                    TypedBinOp(Box::new(math::Mul), None),
+                    &[a_scale[0], b_scale],
+                )
+                .unwrap();
+            let c = m
+                .wire_node("cast", cast(f32::datum_type()), &[acc])
+                .unwrap();
+            let mul = m
+                .wire_node(
+                    "mul",
+                    TypedBinOp(Box::new(math::Mul), None),
+                    &[c[0], scales[0]],
+                )
+                .unwrap();
+            let add = m
+                .wire_node(
+                    "add",
+                    TypedBinOp(Box::new(math::Add), None),
+                    &[bias, mul[0]],
+                )
+                .unwrap();
+            m.select_output_outlets(&add).unwrap();
+            m
+        };
+        let want = run(build());
+        let mut fused = build();
+        assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
+        assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&run(fused)), bits(&want));
     }
 
     #[test]

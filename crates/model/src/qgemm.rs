@@ -44,6 +44,8 @@ pub struct PackedWeights {
     colsum: Vec<i32>,
     /// `b₀` per column, in the signed domain.
     zero: Vec<i32>,
+    /// Every packed byte in `−64..=64` ([`PackedWeights::narrow`]).
+    narrow: bool,
 }
 
 /// The weights' values as the file stores them, row-major `[K, N]`.
@@ -94,6 +96,14 @@ pub enum Epilogue<'a> {
     },
     /// `f32(c) · scales[n]`: the QDQ pattern ([`crate::qdq`]).
     Columns(&'a [f32]),
+    /// `f32(c) · scales[n] + bias[n]`: a per-channel dynamic-int8 product, whose scales (the
+    /// activations' times each column's) are computed at run time.
+    ColumnsBias {
+        /// One scale per column.
+        scales: &'a [f32],
+        /// One value per column.
+        bias: &'a [f32],
+    },
 }
 
 /// The int8 kernel this CPU runs.
@@ -187,8 +197,11 @@ impl PackedWeights {
                 zero.len()
             )));
         }
+        // uint8 weights of 7 bits (`0..=127`, onnxruntime's `reduce_range`) are shifted into
+        // `−64..=63`, where the AVX2 kernel multiplies them as bytes; others by −128
         let (shift, range) = match b {
             Weights::I8(_) => (0, -128..=127),
+            Weights::U8(b) if b.iter().all(|v| *v <= 127) => (64, 0..=255),
             Weights::U8(_) => (128, 0..=255),
         };
         if let Some(z) = zero.iter().find(|z| !range.contains(*z)) {
@@ -197,7 +210,7 @@ impl PackedWeights {
         let value = |i: usize| -> i8 {
             match b {
                 Weights::I8(b) => b[i],
-                Weights::U8(b) => (b[i] as i32 - 128) as i8,
+                Weights::U8(b) => (b[i] as i32 - shift) as i8,
             }
         };
         let k4 = k.div_ceil(4);
@@ -219,6 +232,7 @@ impl PackedWeights {
             k,
             n,
             k4,
+            narrow: narrow(&panels),
             panels,
             colsum,
             zero,
@@ -264,6 +278,7 @@ impl PackedWeights {
             k,
             n,
             k4,
+            narrow: narrow(&panels),
             panels,
             colsum,
             zero: vec![0; n],
@@ -335,6 +350,7 @@ impl PackedWeights {
             k,
             n,
             k4,
+            narrow: narrow(&panels),
             panels,
             colsum,
             zero: vec![0; n],
@@ -349,6 +365,14 @@ impl PackedWeights {
     /// `Σ_k b` per column (the weights as signed bytes).
     pub fn column_sums(&self) -> &[i32] {
         &self.colsum
+    }
+
+    /// Whether the weights are 7-bit ones: every value, as packed, in `−64..=64` (int8 weights
+    /// quantised with onnxruntime's `reduce_range`, or uint8 ones in `0..=127`, shifted by
+    /// −64). Two of them times two unsigned bytes cannot leave 16 bits, so the AVX2 kernel
+    /// multiplies them as bytes (`VPMADDUBSW`), exactly, ~1.3x faster than widened.
+    pub fn narrow(&self) -> bool {
+        self.narrow
     }
 
     fn zero_is_zero(&self) -> bool {
@@ -366,6 +390,11 @@ impl PackedWeights {
             })
             .collect()
     }
+}
+
+/// Whether every packed byte lies in `−64..=64`.
+fn narrow(panels: &[i8]) -> bool {
+    panels.iter().fold(0u8, |m, v| m.max(v.unsigned_abs())) <= 64
 }
 
 /// The activations of rows `r0..r1` as unsigned bytes with rows of `4·k4` (a view when they
@@ -424,14 +453,13 @@ pub fn matmul(
             out.len()
         )));
     }
-    match epilogue {
-        Epilogue::Scale { bias: Some(v), .. } | Epilogue::Columns(v) if v.len() != n => {
-            return Err(ShapeError(format!(
-                "{} epilogue values for {n} columns",
-                v.len()
-            )));
-        }
-        _ => {}
+    let lens = match epilogue {
+        Epilogue::Scale { bias, .. } => [bias.map_or(n, |b| b.len()), n],
+        Epilogue::Columns(v) => [v.len(), n],
+        Epilogue::ColumnsBias { scales, bias } => [scales.len(), bias.len()],
+    };
+    if let Some(len) = lens.iter().find(|len| **len != n) {
+        return Err(ShapeError(format!("{len} epilogue values for {n} columns")));
     }
     let terms = b.column_terms(a.zero());
     let sums = !b.zero_is_zero();
@@ -448,6 +476,9 @@ pub fn matmul(
         let (scale, scales, bias) = match epilogue {
             Epilogue::Scale { scale, bias } => (*scale, None, bias.map(|b| &b[cols.clone()])),
             Epilogue::Columns(scales) => (1.0, Some(&scales[cols.clone()]), None),
+            Epilogue::ColumnsBias { scales, bias } => {
+                (1.0, Some(&scales[cols.clone()]), Some(&bias[cols.clone()]))
+            }
         };
         let row = Row {
             dots,
@@ -475,7 +506,7 @@ pub fn matmul(
         row.finish(dst);
     };
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
+    if avx2 && !b.narrow {
         // the activations widened once here, not by every thread for every chunk of panels,
         // into this thread's buffer (no allocation per product)
         let mut wide = avx2::WIDE.take();
@@ -1132,6 +1163,10 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
     ) {
+        if b.narrow {
+            // SAFETY: the caller's promise (AVX2); the weights are narrow.
+            return unsafe { tiles_narrow(a, b, panels, store) };
+        }
         let mut wide = WIDE.take();
         widen(a, &mut wide);
         // SAFETY: the caller's promise (AVX2).
@@ -1166,6 +1201,92 @@ mod avx2 {
                             3 => tile::<3>(k4, ap, panel, v0, &mut out),
                             2 => tile::<2>(k4, ap, panel, v0, &mut out),
                             _ => tile::<1>(k4, ap, panel, v0, &mut out),
+                        }
+                    }
+                }
+                for (r, dots) in out.iter().enumerate().take(rows) {
+                    store(r0 + r, p * NR, &dots[..cols]);
+                }
+            }
+        }
+    }
+
+    /// [`tile`] for narrow weights ([`PackedWeights::narrow`]), from the activations' bytes
+    /// as they are (`R` rows of `lda` from `a`): `VPMADDUBSW` multiplies each unsigned byte by
+    /// the weight byte under it and sums each pair into 16 bits (at most 2·255·64 = 32,640 in
+    /// size: never saturated), `VPMADDWD` by ones sums the two pairs of a lane into 32 bits.
+    /// The same exact sums in 3 instructions per 32 multiply-adds instead of [`tile`]'s ~4.6.
+    ///
+    /// # Safety
+    /// AVX2; `R` rows of `lda ≥ 4·k4` bytes from `a`; the panel holds `k4` steps; `v0 + NV`
+    /// vectors fit a panel's row.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_narrow<const R: usize>(
+        k4: usize,
+        a: *const u8,
+        lda: usize,
+        panel: *const i8,
+        v0: usize,
+        out: &mut [[i32; NR]; MR],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); NV]; R];
+        for kk in 0..k4 {
+            // SAFETY: the caller's promise.
+            unsafe {
+                let bp = panel.add(kk * NR * 4 + v0 * 32);
+                let b: [__m256i; NV] =
+                    std::array::from_fn(|v| _mm256_loadu_si256(bp.add(32 * v) as *const __m256i));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let quad = (a.add(r * lda + 4 * kk) as *const i32).read_unaligned();
+                    let x = _mm256_set1_epi32(quad);
+                    for v in 0..NV {
+                        let pairs = _mm256_maddubs_epi16(x, b[v]);
+                        acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(out.iter_mut()) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `out` holds NR ≥ 8·(v0 + NV) values.
+                unsafe {
+                    _mm256_storeu_si256(out.as_mut_ptr().add(8 * (v0 + v)) as *mut __m256i, *acc)
+                };
+            }
+        }
+    }
+
+    /// [`tiles`] for narrow weights: [`tile_narrow`] on the activations as they are.
+    ///
+    /// # Safety
+    /// AVX2, and `b.narrow`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tiles_narrow(
+        a: &[u8],
+        b: &PackedWeights,
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
+    ) {
+        debug_assert!(b.narrow, "tiles_narrow: weights outside −64..=64");
+        let (k4, lda) = (b.k4, 4 * b.k4);
+        let m = a.len() / lda;
+        let mut out = [[0i32; NR]; MR];
+        let panel_len = k4 * NR * 4;
+        for p in panels {
+            let panel = b.panels[p * panel_len..].as_ptr();
+            let cols = NR.min(b.n - p * NR);
+            for r0 in (0..m).step_by(MR) {
+                let rows = MR.min(m - r0);
+                let ap = a[r0 * lda..].as_ptr();
+                for v0 in (0..cols.div_ceil(8)).step_by(NV) {
+                    // SAFETY: `rows` rows of `lda` bytes from `ap`, one whole panel from `panel`.
+                    unsafe {
+                        match rows {
+                            4 => tile_narrow::<4>(k4, ap, lda, panel, v0, &mut out),
+                            3 => tile_narrow::<3>(k4, ap, lda, panel, v0, &mut out),
+                            2 => tile_narrow::<2>(k4, ap, lda, panel, v0, &mut out),
+                            _ => tile_narrow::<1>(k4, ap, lda, panel, v0, &mut out),
                         }
                     }
                 }
@@ -1242,9 +1363,38 @@ pub(crate) mod tests {
         })
     }
 
+    /// Which weights a check multiplies.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Bits {
+        /// Any byte.
+        Eight,
+        /// 7-bit ones ([`PackedWeights::narrow`]): `−64..=64` signed, `0..=127` unsigned.
+        Seven,
+    }
+
     fn check(m: usize, k: usize, n: usize, signed_a: bool, signed_b: bool, per_column: bool) {
+        for bits in [Bits::Eight, Bits::Seven] {
+            check_bits(m, k, n, signed_a, signed_b, per_column, bits);
+        }
+    }
+
+    fn check_bits(
+        m: usize,
+        k: usize,
+        n: usize,
+        signed_a: bool,
+        signed_b: bool,
+        per_column: bool,
+        bits: Bits,
+    ) {
         let a_bytes: Vec<u8> = noise(m * k, 1 + m as u32).collect();
-        let b_bytes: Vec<u8> = noise(k * n, 7 + n as u32).collect();
+        let b_bytes: Vec<u8> = noise(k * n, 7 + n as u32)
+            .map(|v| match (bits, signed_b) {
+                (Bits::Eight, _) => v,
+                (Bits::Seven, true) => ((v % 129) as i16 - 64) as i8 as u8,
+                (Bits::Seven, false) => v & 0x7f,
+            })
+            .collect();
         let zb: Vec<i32> = if per_column {
             noise(n, 3)
                 .map(|z| if signed_b { z as i8 as i32 } else { z as i32 })
@@ -1277,6 +1427,10 @@ pub(crate) mod tests {
             Weights::U8(&b_bytes)
         };
         let packed = PackedWeights::new(weights, k, n, &zb).unwrap();
+        if bits == Bits::Seven || k * n >= 64 {
+            // (64 bytes of noise all within −64..=64 would be a 1-in-10¹⁹ draw)
+            assert_eq!(packed.narrow(), bits == Bits::Seven, "{bits:?}");
+        }
         let want = definition(&a_vals, za, &b_vals, &zb, k, n);
         let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.25 - 3.0).collect();
         let scale = 0.0123f32;
@@ -1358,6 +1512,40 @@ pub(crate) mod tests {
             ] {
                 check(m, k, n, sa, sb, pc);
             }
+        }
+    }
+
+    #[test]
+    fn narrow_weights_at_their_extremes_do_not_saturate() {
+        // every pair of products at ±2·255·64 = ±32,640, the most `VPMADDUBSW` is handed
+        let (m, k, n) = (5, 68, 50);
+        let a = vec![255u8; m * k];
+        for (what, weights, zero, want) in [
+            ("64", Weights::I8(&[64i8; 68 * 50]), 0, 255 * 64 * k as i32),
+            (
+                "−64",
+                Weights::I8(&[-64i8; 68 * 50]),
+                0,
+                -255 * 64 * k as i32,
+            ),
+            // uint8: 127 and 0 are packed as 63 and −64
+            (
+                "u8 127",
+                Weights::U8(&[127u8; 68 * 50]),
+                0,
+                255 * 127 * k as i32,
+            ),
+            ("u8 0", Weights::U8(&[0u8; 68 * 50]), 7, -255 * 7 * k as i32),
+        ] {
+            let packed = PackedWeights::new(weights, k, n, &[zero]).unwrap();
+            assert!(packed.narrow(), "{what}");
+            let mut out = vec![0f32; m * n];
+            let epi = Epilogue::Scale {
+                scale: 1.0,
+                bias: None,
+            };
+            matmul(&Activations::U8(&a, 0), &packed, &epi, &mut out).unwrap();
+            assert!(out.iter().all(|v| *v == want as f32), "{what}: {out:?}");
         }
     }
 

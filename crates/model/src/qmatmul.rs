@@ -28,7 +28,8 @@ use crate::sgemm::{self, PackedF32};
 /// What follows the exact sums.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Dequantize {
-    /// `f32(c) · scale + bias[n]`; the scale is the operator's second input.
+    /// `f32(c) · scale + bias[n]`; the scale is the operator's third input, one value or (a
+    /// per-channel file's) one per column.
     Scale {
         /// One value per column.
         bias: Arc<Vec<f32>>,
@@ -81,9 +82,14 @@ impl Op for MatMulInt8 {
             Dequantize::Columns { .. } => "per-column scales",
         };
         Ok(vec![format!(
-            "K {} N {}, {kind}",
+            "K {} N {}, {kind}{}",
             self.weights.k(),
-            self.weights.n()
+            self.weights.n(),
+            if self.weights.narrow() {
+                ", 7-bit weights"
+            } else {
+                ""
+            }
         )])
     }
 
@@ -118,16 +124,26 @@ impl EvalOp for MatMulInt8 {
             DatumType::I8 => Activations::I8(a_plain.as_slice::<i8>()?, zero as i8),
             dt => bail!("DinoedgeMatMulInt8 takes u8 or i8 activations, not {dt:?}"),
         };
+        let scale_plain = match inputs.get(2) {
+            Some(s) => Some(s.try_as_plain_ram()?),
+            None => None,
+        };
         let epilogue = match &self.dequantize {
-            Dequantize::Scale { bias } => {
-                let s = inputs.get(2).context("no scale input")?;
-                let s = s.try_as_plain_ram()?;
-                let scale = *s.as_slice::<f32>()?.first().context("empty scale")?;
-                Epilogue::Scale {
+            Dequantize::Scale { bias } => match *scale_plain
+                .as_ref()
+                .context("no scale input")?
+                .as_slice::<f32>()?
+            {
+                [scale] => Epilogue::Scale {
                     scale,
                     bias: Some(bias.as_slice()),
-                }
-            }
+                },
+                // a per-channel file's: the activations' scale times each column's
+                ref scales => Epilogue::ColumnsBias {
+                    scales,
+                    bias: bias.as_slice(),
+                },
+            },
             Dequantize::Columns { scales } => Epilogue::Columns(scales.as_slice()),
         };
         let m = a.len() / k;

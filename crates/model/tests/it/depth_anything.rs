@@ -97,6 +97,26 @@ fn a_config_with_only_the_model_type_is_enough() {
 }
 
 #[test]
+fn another_models_config_above_the_file_is_ignored() {
+    // a ViT-S config.json one directory up from a tiny model with 4 registers: its sizes
+    // disagree with the graph, so neither its register count (none) nor its image size (518)
+    // is taken; the graph says 4 registers and a 5x5 position grid
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    let file = dir.path().join("models/model.onnx");
+    std::fs::copy(model("tiny/dinov2-tiny-reg/onnx/model.onnx"), &file).unwrap();
+    std::fs::copy(
+        fixtures().join("dinov2-small/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let info = ModelInfo::read(&file).unwrap();
+    assert!(info.configs.model.is_none());
+    assert_eq!(info.registers, Some(4));
+    assert_eq!(info.native_grid(), Some(5));
+}
+
+#[test]
 fn tiny_fp32_depth_and_encoder_tokens_match_pytorch() {
     let name = "depth-anything-v2-tiny";
     let (depth, f) = run(

@@ -36,8 +36,11 @@ fn check(name: &str, registers: usize) {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let file = hub_export(&py, name, tmp.path());
-    assert!(tmp.path().join("model.onnx.data").is_file());
+    // one level down, so that the directory above the file (searched for a config.json) is
+    // this test's own, not the shared temporary directory
+    let out = tmp.path().join("export");
+    let file = hub_export(&py, name, &out);
+    assert!(out.join("model.onnx.data").is_file());
 
     // What the structure says, with no config.json beside the file.
     let info = ModelInfo::read(&file).unwrap();
@@ -72,7 +75,7 @@ fn check(name: &str, registers: usize) {
     assert_eq!(f.registers().dim(), (registers, 48));
 
     // The CLS token is the file's own output.
-    let embedding: ArrayD<f32> = ndarray_npy::read_npy(tmp.path().join("embedding.npy")).unwrap();
+    let embedding: ArrayD<f32> = ndarray_npy::read_npy(out.join("embedding.npy")).unwrap();
     let d = max_abs(f.cls().view().into_dyn(), embedding.index_axis(Axis(0), 0));
     println!("{name} hub export: CLS vs the file's embedding (onnxruntime) {d:.2e}");
     assert!(d <= FP32_TOL, "{d}");

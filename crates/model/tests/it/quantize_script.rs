@@ -12,7 +12,7 @@ use std::process::Command;
 use crate::common::{
     batch_item, fixtures, input, max_abs, mean_cosine, model, npy, options, python,
 };
-use dinoedge_model::{Backbone, Precision};
+use dinoedge_model::{Backbone, LoadReport, Precision};
 use ndarray::{Array2, ArrayD, s};
 
 fn script() -> PathBuf {
@@ -39,8 +39,14 @@ fn fixture_ops(file: &str) -> serde_json::Value {
 }
 
 /// dinoedge on `file` against onnxruntime's output of the same graph (`ort`), and against
-/// PyTorch fp32.
-fn check(file: &Path, ort: &Path, precision: Precision, min_fp32_cos: f64, ort_tol: (f32, f64)) {
+/// PyTorch fp32. Returns what loading it did.
+fn check(
+    file: &Path,
+    ort: &Path,
+    precision: Precision,
+    min_fp32_cos: f64,
+    ort_tol: (f32, f64),
+) -> LoadReport {
     let mut bb = Backbone::load(file, &options(224, 224, 1)).unwrap();
     assert_eq!(bb.precision(), precision);
     let got = bb
@@ -63,6 +69,7 @@ fn check(file: &Path, ort: &Path, precision: Precision, min_fp32_cos: f64, ort_t
     assert!(vs_ort <= ort_tol.0, "{vs_ort}");
     assert!(cos_ort >= ort_tol.1, "{cos_ort}");
     assert!(cos_fp32 >= min_fp32_cos, "{cos_fp32}");
+    bb.load_report().clone()
 }
 
 #[test]
@@ -99,7 +106,7 @@ fn quantized_by_the_script_loads_and_passes_parity() {
     let local = batch_item(&ndarray_npy::read_npy(t("ort_int8.npy")).unwrap(), 0);
     let torch = batch_item(&npy("dinov2-small/224x224/last_hidden_state.npy"), 0);
     assert!(mean_cosine(local.view(), torch.view()) >= 0.999);
-    check(
+    let int8 = check(
         &t("int8.onnx"),
         &fixtures().join("reference/dinov2-small/224x224/ort_model_int8_last_hidden_state.npy"),
         Precision::DynamicInt8 {
@@ -109,6 +116,53 @@ fn quantized_by_the_script_loads_and_passes_parity() {
         // the fixtures README's int8 tolerances against onnxruntime
         (0.15, 0.9999),
     );
+    assert_eq!(
+        int8.seven_bit_products, 0,
+        "8-bit weights taken for 7-bit ones"
+    );
+
+    // 7-bit weights (`--reduce-range`), both kinds, and per channel (a scale per column,
+    // computed at run time): every product on dinoedge's kernels where they run (the AVX2
+    // byte kernel for all 72). The reference is onnxruntime on this machine, whose x86
+    // kernels are exact for such weights too.
+    let on_dinoedge = dinoedge_model::qmatmul::Kernels::available().int8;
+    for (name, mode, per_channel, signed_weights) in [
+        ("int8_7bit", "dynamic", false, true),
+        ("uint8_7bit", "dynamic-u8", false, false),
+        ("int8_7bit_per_channel", "dynamic", true, true),
+    ] {
+        let (out, ort) = (t(&format!("{name}.onnx")), t(&format!("ort_{name}.npy")));
+        let (out_s, ort_s) = (s(&out), s(&ort));
+        let mut args = vec![fp32, &out_s, "--mode", mode, "--reduce-range"];
+        args.extend(per_channel.then_some("--per-channel"));
+        args.extend(["--check", x, &ort_s]);
+        let summary = quantize(&py, &args);
+        let recipe = summary["recipe"].as_str().unwrap();
+        assert!(
+            recipe.contains("reduce_range=True")
+                && recipe.contains(&format!(
+                    "per_channel={}",
+                    if per_channel { "True" } else { "False" }
+                )),
+            "{summary}"
+        );
+        let report = check(
+            &out,
+            &ort,
+            Precision::DynamicInt8 { signed_weights },
+            0.999,
+            (0.15, 0.9999),
+        );
+        assert_eq!(
+            report.seven_bit_products,
+            if on_dinoedge { 72 } else { 0 },
+            "{name}"
+        );
+        assert_eq!(
+            report.dinoedge_ops, int8.dinoedge_ops,
+            "{name}: the same operators swapped"
+        );
+    }
 
     // static QDQ, per channel, calibrated on images (the user's own in real use)
     let images = fixtures().join("images/voc2012_val_vainf");
@@ -150,6 +204,14 @@ fn quantized_by_the_script_loads_and_passes_parity() {
     for (args, want) in [
         (vec![fp32, &s(&t("int8.onnx"))], "exists"),
         (vec![fp32, &s(&t("x.onnx")), "--mode", "static"], "--images"),
+        (
+            vec![fp32, &s(&t("z.onnx")), "--mode", "static", "--reduce-range"],
+            "dynamic modes",
+        ),
+        (
+            vec![fp32, &s(&t("z.onnx")), "--mode", "static", "--per-channel"],
+            "dynamic modes",
+        ),
         (vec!["missing.onnx", &s(&t("y.onnx"))], "no such file"),
     ] {
         let out = Command::new(&py)
