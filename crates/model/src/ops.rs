@@ -758,7 +758,7 @@ mod tests {
     /// `acc: i32 [2, 3], scale: f32 []` → Cast → Mul → Add(bias [3]) (no `Add` without
     /// `with_bias`); with `tap_cast` the cast's output is also a model output (so the chain
     /// must not be fused).
-    fn epilogue_model(tap_cast: bool, with_bias: bool) -> TypedModel {
+    fn epilogue_model(tap_cast: bool, with_bias: bool, per_channel: bool) -> TypedModel {
         use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
         let mut m = TypedModel::default();
         let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
@@ -770,9 +770,22 @@ mod tests {
             .wire_node("cast", cast(f32::datum_type()), &[acc])
             .unwrap();
         let scale_b = m.wire_node("scale_axes", AxisOp::Add(0), &[scale]).unwrap();
-        let scale_b = m
+        let mut scale_b = m
             .wire_node("scale_axes2", AxisOp::Add(0), &scale_b)
             .unwrap();
+        if per_channel {
+            // `a_scale · b_scale[n]`, computed at run time (`quantize_dynamic(per_channel=True)`)
+            let b_scale = m
+                .add_const("b_scale", tensor2(&[[0.013f32, -2.5e-4, 7.0]]))
+                .unwrap();
+            scale_b = m
+                .wire_node(
+                    "scales",
+                    TypedBinOp(Box::new(math::Mul), None),
+                    &[scale_b[0], b_scale],
+                )
+                .unwrap();
+        }
         let mul = m
             .wire_node(
                 "mul",
@@ -851,63 +864,12 @@ mod tests {
     }
 
     #[test]
-    fn per_channel_dynamic_epilogue_fuses_bit_for_bit() {
-        // `Cast → Mul(a_scale · b_scale[n]) → Add(bias)`, the scale vector computed at run
-        // time from the activations' scalar one (`quantize_dynamic(per_channel=True)`)
-        use tract_core::ops::{binary::TypedBinOp, cast::cast, math};
-        let build = || {
-            let mut m = TypedModel::default();
-            let acc = m.add_source("acc", i32::fact([2, 3])).unwrap();
-            let a_scale = m.add_source("scale", f32::fact([0usize; 0])).unwrap();
-            let b_scale = m
-                .add_const("b_scale", tensor2(&[[0.013f32, -2.5e-4, 7.0]]))
-                .unwrap();
-            let bias = m
-                .add_const("bias", tensor2(&[[0.5f32, -1.25, 3.0]]))
-                .unwrap();
-            let a_scale = m.wire_node("a_axis", AxisOp::Add(0), &[a_scale]).unwrap();
-            let a_scale = m.wire_node("a_axis2", AxisOp::Add(0), &a_scale).unwrap();
-            let scales = m
-                .wire_node(
-                    "scales",
-                    TypedBinOp(Box::new(math::Mul), None),
-                    &[a_scale[0], b_scale],
-                )
-                .unwrap();
-            let c = m
-                .wire_node("cast", cast(f32::datum_type()), &[acc])
-                .unwrap();
-            let mul = m
-                .wire_node(
-                    "mul",
-                    TypedBinOp(Box::new(math::Mul), None),
-                    &[c[0], scales[0]],
-                )
-                .unwrap();
-            let add = m
-                .wire_node(
-                    "add",
-                    TypedBinOp(Box::new(math::Add), None),
-                    &[bias, mul[0]],
-                )
-                .unwrap();
-            m.select_output_outlets(&add).unwrap();
-            m
-        };
-        let want = run(build());
-        let mut fused = build();
-        assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
-        assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&run(fused)), bits(&want));
-    }
-
-    #[test]
     fn dequantize_epilogue_fuses_bit_for_bit() {
-        // with a bias, and without one (a projection with no bias: DINOv3's keys)
-        for with_bias in [true, false] {
-            let want = run(epilogue_model(false, with_bias));
-            let mut fused = epilogue_model(false, with_bias);
+        // with a bias, and without one (a projection with no bias: DINOv3's keys); one scale,
+        // and one per column
+        for (with_bias, per_channel) in [(true, false), (false, false), (true, true)] {
+            let want = run(epilogue_model(false, with_bias, per_channel));
+            let mut fused = epilogue_model(false, with_bias, per_channel);
             assert_eq!(fuse_dequantize(&mut fused).unwrap(), 1);
             assert!(fused.nodes().iter().any(|n| n.op_is::<DequantizeI32>()));
             assert!(
@@ -920,7 +882,7 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "bias: {with_bias}");
             // a chain whose intermediate is read elsewhere stays as it is
-            let mut tapped = epilogue_model(true, with_bias);
+            let mut tapped = epilogue_model(true, with_bias, per_channel);
             assert_eq!(fuse_dequantize(&mut tapped).unwrap(), 0);
         }
     }

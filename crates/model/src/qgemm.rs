@@ -278,7 +278,9 @@ impl PackedWeights {
             k,
             n,
             k4,
-            narrow: narrow(&panels),
+            // attention's keys and values, each key or column scaled to ±127: never 7-bit,
+            // so not scanned for it at every run
+            narrow: false,
             panels,
             colsum,
             zero: vec![0; n],
@@ -350,7 +352,9 @@ impl PackedWeights {
             k,
             n,
             k4,
-            narrow: narrow(&panels),
+            // attention's keys and values, each key or column scaled to ±127: never 7-bit,
+            // so not scanned for it at every run
+            narrow: false,
             panels,
             colsum,
             zero: vec![0; n],
@@ -370,7 +374,8 @@ impl PackedWeights {
     /// Whether the weights are 7-bit ones: every value, as packed, in `−64..=64` (int8 weights
     /// quantised with onnxruntime's `reduce_range`, or uint8 ones in `0..=127`, shifted by
     /// −64). Two of them times two unsigned bytes cannot leave 16 bits, so the AVX2 kernel
-    /// multiplies them as bytes (`VPMADDUBSW`), exactly, ~1.3x faster than widened.
+    /// multiplies them as bytes (`VPMADDUBSW`), exactly, ~1.3x faster than widened. Checked
+    /// by [`PackedWeights::new`]; the packings of attention's operands say no without looking.
     pub fn narrow(&self) -> bool {
         self.narrow
     }
@@ -1185,24 +1190,41 @@ mod avx2 {
     ) {
         let k4 = b.k4;
         let m = wide.len() / (2 * k4);
+        each_tile(m, b, panels, store, |rows, r0, panel, v0, out| {
+            let ap = wide[r0 * 2 * k4..].as_ptr();
+            // SAFETY: `rows` rows of 2·k4 words from `ap`, one whole panel from `panel`; the
+            // caller's promise (AVX2).
+            unsafe {
+                match rows {
+                    4 => tile::<4>(k4, ap, panel, v0, out),
+                    3 => tile::<3>(k4, ap, panel, v0, out),
+                    2 => tile::<2>(k4, ap, panel, v0, out),
+                    _ => tile::<1>(k4, ap, panel, v0, out),
+                }
+            }
+        });
+    }
+
+    /// The loops both AVX2 kernels share, in the order of the VNNI one: panel after panel,
+    /// blocks of [`MR`] rows (of `m`), `NV` vectors of columns at a time. `tile(rows, r0,
+    /// panel, v0, out)` fills the first `rows` rows of `out` from vector `v0` on, for rows
+    /// `r0..`; each row's sums then go to `store`.
+    fn each_tile(
+        m: usize,
+        b: &PackedWeights,
+        panels: std::ops::Range<usize>,
+        store: impl Fn(usize, usize, &[i32]),
+        mut tile: impl FnMut(usize, usize, *const i8, usize, &mut [[i32; NR]; MR]),
+    ) {
         let mut out = [[0i32; NR]; MR];
-        let panel_len = k4 * NR * 4;
+        let panel_len = b.k4 * NR * 4;
         for p in panels {
             let panel = b.panels[p * panel_len..].as_ptr();
             let cols = NR.min(b.n - p * NR);
             for r0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - r0);
-                let ap = wide[r0 * 2 * k4..].as_ptr();
                 for v0 in (0..cols.div_ceil(8)).step_by(NV) {
-                    // SAFETY: `rows` rows of 2·k4 words from `ap`, one whole panel from `panel`.
-                    unsafe {
-                        match rows {
-                            4 => tile::<4>(k4, ap, panel, v0, &mut out),
-                            3 => tile::<3>(k4, ap, panel, v0, &mut out),
-                            2 => tile::<2>(k4, ap, panel, v0, &mut out),
-                            _ => tile::<1>(k4, ap, panel, v0, &mut out),
-                        }
-                    }
+                    tile(rows, r0, panel, v0, &mut out);
                 }
                 for (r, dots) in out.iter().enumerate().take(rows) {
                     store(r0 + r, p * NR, &dots[..cols]);
@@ -1270,31 +1292,25 @@ mod avx2 {
     ) {
         debug_assert!(b.narrow, "tiles_narrow: weights outside −64..=64");
         let (k4, lda) = (b.k4, 4 * b.k4);
-        let m = a.len() / lda;
-        let mut out = [[0i32; NR]; MR];
-        let panel_len = k4 * NR * 4;
-        for p in panels {
-            let panel = b.panels[p * panel_len..].as_ptr();
-            let cols = NR.min(b.n - p * NR);
-            for r0 in (0..m).step_by(MR) {
-                let rows = MR.min(m - r0);
+        each_tile(
+            a.len() / lda,
+            b,
+            panels,
+            store,
+            |rows, r0, panel, v0, out| {
                 let ap = a[r0 * lda..].as_ptr();
-                for v0 in (0..cols.div_ceil(8)).step_by(NV) {
-                    // SAFETY: `rows` rows of `lda` bytes from `ap`, one whole panel from `panel`.
-                    unsafe {
-                        match rows {
-                            4 => tile_narrow::<4>(k4, ap, lda, panel, v0, &mut out),
-                            3 => tile_narrow::<3>(k4, ap, lda, panel, v0, &mut out),
-                            2 => tile_narrow::<2>(k4, ap, lda, panel, v0, &mut out),
-                            _ => tile_narrow::<1>(k4, ap, lda, panel, v0, &mut out),
-                        }
+                // SAFETY: `rows` rows of `lda` bytes from `ap`, one whole panel from `panel`; the
+                // caller's promise (AVX2, narrow weights).
+                unsafe {
+                    match rows {
+                        4 => tile_narrow::<4>(k4, ap, lda, panel, v0, out),
+                        3 => tile_narrow::<3>(k4, ap, lda, panel, v0, out),
+                        2 => tile_narrow::<2>(k4, ap, lda, panel, v0, out),
+                        _ => tile_narrow::<1>(k4, ap, lda, panel, v0, out),
                     }
                 }
-                for (r, dots) in out.iter().enumerate().take(rows) {
-                    store(r0 + r, p * NR, &dots[..cols]);
-                }
-            }
-        }
+            },
+        );
     }
 
     /// Whether this CPU can run [`tiles`] (for the tests, whatever kernel is in use).
@@ -1313,7 +1329,11 @@ pub(crate) mod tests {
         for (k, n) in [(64, 705), (705, 64), (5, 49), (1, 1)] {
             let b: Vec<i8> = noise(k * n, 7).map(|v| v as i8).collect();
             let bt: Vec<i8> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-            let want = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+            // (`new` checks for 7-bit weights; attention's packings do not look)
+            let want = PackedWeights {
+                narrow: false,
+                ..PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap()
+            };
             assert_eq!(
                 PackedWeights::from_columns(&bt, k, n).unwrap(),
                 want,
@@ -1327,7 +1347,11 @@ pub(crate) mod tests {
     fn packing_by_rows_is_packing() {
         for (k, n) in [(257, 64), (64, 705), (5, 49), (1, 1), (7, 3)] {
             let b: Vec<i8> = noise(k * n, 11).map(|v| v as i8).collect();
-            let want = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+            // (`new` checks for 7-bit weights; attention's packings do not look)
+            let want = PackedWeights {
+                narrow: false,
+                ..PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap()
+            };
             assert_eq!(
                 PackedWeights::from_rows(&b, k, n).unwrap(),
                 want,
