@@ -146,7 +146,11 @@ pub fn run(args: Args) -> Result<()> {
             "cache_entry": r1.cache_entry,
             "cache_note": r1.cache_note,
             "plan_nodes": first.plan_nodes(),
+            "int8_kernel": dinoedge_model::qgemm::kernel_name(),
+            "int8_products": r1.int8_products,
             "seven_bit_products": r1.seven_bit_products,
+            "byte_products": r1.byte_products,
+            "split_weights": r1.split_weights,
         });
         if !args.json {
             let fmt = |d: Option<std::time::Duration>| {
@@ -168,11 +172,8 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(n) = &r1.cache_note {
                 println!("cache note    {n}");
             }
-            if r1.seven_bit_products > 0 {
-                println!(
-                    "int8 kernel   {} products with 7-bit weights (exact byte products on AVX2)",
-                    r1.seven_bit_products
-                );
+            if r1.int8_products > 0 {
+                println!("int8 kernel   {}", int8_kernel_line(&r1));
             }
         }
     }
@@ -180,6 +181,29 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     Ok(())
+}
+
+/// What `dinoedge info` says of the int8 products on dinoedge's kernels: which kernel, and on
+/// AVX2 how many it multiplies as bytes (exact, ~1.3x the widened ones) and why.
+fn int8_kernel_line(r: &dinoedge_model::LoadReport) -> String {
+    let kernel = dinoedge_model::qgemm::kernel_name();
+    let mut line = format!("{kernel}: {} products", r.int8_products);
+    if kernel == "avx2" {
+        line += &format!(", {} multiplied as bytes", r.byte_products);
+        if r.byte_products > 0 {
+            line += &format!(
+                " ({} with 7-bit weights, {} 8-bit with {} weights split off)",
+                r.seven_bit_products,
+                r.byte_products - r.seven_bit_products,
+                r.split_weights
+            );
+        }
+        let widened = r.int8_products - r.byte_products;
+        if widened > 0 {
+            line += &format!(", {widened} widened to 16 bits (too many pairs to split)");
+        }
+    }
+    line
 }
 
 /// `pixel_values [batch, 3, H, W]`, or the fixed shape a file declares and what dinoedge

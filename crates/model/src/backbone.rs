@@ -278,6 +278,14 @@ pub struct LoadReport {
     /// −64..=64 as packed: `reduce_range` exports), which the AVX2 kernel multiplies as bytes
     /// ([`crate::qgemm::PackedWeights::narrow`]).
     pub seven_bit_products: usize,
+    /// How many int8 products run on dinoedge's kernels ([`crate::qgemm`]).
+    pub int8_products: usize,
+    /// How many of those the AVX2 kernel multiplies as bytes: the 7-bit ones, and 8-bit ones
+    /// whose few pairs of weights beyond `VPMADDUBSW`'s range were split off
+    /// ([`crate::qgemm::PackedWeights::split_pairs`]; only where the AVX2 kernel runs).
+    pub byte_products: usize,
+    /// How many weights were split off in all ([`crate::qgemm::PackedWeights::split`]).
+    pub split_weights: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -421,6 +429,9 @@ impl Backbone {
             dinoedge_ops: 0,
             fused_attention: 0,
             seven_bit_products: 0,
+            int8_products: 0,
+            byte_products: 0,
+            split_weights: 0,
             runtime,
             runtime_note,
         };
@@ -885,12 +896,16 @@ fn build_plan(
                 let n = crate::resize::swap_resizes(&mut optimized);
                 tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
             }
-            report.seven_bit_products = optimized
+            let products: Vec<_> = optimized
                 .nodes()
                 .iter()
                 .filter_map(|n| n.op_as::<crate::qmatmul::MatMulInt8>())
-                .filter(|op| op.weights.narrow())
-                .count();
+                .map(|op| &op.weights)
+                .collect();
+            report.int8_products = products.len();
+            report.seven_bit_products = products.iter().filter(|w| w.narrow()).count();
+            report.byte_products = products.iter().filter(|w| w.bytes()).count();
+            report.split_weights = products.iter().map(|w| w.split()).sum();
             report.dinoedge_ops = optimized
                 .nodes()
                 .iter()

@@ -20,7 +20,9 @@
 //!
 //! Three kernels, picked at run time ([`kernel_name`]): AMX (`TDPBUSD` on tiles, reading the
 //! same packed panels with a stride; see `amx`), AVX-512 VNNI, and AVX2 (`VPMADDWD` on
-//! bytes widened in registers, exact; see `avx2`), which replaces tract's AVX2 int8 kernel
+//! bytes widened in registers, exact; or `VPMADDUBSW` on the bytes themselves where no pair
+//! of weights can overflow it, the few pairs that could split off when packing:
+//! [`PackedWeights::split_pairs`]; see `avx2`), which replaces tract's AVX2 int8 kernel
 //! (one byte broadcast, widened and multiplied per `k`: ~2 multiply-adds per instruction).
 //! [`available`] says whether either runs; other CPUs (ARM's `sdot`) keep tract's products.
 //! The portable path here is the reference the tests compare both kernels with.
@@ -30,6 +32,10 @@ const NR: usize = 48;
 /// Rows in a tile.
 #[cfg(target_arch = "x86_64")]
 const MR: usize = 8;
+/// [`PackedWeights::split_pairs`] runs on the AVX2 kernel's CPUs when it cuts at most one
+/// weight in this many: each cut costs a scalar multiply-add per row, ~4 cycles on a Zen 3,
+/// against ~0.015 saved per weight and row by the byte kernel, so about break-even here.
+const SPLIT_PER: usize = 256;
 
 /// The constant right-hand side of an int8 product, packed for [`matmul`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +52,23 @@ pub struct PackedWeights {
     zero: Vec<i32>,
     /// Every packed byte in `−64..=64` ([`PackedWeights::narrow`]).
     narrow: bool,
+    /// Every pair the AVX2 byte kernel multiplies together within 128 in total magnitude
+    /// ([`PackedWeights::bytes`]).
+    bytes: bool,
+    /// What [`PackedWeights::split_pairs`] took out of the panels, panel after panel.
+    residuals: Vec<Residual>,
+    /// Where each panel's residuals start in `residuals`, and where the last ends; empty when
+    /// nothing was split.
+    residual_at: Vec<usize>,
+}
+
+/// A part of one weight that the panels leave out ([`PackedWeights::split_pairs`]): `e ·
+/// a[k]` belongs to the sum of column `col` of its panel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Residual {
+    k: u32,
+    col: u32,
+    e: i16,
 }
 
 /// The weights' values as the file stores them, row-major `[K, N]`.
@@ -228,15 +251,102 @@ impl PackedWeights {
         let zero = (0..n)
             .map(|c| zero[if zero.len() == 1 { 0 } else { c }] - shift)
             .collect();
-        Ok(PackedWeights {
+        let narrow = narrow(&panels);
+        let mut packed = PackedWeights {
             k,
             n,
             k4,
-            narrow: narrow(&panels),
+            narrow,
+            bytes: narrow,
             panels,
             colsum,
             zero,
-        })
+            residuals: Vec::new(),
+            residual_at: Vec::new(),
+        };
+        if !narrow && kernel() == Kernel::Avx2 {
+            packed.split_pairs(k * n / SPLIT_PER);
+        }
+        Ok(packed)
+    }
+
+    /// Make the panels exact for the AVX2 byte kernel ([`PackedWeights::bytes`]) by taking a
+    /// little out of the few pairs that are not: in each pair `VPMADDUBSW` multiplies together
+    /// (`k = 2j, 2j + 1` of one column) whose magnitudes add up to more than 128, the larger
+    /// is cut to `128 − |other|` and the rest kept aside, to be multiplied by its activation
+    /// and added to the column's sum after the tile ([`PackedWeights::restore`]). The sums
+    /// stay exact. Nothing changes (false) when more than `limit` pairs would be cut: the
+    /// widened kernel is then the faster. Weights quantised from a bell-shaped distribution
+    /// (trained ones; per-tensor scales put the largest at ±127, several deviations out)
+    /// have a few such pairs in a thousand; uniform or tightly truncated ones have many.
+    pub fn split_pairs(&mut self, limit: usize) -> bool {
+        let over = |p: &[i8]| p[0].unsigned_abs() as u32 + p[1].unsigned_abs() as u32 > 128;
+        if self.bytes {
+            return true;
+        }
+        match self.panels.chunks_exact(2).filter(|p| over(p)).count() {
+            0 => {
+                self.bytes = true;
+                return true;
+            }
+            cuts if cuts > limit => return false,
+            _ => {}
+        }
+        let panel_len = self.k4 * NR * 4;
+        let mut at = Vec::with_capacity(self.panels.len() / panel_len + 1);
+        let mut residuals = Vec::new();
+        for panel in self.panels.chunks_exact_mut(panel_len) {
+            at.push(residuals.len());
+            for (j, pair) in panel.chunks_exact_mut(2).enumerate() {
+                if !over(pair) {
+                    continue;
+                }
+                let big = usize::from(pair[1].unsigned_abs() > pair[0].unsigned_abs());
+                let (v, other) = (pair[big] as i32, pair[1 - big].unsigned_abs() as i32);
+                // |kept| + |other| = 128, and |kept| < |v|: in i8 (−128 only when other is 0)
+                let kept = v.signum() * (128 - other);
+                pair[big] = kept as i8;
+                // the byte's place in the panel: ((step · NR) + column) · 4 + k % 4
+                let i = 2 * j + big;
+                residuals.push(Residual {
+                    k: (i / (NR * 4) * 4 + i % 4) as u32,
+                    col: (i / 4 % NR) as u32,
+                    e: (v - kept) as i16,
+                });
+            }
+        }
+        at.push(residuals.len());
+        self.residuals = residuals;
+        self.residual_at = at;
+        self.bytes = true;
+        true
+    }
+
+    /// `store` with what [`PackedWeights::split_pairs`] took out of a panel added back to
+    /// each row's sums (`a`: the activations the tiles were computed from, rows of
+    /// [`PackedWeights::padded_k`]); `store` itself where nothing was.
+    fn restore<'s, S: Fn(usize, usize, &[i32]) + 's>(
+        &'s self,
+        a: &'s [u8],
+        store: S,
+    ) -> impl Fn(usize, usize, &[i32]) + 's {
+        let lda = 4 * self.k4;
+        move |row, c0, dots| {
+            let p = c0 / NR;
+            let parts = match self.residual_at.get(p..p + 2) {
+                Some(&[start, end]) if start < end => &self.residuals[start..end],
+                _ => return store(row, c0, dots),
+            };
+            let mut sums = [0i32; NR];
+            let sums = &mut sums[..dots.len()];
+            sums.copy_from_slice(dots);
+            let x = &a[row * lda..][..lda];
+            for r in parts {
+                let s = &mut sums[r.col as usize];
+                *s = s.wrapping_add(i32::from(r.e) * i32::from(x[r.k as usize]));
+            }
+            store(row, c0, sums)
+        }
     }
 
     /// `K` (the shared dimension).
@@ -281,9 +391,12 @@ impl PackedWeights {
             // attention's keys and values, each key or column scaled to ±127: never 7-bit,
             // so not scanned for it at every run
             narrow: false,
+            bytes: false,
             panels,
             colsum,
             zero: vec![0; n],
+            residuals: Vec::new(),
+            residual_at: Vec::new(),
         })
     }
 
@@ -355,9 +468,12 @@ impl PackedWeights {
             // attention's keys and values, each key or column scaled to ±127: never 7-bit,
             // so not scanned for it at every run
             narrow: false,
+            bytes: false,
             panels,
             colsum,
             zero: vec![0; n],
+            residuals: Vec::new(),
+            residual_at: Vec::new(),
         })
     }
 
@@ -378,6 +494,19 @@ impl PackedWeights {
     /// by [`PackedWeights::new`]; the packings of attention's operands say no without looking.
     pub fn narrow(&self) -> bool {
         self.narrow
+    }
+
+    /// Whether the AVX2 kernel multiplies these weights as bytes (`VPMADDUBSW`, exact): 7-bit
+    /// ones ([`PackedWeights::narrow`]), or 8-bit ones whose few pairs beyond its range are
+    /// split ([`PackedWeights::split_pairs`], done when packing on a CPU that runs the AVX2
+    /// kernel).
+    pub fn bytes(&self) -> bool {
+        self.bytes
+    }
+
+    /// How many weights [`PackedWeights::split_pairs`] cut (0 where nothing was split).
+    pub fn split(&self) -> usize {
+        self.residuals.len()
     }
 
     fn zero_is_zero(&self) -> bool {
@@ -511,15 +640,16 @@ pub fn matmul(
         row.finish(dst);
     };
     #[cfg(target_arch = "x86_64")]
-    if avx2 && !b.narrow {
+    if avx2 && !b.bytes {
         // the activations widened once here, not by every thread for every chunk of panels,
         // into this thread's buffer (no allocation per product)
         let mut wide = avx2::WIDE.take();
         // SAFETY: the CPU has AVX2 (checked by `kernel`).
         unsafe { avx2::widen(a_rows, &mut wide) };
+        let store = b.restore(a_rows, store);
         let done = par_panels(n.div_ceil(NR), m * n * k, |panels| {
             // SAFETY: as above; `wide` is `a_rows` widened.
-            unsafe { avx2::tiles_widened(&wide, b, panels, store) }
+            unsafe { avx2::tiles_widened(&wide, b, panels, &store) }
         });
         avx2::WIDE.set(wide);
         return done;
@@ -713,13 +843,15 @@ pub fn dots(a: &[u8], b: &PackedWeights, out: &mut [i32]) -> Result<(), ShapeErr
 }
 
 /// Every tile's dot products `Σ a·b` (unsigned by signed) in `panels`, handed to
-/// `store(row, first column, values)` a row segment at a time.
+/// `store(row, first column, values)` a row segment at a time, with what
+/// [`PackedWeights::split_pairs`] took out of the panels added back.
 fn tiles(
     a: &[u8],
     b: &PackedWeights,
     panels: std::ops::Range<usize>,
     store: impl Fn(usize, usize, &[i32]),
 ) {
+    let store = b.restore(a, store);
     match kernel() {
         // SAFETY: the CPU has AMX-TILE and AMX-INT8, and this process may use them (checked by
         // `kernel`).
@@ -1168,8 +1300,8 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
     ) {
-        if b.narrow {
-            // SAFETY: the caller's promise (AVX2); the weights are narrow.
+        if b.bytes {
+            // SAFETY: the caller's promise (AVX2); the pairs fit (`b.bytes`).
             return unsafe { tiles_narrow(a, b, panels, store) };
         }
         let mut wide = WIDE.take();
@@ -1290,7 +1422,7 @@ mod avx2 {
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
     ) {
-        debug_assert!(b.narrow, "tiles_narrow: weights outside −64..=64");
+        debug_assert!(b.bytes, "tiles_narrow: pairs of weights beyond 128");
         let (k4, lda) = (b.k4, 4 * b.k4);
         each_tile(
             a.len() / lda,
@@ -1332,6 +1464,7 @@ pub(crate) mod tests {
             // (`new` checks for 7-bit weights; attention's packings do not look)
             let want = PackedWeights {
                 narrow: false,
+                bytes: false,
                 ..PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap()
             };
             assert_eq!(
@@ -1350,6 +1483,7 @@ pub(crate) mod tests {
             // (`new` checks for 7-bit weights; attention's packings do not look)
             let want = PackedWeights {
                 narrow: false,
+                bytes: false,
                 ..PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap()
             };
             assert_eq!(
@@ -1394,10 +1528,18 @@ pub(crate) mod tests {
         Eight,
         /// 7-bit ones ([`PackedWeights::narrow`]): `−64..=64` signed, `0..=127` unsigned.
         Seven,
+        /// 8-bit ones from a bell-shaped distribution (as trained weights are), the pairs
+        /// beyond the byte kernel's range split ([`PackedWeights::split_pairs`]).
+        Bell,
+    }
+
+    /// A bell-shaped signed byte from four of `noise`'s (their mean, centred: σ ≈ 37).
+    fn bell(q: &[u8]) -> i8 {
+        ((q.iter().map(|v| *v as i32).sum::<i32>() - 510) / 4) as i8
     }
 
     fn check(m: usize, k: usize, n: usize, signed_a: bool, signed_b: bool, per_column: bool) {
-        for bits in [Bits::Eight, Bits::Seven] {
+        for bits in [Bits::Eight, Bits::Seven, Bits::Bell] {
             check_bits(m, k, n, signed_a, signed_b, per_column, bits);
         }
     }
@@ -1412,13 +1554,20 @@ pub(crate) mod tests {
         bits: Bits,
     ) {
         let a_bytes: Vec<u8> = noise(m * k, 1 + m as u32).collect();
-        let b_bytes: Vec<u8> = noise(k * n, 7 + n as u32)
-            .map(|v| match (bits, signed_b) {
-                (Bits::Eight, _) => v,
-                (Bits::Seven, true) => ((v % 129) as i16 - 64) as i8 as u8,
-                (Bits::Seven, false) => v & 0x7f,
-            })
-            .collect();
+        let b_bytes: Vec<u8> = match bits {
+            Bits::Bell => noise(4 * k * n, 7 + n as u32)
+                .collect::<Vec<_>>()
+                .chunks_exact(4)
+                .map(|q| (bell(q) as u8) ^ if signed_b { 0 } else { 0x80 })
+                .collect(),
+            _ => noise(k * n, 7 + n as u32)
+                .map(|v| match (bits, signed_b) {
+                    (Bits::Seven, true) => ((v % 129) as i16 - 64) as i8 as u8,
+                    (Bits::Seven, false) => v & 0x7f,
+                    _ => v,
+                })
+                .collect(),
+        };
         let zb: Vec<i32> = if per_column {
             noise(n, 3)
                 .map(|z| if signed_b { z as i8 as i32 } else { z as i32 })
@@ -1450,10 +1599,18 @@ pub(crate) mod tests {
         } else {
             Weights::U8(&b_bytes)
         };
-        let packed = PackedWeights::new(weights, k, n, &zb).unwrap();
+        let mut packed = PackedWeights::new(weights, k, n, &zb).unwrap();
         if bits == Bits::Seven || k * n >= 64 {
             // (64 bytes of noise all within −64..=64 would be a 1-in-10¹⁹ draw)
             assert_eq!(packed.narrow(), bits == Bits::Seven, "{bits:?}");
+        }
+        if bits == Bits::Bell {
+            // split whatever the limit and the CPU, so that every kernel adds the parts back
+            assert!(packed.split_pairs(usize::MAX));
+            assert!(packed.bytes());
+            if k * n >= 1000 {
+                assert!(packed.split() > 0, "m{m} k{k} n{n}: nothing split");
+            }
         }
         let want = definition(&a_vals, za, &b_vals, &zb, k, n);
         let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.25 - 3.0).collect();
@@ -1484,33 +1641,33 @@ pub(crate) mod tests {
         tiles(rows, &packed, panels.clone(), |r, c0, d| {
             fast.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
+        // (`tiles` adds back what `split_pairs` took out; the kernels alone do not)
         let slow = std::sync::Mutex::new(vec![0i32; m * n]);
-        portable_tiles(rows, &packed, panels.clone(), |r, c0, d| {
+        let store = packed.restore(rows, |r, c0, d| {
             slow.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
         });
+        portable_tiles(rows, &packed, panels.clone(), store);
         assert_eq!(*fast.lock().unwrap(), *slow.lock().unwrap());
         // the AVX2 kernel too, whichever kernel this CPU picked
         #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             let wide = std::sync::Mutex::new(vec![0i32; m * n]);
+            let store = packed.restore(rows, |r, c0, d| {
+                wide.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+            });
             // SAFETY: the CPU has AVX2 (just checked).
-            unsafe {
-                avx2::tiles(rows, &packed, panels.clone(), |r, c0, d| {
-                    wide.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
-                })
-            };
+            unsafe { avx2::tiles(rows, &packed, panels.clone(), store) };
             assert_eq!(*wide.lock().unwrap(), *slow.lock().unwrap(), "avx2");
         }
         // and the AMX kernel, where this CPU and system have it
         #[cfg(target_arch = "x86_64")]
         if amx::detected() {
             let tiled = std::sync::Mutex::new(vec![0i32; m * n]);
+            let store = packed.restore(rows, |r, c0, d| {
+                tiled.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
+            });
             // SAFETY: the CPU has AMX and the process may use it (just checked).
-            unsafe {
-                amx::tiles(rows, &packed, panels, |r, c0, d| {
-                    tiled.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
-                })
-            };
+            unsafe { amx::tiles(rows, &packed, panels, store) };
             assert_eq!(*tiled.lock().unwrap(), *slow.lock().unwrap(), "amx");
         }
     }
@@ -1570,6 +1727,42 @@ pub(crate) mod tests {
             };
             matmul(&Activations::U8(&a, 0), &packed, &epi, &mut out).unwrap();
             assert!(out.iter().all(|v| *v == want as f32), "{what}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn split_pairs_are_exact_at_the_extremes() {
+        // pairs at every sum of magnitudes past 128, up to −128 by −128, against activations
+        // of 255 (the most `VPMADDUBSW` could be handed) and of noise
+        let (m, k, n) = (6, 36, 53);
+        let values = [
+            -128i8, 127, -128, -128, 127, 127, 1, -128, 64, 65, -2, 127, 0, -128,
+        ];
+        let b: Vec<i8> = noise(k * n, 13)
+            .map(|v| values[v as usize % values.len()])
+            .collect();
+        let unsigned: Vec<u8> = b.iter().map(|v| *v as u8).collect();
+        for a in [vec![255u8; m * k], noise(m * k, 5).collect()] {
+            for (weights, zero) in [(Weights::I8(&b), 0), (Weights::U8(&unsigned), 3)] {
+                let mut packed = PackedWeights::new(weights, k, n, &[zero]).unwrap();
+                assert!(packed.split_pairs(usize::MAX));
+                assert!(packed.split() > 0);
+                let signed = matches!(weights, Weights::I8(_));
+                let b32: Vec<i32> = b
+                    .iter()
+                    .map(|v| if signed { *v as i32 } else { *v as u8 as i32 })
+                    .collect();
+                let a32: Vec<i32> = a.iter().map(|v| *v as i32).collect();
+                let want = definition(&a32, 9, &b32, &[zero], k, n);
+                let mut out = vec![0f32; m * n];
+                let epi = Epilogue::Scale {
+                    scale: 1.0,
+                    bias: None,
+                };
+                matmul(&Activations::U8(&a, 9), &packed, &epi, &mut out).unwrap();
+                let want: Vec<f32> = want.iter().map(|v| *v as f32).collect();
+                assert_eq!(out, want, "signed weights {signed}");
+            }
         }
     }
 

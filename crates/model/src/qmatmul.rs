@@ -85,10 +85,10 @@ impl Op for MatMulInt8 {
             "K {} N {}, {kind}{}",
             self.weights.k(),
             self.weights.n(),
-            if self.weights.narrow() {
-                ", 7-bit weights"
-            } else {
-                ""
+            match (self.weights.narrow(), self.weights.split()) {
+                (true, _) => ", 7-bit weights".to_string(),
+                (false, 0) => String::new(),
+                (false, n) => format!(", {n} weights split off for the AVX2 byte kernel"),
             }
         )])
     }

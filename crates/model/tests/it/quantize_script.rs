@@ -226,3 +226,59 @@ fn quantized_by_the_script_loads_and_passes_parity() {
         );
     }
 }
+
+/// 8-bit weights from a bell-shaped distribution, as trained matrices' are
+/// (`benches/bell_weights.py` redraws the fixture's): where the AVX2 int8 kernel runs, every
+/// product multiplies them as bytes, the few pairs beyond `VPMADDUBSW`'s range split off and
+/// added back, and the output is onnxruntime's on the same file within the int8 tolerances.
+#[test]
+fn bell_shaped_8bit_weights_run_as_bytes() {
+    let Some(py) = python("the bell-shaped weights test") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let redraw = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../benches/bell_weights.py");
+    let out = Command::new(&py)
+        .arg(redraw)
+        .args([
+            model("dinov2-small/onnx/model.onnx").to_str().unwrap(),
+            &t("bell.onnx"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = fixtures().join("reference/inputs/pixel_values_224x224.npy");
+    for (mode, signed_weights) in [("dynamic", true), ("dynamic-u8", false)] {
+        let (file, ort) = (t(&format!("{mode}.onnx")), t(&format!("{mode}.npy")));
+        let args = [&t("bell.onnx"), &file, "--mode", mode, "--check"];
+        quantize(&py, &[&args[..], &[x.to_str().unwrap(), &ort]].concat());
+        let mut bb = Backbone::load(Path::new(&file), &options(224, 224, 1)).unwrap();
+        assert_eq!(bb.precision(), Precision::DynamicInt8 { signed_weights });
+        let got = bb.run(input("224x224").view()).unwrap().remove(0).tokens;
+        let got = got.to_sequence();
+        let ort = batch_item(&ndarray_npy::read_npy(&ort).unwrap(), 0);
+        let (vs_ort, cos) = (
+            max_abs(got.view(), ort.view()),
+            mean_cosine(got.view(), ort.view()),
+        );
+        let report = bb.load_report();
+        println!(
+            "{mode}: vs ORT max abs {vs_ort:.3} mean cos {cos:.6}; {} of {} products as bytes, \
+             {} weights split off",
+            report.byte_products, report.int8_products, report.split_weights
+        );
+        assert!(vs_ort <= 0.15 && cos >= 0.9999, "{mode}: {vs_ort} {cos}");
+        assert_eq!(report.seven_bit_products, 0, "{mode}");
+        if dinoedge_model::qgemm::kernel_name() == "avx2" {
+            assert_eq!(report.byte_products, 72, "{mode}");
+            assert!(report.split_weights > 0, "{mode}");
+        } else {
+            assert_eq!(report.split_weights, 0, "{mode}: split off the AVX2 kernel");
+        }
+    }
+}
