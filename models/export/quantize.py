@@ -8,10 +8,12 @@ Modes:
   static      QDQ: int8 weights per output channel and int8 activations whose ranges are
               calibrated on YOUR images (a folder of JPEG/PNG), at the size you will run.
 
---reduce-range (dynamic modes) quantizes the weights to 7 bits (onnxruntime's `reduce_range`:
-int8 in -64..64, uint8 in 0..127). On x86 CPUs with AVX2 but no AVX-512 VNNI (most mini-PCs)
-dinoedge multiplies such weights with a faster exact kernel (about 1.3x on the matrix products);
+--reduce-range quantizes the weights to 7 bits (onnxruntime's `reduce_range`: int8 in -64..64,
+uint8 in 0..127). On x86 CPUs with AVX2 but no AVX-512 VNNI (most mini-PCs) dinoedge multiplies
+such weights as bytes, exactly (about 1.3x on the matrix products against weights it must widen);
 the weights keep half the levels, so check the result on your images (`dinoedge compare`).
+8-bit weights of a trained model, one scale per matrix (the dynamic modes' default), mostly run
+as bytes anyway; per-channel ones (static mode, --per-channel) do not, so there it matters most.
 
 --per-channel (dynamic modes) gives each output column of a weight matrix its own scale (and,
 for uint8, zero point) instead of one per matrix: closer to fp32, the same speed in dinoedge.
@@ -20,6 +22,7 @@ Examples:
   python3 quantize.py model.onnx model_int8.onnx --mode dynamic
   python3 quantize.py model.onnx model_int8_7bit.onnx --mode dynamic --reduce-range --per-channel
   python3 quantize.py model.onnx model_qdq.onnx --mode static --images ~/frames --size 224x224
+  python3 quantize.py model.onnx model_qdq_7bit.onnx --mode static --images ~/frames --reduce-range
 
   # and then: how far is it from the original, on your images?
   dinoedge compare model.onnx model_qdq.onnx ~/frames/*.jpg --head vits14-nyu-linear
@@ -107,7 +110,7 @@ def main():
     ap.add_argument("--check", nargs=2, type=Path, metavar=("IN.npy", "OUT.npy"),
                     help="run the result in onnxruntime on IN and save last_hidden_state to OUT")
     ap.add_argument("--reduce-range", action="store_true",
-                    help="dynamic: 7-bit weights (a faster exact kernel on AVX2-only x86; half the levels)")
+                    help="7-bit weights (a faster exact kernel on AVX2-only x86; half the levels)")
     ap.add_argument("--per-channel", action="store_true",
                     help="dynamic: one weight scale per output column (closer to fp32)")
     ap.add_argument("--force", action="store_true", help="overwrite OUT")
@@ -126,9 +129,8 @@ def main():
         sys.exit(f"error: {args.model}: no such file")
     if args.out.exists() and not args.force:
         sys.exit(f"error: {args.out} exists (pass --force to overwrite)")
-    if args.mode == "static" and (args.reduce_range or args.per_channel):
-        sys.exit("error: --reduce-range and --per-channel are for the dynamic modes "
-                 "(static weights are per channel already)")
+    if args.mode == "static" and args.per_channel:
+        sys.exit("error: --per-channel is for the dynamic modes (static weights are per channel already)")
     if args.mode == "static" and not args.images:
         sys.exit("error: --mode static calibrates on your images: pass --images FOLDER")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +171,10 @@ def main():
                 str(pre), str(args.out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul", "Conv"], calibrate_method=method,
+                reduce_range=args.reduce_range,
             )
-        recipe = (f"quant_pre_process + quantize_static(QDQ, per_channel=True, S8S8, MatMul+Conv, {args.method}) "
+        recipe = (f"quant_pre_process + quantize_static(QDQ, per_channel=True, S8S8, MatMul+Conv, {args.method}, "
+                  f"reduce_range={args.reduce_range}) "
                   f"on {len(files)} images at {args.size[0]}x{args.size[1]}")
 
     summary = {
