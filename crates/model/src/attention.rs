@@ -388,7 +388,6 @@ struct Scratch {
     o: Vec<f32>,
     a8: Vec<i8>,
     a_u8: Vec<u8>,
-    dots: Vec<i32>,
     p8: Vec<u8>,
     q8: Vec<i8>,
     q_scales: Vec<f32>,
@@ -445,7 +444,6 @@ fn block_in(
         o,
         a8,
         a_u8,
-        dots,
         p8,
         q8,
         q_scales,
@@ -503,8 +501,6 @@ fn block_in(
                 }
                 dst[d..].fill(0);
             }
-            let dots = room(dots, rows * n.max(dv));
-            qgemm::dots(a_u8, keys, &mut dots[..rows * n])?;
             // leading scale steps folded into each row's scale
             let lead = spec
                 .before
@@ -518,6 +514,14 @@ fn block_in(
                     Step::FakeQuantize { .. } => 1.0,
                 })
                 .product();
+            // the scores scaled as the tiles hand their sums over (no `i32` rows in between)
+            let shared_scores = SharedRows::new(scores);
+            qgemm::dots_each(a_u8, keys, |row, c0, sums| {
+                // SAFETY: `dots_each` hands each (row, column) over once, inside `rows × n`.
+                let dst = unsafe { shared_scores.segment(row * n + c0, sums.len()) };
+                let (offsets, scales) = (&key_offsets[c0..], &key_scales[c0..]);
+                kernels::scale_dots(sums, offsets, q_scales[row] * folded, scales, dst);
+            })?;
             let lp = values.padded_k();
             let p8 = room(p8, rows * lp);
             p_scales.clear();
@@ -535,13 +539,7 @@ fn block_in(
                 _ => None,
             };
             let q8 = room(q8, n);
-            for (((row, acc), s), bytes) in scores
-                .chunks_exact_mut(n)
-                .zip(dots.chunks_exact(n))
-                .zip(q_scales.iter())
-                .zip(p8.chunks_exact_mut(lp))
-            {
-                kernels::scale_dots(acc, key_offsets, *s * folded, key_scales, row);
+            for (row, bytes) in scores.chunks_exact_mut(n).zip(p8.chunks_exact_mut(lp)) {
                 spec.before[lead..].iter().for_each(|s| s.apply(row));
                 bytes[n..].fill(0);
                 let bytes = &mut bytes[..n];
@@ -561,13 +559,25 @@ fn block_in(
                 spec.after.iter().for_each(|s| s.apply(row));
                 p_scales.extend(quantize_rows_u8(row, n, n, bytes));
             }
-            qgemm::dots(p8, values, &mut dots[..rows * dv])?;
-            for ((row, acc), s) in o
-                .chunks_exact_mut(dv)
-                .zip(dots.chunks_exact(dv))
-                .zip(p_scales.iter())
-            {
-                kernels::scale_dots(acc, value_offsets, *s, value_scales, row);
+            // the outputs scaled as the tiles hand them over, into the output itself where
+            // its rows are dense
+            let dense = ol.col == 1;
+            let shared_o = SharedRows::new(o);
+            qgemm::dots_each(p8, values, |row, c0, sums| {
+                // SAFETY: each (row, column) once, as above; in `out`, each task writes its
+                // own queries' rows, which are dense (`attend` checks the layout).
+                let dst = unsafe {
+                    if dense {
+                        out.segment(hh * ol.head + (r0 + row) * ol.row + c0, sums.len())
+                    } else {
+                        shared_o.segment(row * dv + c0, sums.len())
+                    }
+                };
+                let (offsets, scales) = (&value_offsets[c0..], &value_scales[c0..]);
+                kernels::scale_dots(sums, offsets, p_scales[row], scales, dst);
+            })?;
+            if dense {
+                return Ok(());
             }
         }
     }

@@ -645,11 +645,12 @@ pub fn matmul(
         // into this thread's buffer (no allocation per product)
         let mut wide = avx2::WIDE.take();
         // SAFETY: the CPU has AVX2 (checked by `kernel`).
-        unsafe { avx2::widen(a_rows, &mut wide) };
-        let store = b.restore(a_rows, store);
+        let words = unsafe { avx2::widen(a_rows, &mut wide) };
+        // (widened weights were not split: nothing to add back)
+        debug_assert!(b.residuals.is_empty());
         let done = par_panels(n.div_ceil(NR), m * n * k, |panels| {
-            // SAFETY: as above; `wide` is `a_rows` widened.
-            unsafe { avx2::tiles_widened(&wide, b, panels, &store) }
+            // SAFETY: as above; `words` are `a_rows` widened.
+            unsafe { avx2::tiles_widened(words, b, panels, store) }
         });
         avx2::WIDE.set(wide);
         return done;
@@ -822,23 +823,23 @@ pub(crate) fn par_panels(
 }
 
 /// The raw dot products `Σ_k a·b` of unsigned activations (rows of
-/// [`PackedWeights::padded_k`], zero padded) and signed weights (zero points ignored) into
-/// `out` (`[M, N]`), on this thread: for callers that split the work and apply their own
-/// epilogue (attention's products, [`crate::attention`]).
-pub fn dots(a: &[u8], b: &PackedWeights, out: &mut [i32]) -> Result<(), ShapeError> {
-    let (lda, n) = (b.padded_k(), b.n);
-    let m = a.len() / lda;
-    if !a.len().is_multiple_of(lda) || out.len() != m * n {
+/// [`PackedWeights::padded_k`], zero padded) and signed weights (zero points ignored), on this
+/// thread, handed to `store(row, first column, sums)` a row segment of up to 48 columns at a
+/// time, each (row, column) once: for callers that split the work and apply their own
+/// epilogue as the sums come out of the tiles (attention's products, [`crate::attention`]).
+pub fn dots_each(
+    a: &[u8],
+    b: &PackedWeights,
+    store: impl Fn(usize, usize, &[i32]),
+) -> Result<(), ShapeError> {
+    let lda = b.padded_k();
+    if !a.len().is_multiple_of(lda) {
         return Err(ShapeError(format!(
-            "{} activations and {} outputs for rows of {lda}, N {n}",
-            a.len(),
-            out.len()
+            "{} activations for rows of {lda}",
+            a.len()
         )));
     }
-    let out = std::cell::RefCell::new(out);
-    tiles(a, b, 0..n.div_ceil(NR), |row, c0, v| {
-        out.borrow_mut()[row * n + c0..][..v.len()].copy_from_slice(v)
-    });
+    tiles(a, b, 0..b.n.div_ceil(NR), store);
     Ok(())
 }
 
@@ -851,19 +852,19 @@ fn tiles(
     panels: std::ops::Range<usize>,
     store: impl Fn(usize, usize, &[i32]),
 ) {
-    let store = b.restore(a, store);
     match kernel() {
         // SAFETY: the CPU has AMX-TILE and AMX-INT8, and this process may use them (checked by
         // `kernel`).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Amx => unsafe { amx::tiles(a, b, panels, store) },
+        Kernel::Amx => unsafe { amx::tiles(a, b, panels, b.restore(a, store)) },
         // SAFETY: the CPU has AVX-512F, BW and VNNI (checked by `kernel`).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Vnni => unsafe { vnni::tiles(a, b, panels, store) },
-        // SAFETY: the CPU has AVX2 (checked by `kernel`).
+        Kernel::Vnni => unsafe { vnni::tiles(a, b, panels, b.restore(a, store)) },
+        // SAFETY: the CPU has AVX2 (checked by `kernel`); it adds the parts back itself, a
+        // block of rows at a time.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { avx2::tiles(a, b, panels, store) },
-        _ => portable_tiles(a, b, panels, store),
+        _ => portable_tiles(a, b, panels, b.restore(a, store)),
     }
 }
 
@@ -1253,16 +1254,20 @@ mod avx2 {
     /// (what `VPMADDWD` pairs with the weights' even and odd bytes), so that the kernel
     /// broadcasts them as they are. 16 bytes at a time by one byte shuffle (bytes 0–7 into
     /// the low half, 8–15 into the high one), the last by [`widen_group`].
+    /// The words are the first `a.len() / 2` of `wide`, which only ever grows (no zeroing of
+    /// what a shorter product left: every word returned is written).
     #[target_feature(enable = "avx2")]
-    pub(super) fn widen(a: &[u8], wide: &mut Vec<u32>) {
+    pub(super) fn widen<'w>(a: &[u8], wide: &'w mut Vec<u32>) -> &'w [u32] {
         const Z: i8 = -128; // a shuffle index with its top bit set writes a zero byte
         #[rustfmt::skip]
         let order = _mm256_setr_epi8(
             0, Z, 2, Z, 1, Z, 3, Z, 4, Z, 6, Z, 5, Z, 7, Z,
             8, Z, 10, Z, 9, Z, 11, Z, 12, Z, 14, Z, 13, Z, 15, Z,
         );
-        // every word is written below: only a longer vector needs zeros first
-        wide.resize(a.len() / 2, 0);
+        if wide.len() < a.len() / 2 {
+            wide.resize(a.len() / 2, 0);
+        }
+        let wide = &mut wide[..a.len() / 2];
         let whole = a.len() - a.len() % 16;
         for (src, dst) in a[..whole].chunks_exact(16).zip(wide.chunks_exact_mut(8)) {
             // SAFETY: 16 bytes read from `src`, 8 words written to `dst`.
@@ -1278,6 +1283,7 @@ mod avx2 {
         {
             dst.copy_from_slice(&widen_group(q));
         }
+        wide
     }
 
     /// One step's 4 bytes as [`widen`] lays them out.
@@ -1305,9 +1311,9 @@ mod avx2 {
             return unsafe { tiles_narrow(a, b, panels, store) };
         }
         let mut wide = WIDE.take();
-        widen(a, &mut wide);
+        let words = widen(a, &mut wide);
         // SAFETY: the caller's promise (AVX2).
-        unsafe { tiles_widened(&wide, b, panels, store) };
+        unsafe { tiles_widened(words, b, panels, store) };
         WIDE.set(wide);
     }
 
@@ -1322,31 +1328,40 @@ mod avx2 {
     ) {
         let k4 = b.k4;
         let m = wide.len() / (2 * k4);
-        each_tile(m, b, panels, store, |rows, r0, panel, v0, out| {
-            let ap = wide[r0 * 2 * k4..].as_ptr();
-            // SAFETY: `rows` rows of 2·k4 words from `ap`, one whole panel from `panel`; the
-            // caller's promise (AVX2).
-            unsafe {
-                match rows {
-                    4 => tile::<4>(k4, ap, panel, v0, out),
-                    3 => tile::<3>(k4, ap, panel, v0, out),
-                    2 => tile::<2>(k4, ap, panel, v0, out),
-                    _ => tile::<1>(k4, ap, panel, v0, out),
+        each_tile(
+            m,
+            b,
+            panels,
+            store,
+            |rows, r0, panel, v0, out| {
+                let ap = wide[r0 * 2 * k4..].as_ptr();
+                // SAFETY: `rows` rows of 2·k4 words from `ap`, one whole panel from `panel`; the
+                // caller's promise (AVX2).
+                unsafe {
+                    match rows {
+                        4 => tile::<4>(k4, ap, panel, v0, out),
+                        3 => tile::<3>(k4, ap, panel, v0, out),
+                        2 => tile::<2>(k4, ap, panel, v0, out),
+                        _ => tile::<1>(k4, ap, panel, v0, out),
+                    }
                 }
-            }
-        });
+            },
+            |_, _, _, _| {},
+        );
     }
 
     /// The loops both AVX2 kernels share, in the order of the VNNI one: panel after panel,
     /// blocks of [`MR`] rows (of `m`), `NV` vectors of columns at a time. `tile(rows, r0,
     /// panel, v0, out)` fills the first `rows` rows of `out` from vector `v0` on, for rows
-    /// `r0..`; each row's sums then go to `store`.
+    /// `r0..`; `fix(p, r0, rows, out)` then sees the block of panel `p`, and each row's sums
+    /// go to `store`.
     fn each_tile(
         m: usize,
         b: &PackedWeights,
         panels: std::ops::Range<usize>,
         store: impl Fn(usize, usize, &[i32]),
         mut tile: impl FnMut(usize, usize, *const i8, usize, &mut [[i32; NR]; MR]),
+        fix: impl Fn(usize, usize, usize, &mut [[i32; NR]; MR]),
     ) {
         let mut out = [[0i32; NR]; MR];
         let panel_len = b.k4 * NR * 4;
@@ -1358,6 +1373,7 @@ mod avx2 {
                 for v0 in (0..cols.div_ceil(8)).step_by(NV) {
                     tile(rows, r0, panel, v0, &mut out);
                 }
+                fix(p, r0, rows, &mut out);
                 for (r, dots) in out.iter().enumerate().take(rows) {
                     store(r0 + r, p * NR, &dots[..cols]);
                 }
@@ -1442,7 +1458,32 @@ mod avx2 {
                     }
                 }
             },
+            |p, r0, rows, out| add_back(b, p, &a[r0 * lda..], lda, rows, out),
         );
+    }
+
+    /// What [`PackedWeights::split_pairs`] took out of panel `p`, times its activations, added
+    /// to the sums of the block's `rows` rows (`a`: their activations, rows of `lda`): each
+    /// part read once for the block, not once a row.
+    fn add_back(
+        b: &PackedWeights,
+        p: usize,
+        a: &[u8],
+        lda: usize,
+        rows: usize,
+        out: &mut [[i32; NR]; MR],
+    ) {
+        let parts = match b.residual_at.get(p..p + 2) {
+            Some(&[start, end]) => &b.residuals[start..end],
+            _ => return,
+        };
+        let a = &a[..rows * lda];
+        for part in parts {
+            let (k, col, e) = (part.k as usize, part.col as usize, i32::from(part.e));
+            for (sums, x) in out.iter_mut().zip(a.chunks_exact(lda)) {
+                sums[col] = sums[col].wrapping_add(e * i32::from(x[k]));
+            }
+        }
     }
 
     /// Whether this CPU can run [`tiles`] (for the tests, whatever kernel is in use).
@@ -1652,10 +1693,10 @@ pub(crate) mod tests {
         #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             let wide = std::sync::Mutex::new(vec![0i32; m * n]);
-            let store = packed.restore(rows, |r, c0, d| {
+            let store = |r: usize, c0: usize, d: &[i32]| {
                 wide.lock().unwrap()[r * n + c0..r * n + c0 + d.len()].copy_from_slice(d)
-            });
-            // SAFETY: the CPU has AVX2 (just checked).
+            };
+            // SAFETY: the CPU has AVX2 (just checked). (It adds the parts back itself.)
             unsafe { avx2::tiles(rows, &packed, panels.clone(), store) };
             assert_eq!(*wide.lock().unwrap(), *slow.lock().unwrap(), "avx2");
         }
