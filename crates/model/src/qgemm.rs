@@ -477,7 +477,7 @@ impl PackedWeights {
         })
     }
 
-    /// `4·⌈K/4⌉`: the row length [`dots`] reads activations with.
+    /// `4·⌈K/4⌉`: the row length [`dots_each`] reads activations with.
     pub fn padded_k(&self) -> usize {
         4 * self.k4
     }
