@@ -10,9 +10,9 @@
 
 use std::time::Instant;
 
+use dinoedge_kernels::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+use dinoedge_kernels::sgemm;
 use dinoedge_model::attention::{self, Dims, Layout, Spec, Step};
-use dinoedge_model::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
-use dinoedge_model::sgemm;
 
 #[cfg(target_arch = "x86_64")]
 mod peak {

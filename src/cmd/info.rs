@@ -146,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
             "cache_entry": r1.cache_entry,
             "cache_note": r1.cache_note,
             "plan_nodes": first.plan_nodes(),
-            "int8_kernel": dinoedge_model::qgemm::kernel_name(),
+            "int8_kernel": dinoedge_kernels::qgemm::kernel_name(),
             "int8_products": r1.int8_products,
             "seven_bit_products": r1.seven_bit_products,
             "byte_products": r1.byte_products,
@@ -186,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
 /// What `dinoedge info` says of the int8 products on dinoedge's kernels: which kernel, and on
 /// AVX2 how many it multiplies as bytes (exact, ~1.3x the widened ones) and why.
 fn int8_kernel_line(r: &dinoedge_model::LoadReport) -> String {
-    let kernel = dinoedge_model::qgemm::kernel_name();
+    let kernel = dinoedge_kernels::qgemm::kernel_name();
     let mut line = format!("{kernel}: {} products", r.int8_products);
     if kernel == "avx2" {
         line += &format!(", {} multiplied as bytes", r.byte_products);

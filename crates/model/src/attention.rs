@@ -7,8 +7,9 @@
 //! past L2. [`swap_attention`] finds that chain in the decluttered graph, from each softmax
 //! outwards, and replaces it by one [`FusedAttention`], which reads `Q`, `K` and `V` where
 //! they lie (any axis order: [`Layout`]) and runs, per head and per block of [`ROWS`] query
-//! rows: the scores on [`crate::sgemm`], each row's steps before the softmax ([`Step`]), the
-//! softmax ([`kernels::softmax`]), the steps after it, and the product with `V`.
+//! rows: the scores on [`dinoedge_kernels::sgemm`], each row's steps before the softmax
+//! ([`Step`]), the softmax ([`activations::softmax`]), the steps after it, and the product with
+//! `V`.
 //!
 //! A softmax whose output is a model output (the last block's attention map, when the
 //! caller asks for it) is left as it is: the map must exist.
@@ -20,9 +21,9 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8};
 
-use crate::kernels;
-use crate::qgemm::{self, PackedWeights, ShapeError, SharedRows};
-use crate::sgemm::{self, PackedF32};
+use dinoedge_kernels::activations;
+use dinoedge_kernels::qgemm::{self, PackedWeights, ShapeError, SharedRows};
+use dinoedge_kernels::sgemm::{self, PackedF32};
 
 /// Query rows per task: a multiple of the AVX2 kernels' 6-row and 4-row tiles and of the
 /// AVX-512 ones' 8 (with 32, every block of the fp32 products ended on a 2-row tile: 48 took
@@ -90,7 +91,7 @@ pub enum Step {
     /// `x · s`.
     Scale(f32),
     /// tract's `QuantizeLinearI8` then `DequantizeLinearF32` (a QDQ file's pair), bit for bit
-    /// ([`kernels::fake_quantize_i8`]).
+    /// ([`activations::fake_quantize_i8`]).
     FakeQuantize {
         /// The quantiser's multiplier (the reciprocal of the ONNX scale).
         q_scale: f32,
@@ -122,13 +123,13 @@ impl std::hash::Hash for Step {
 impl Step {
     fn apply(&self, xs: &mut [f32]) {
         match *self {
-            Step::Scale(s) => kernels::scale(s, xs),
+            Step::Scale(s) => activations::scale(s, xs),
             Step::FakeQuantize {
                 q_scale,
                 q_zero,
                 dq_scale,
                 dq_zero,
-            } => kernels::fake_quantize_i8(q_scale, q_zero, dq_scale, dq_zero, xs),
+            } => activations::fake_quantize_i8(q_scale, q_zero, dq_scale, dq_zero, xs),
         }
     }
 }
@@ -150,7 +151,7 @@ pub struct Spec {
     pub before: Vec<Step>,
     /// Applied to each row of probabilities in order, after it.
     pub after: Vec<Step>,
-    /// Both products in int8 on [`crate::qgemm`] (an int8 file's attention; see
+    /// Both products in int8 on [`dinoedge_kernels::qgemm`] (an int8 file's attention; see
     /// [`int8_products`]) rather than in `f32`.
     pub int8: bool,
 }
@@ -323,16 +324,16 @@ impl Packed {
             .enumerate()
         {
             let src = read_row(k, kl, hh, j, d, &mut row);
-            let (lo, hi) = kernels::min_max_with_zero(src);
+            let (lo, hi) = activations::min_max_with_zero(src);
             let amax = hi.max(-lo);
             *scale = amax / 127.0;
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            kernels::quantize_i8(inv, 0, src, dst);
+            activations::quantize_i8(inv, 0, src, dst);
         }
         let mut amax = vec![0f32; dv];
         for j in 0..n {
             let src = read_row(v, vl, hh, j, dv, &mut row);
-            kernels::max_abs_into(&mut amax, src);
+            activations::max_abs_into(&mut amax, src);
         }
         let value_scales: Vec<f32> = amax.iter().map(|m| m / 127.0).collect();
         let inv: Vec<f32> = amax
@@ -342,7 +343,7 @@ impl Packed {
         let mut vq = vec![0i8; n * dv];
         for (j, dst) in vq.chunks_exact_mut(dv).enumerate() {
             let src = read_row(v, vl, hh, j, dv, &mut row);
-            kernels::quantize_i8_columns(&inv, src, dst);
+            activations::quantize_i8_columns(&inv, src, dst);
         }
         let keys = PackedWeights::from_columns(&kt, d, n)?;
         let key_offsets = keys.column_sums().iter().map(|s| 128 * s).collect();
@@ -455,7 +456,7 @@ fn block_in(
     let probabilities = |scores: &mut [f32]| {
         for row in scores.chunks_exact_mut(n) {
             spec.before.iter().for_each(|s| s.apply(row));
-            kernels::softmax(row);
+            activations::softmax(row);
             spec.after.iter().for_each(|s| s.apply(row));
         }
     };
@@ -492,10 +493,10 @@ fn block_in(
             q_scales.clear();
             for (i, dst) in a_u8.chunks_exact_mut(lq).enumerate() {
                 let src = read_row(q, ql, hh, r0 + i, d, tmp);
-                let (lo, hi) = kernels::min_max_with_zero(src);
+                let (lo, hi) = activations::min_max_with_zero(src);
                 let amax = hi.max(-lo);
                 q_scales.push(amax / 127.0);
-                kernels::quantize_i8(if amax > 0.0 { 127.0 / amax } else { 0.0 }, 0, src, a8);
+                activations::quantize_i8(if amax > 0.0 { 127.0 / amax } else { 0.0 }, 0, src, a8);
                 for (x, y) in dst.iter_mut().zip(a8.iter()) {
                     *x = (*y as u8) ^ 0x80;
                 }
@@ -520,7 +521,7 @@ fn block_in(
                 // SAFETY: `dots_each` hands each (row, column) over once, inside `rows × n`.
                 let dst = unsafe { shared_scores.segment(row * n + c0, sums.len()) };
                 let (offsets, scales) = (&key_offsets[c0..], &key_scales[c0..]);
-                kernels::scale_dots(sums, offsets, q_scales[row] * folded, scales, dst);
+                activations::scale_dots(sums, offsets, q_scales[row] * folded, scales, dst);
             })?;
             let lp = values.padded_k();
             let p8 = room(p8, rows * lp);
@@ -544,12 +545,12 @@ fn block_in(
                 bytes[n..].fill(0);
                 let bytes = &mut bytes[..n];
                 if spec.after.is_empty() {
-                    p_scales.push(kernels::softmax_u8(row, bytes));
+                    p_scales.push(activations::softmax_u8(row, bytes));
                     continue;
                 }
-                kernels::softmax(row);
+                activations::softmax(row);
                 if let Some((q_scale, q_zero, dq_scale)) = qdq {
-                    kernels::quantize_i8(q_scale, q_zero, row, q8);
+                    activations::quantize_i8(q_scale, q_zero, row, q8);
                     for (b, q) in bytes.iter_mut().zip(q8.iter()) {
                         *b = (*q as u8) ^ 0x80;
                     }
@@ -574,7 +575,7 @@ fn block_in(
                     }
                 };
                 let (offsets, scales) = (&value_offsets[c0..], &value_scales[c0..]);
-                kernels::scale_dots(sums, offsets, p_scales[row], scales, dst);
+                activations::scale_dots(sums, offsets, p_scales[row], scales, dst);
             })?;
             if dense {
                 return Ok(());
@@ -605,9 +606,9 @@ fn quantize_rows_u8(xs: &[f32], len: usize, stride: usize, ys: &mut [u8]) -> Vec
         .zip(ys.chunks_exact_mut(stride))
         .map(|(x, y)| {
             let y = &mut y[..len];
-            let scale = kernels::min_max_with_zero(x).1 / 255.0;
+            let scale = activations::min_max_with_zero(x).1 / 255.0;
             if scale > 0.0 {
-                kernels::quantize_u8(scale, 0, x, y);
+                activations::quantize_u8(scale, 0, x, y);
             } else {
                 y.fill(0);
             }
@@ -1055,7 +1056,7 @@ pub fn swap_attention(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::noise;
+    use dinoedge_testkit::noise;
 
     /// The definition, in f64, each step applied in f32 as the op does.
     fn reference(spec: &Spec, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {

@@ -276,15 +276,15 @@ pub struct LoadReport {
     pub fused_attention: usize,
     /// How many of the int8 products on dinoedge's kernels have 7-bit weights (every value in
     /// −64..=64 as packed: `reduce_range` exports), which the AVX2 kernel multiplies as bytes
-    /// ([`crate::qgemm::PackedWeights::narrow`]).
+    /// ([`dinoedge_kernels::qgemm::PackedWeights::narrow`]).
     pub seven_bit_products: usize,
-    /// How many int8 products run on dinoedge's kernels ([`crate::qgemm`]).
+    /// How many int8 products run on dinoedge's kernels ([`dinoedge_kernels::qgemm`]).
     pub int8_products: usize,
     /// How many of those the AVX2 kernel multiplies as bytes: the 7-bit ones, and 8-bit ones
     /// whose few pairs of weights beyond `VPMADDUBSW`'s range were split off
-    /// ([`crate::qgemm::PackedWeights::split_pairs`]; only where the AVX2 kernel runs).
+    /// ([`dinoedge_kernels::qgemm::PackedWeights::split_pairs`]; only where the AVX2 kernel runs).
     pub byte_products: usize,
-    /// How many weights were split off in all ([`crate::qgemm::PackedWeights::split`]).
+    /// How many weights were split off in all ([`dinoedge_kernels::qgemm::PackedWeights::split`]).
     pub split_weights: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).

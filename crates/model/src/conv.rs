@@ -384,7 +384,7 @@ pub fn float_convolutions(model: &mut ModelProto) -> usize {
 mod tests {
     use super::*;
     use crate::qdq::tests::{init_f32, init_i8, value};
-    use crate::qgemm::tests::noise;
+    use dinoedge_testkit::noise_bytes as noise;
     use tract_onnx::prelude::*;
 
     fn n(op: &str, name: &str, i: &[&str], o: &[&str]) -> NodeProto {

@@ -8,11 +8,12 @@
 //! depth head in the file, found by structure in [`graph`]) load the same way and add the depth
 //! map to the features ([`Features::depth`]; relative or metric as [`ModelInfo::depth`] says).
 //!
-//! Depends on no other dinoedge crate; everything else builds on it. Where the CPU allows,
-//! the weight products run on dinoedge's own kernels ([`qgemm`], [`sgemm`], swapped in by
-//! [`qmatmul`]), each block's attention as one fused operator ([`attention`]; int8 in an
-//! int8 file), every LayerNorm as one operator ([`layer_norm`]) and image resizes a plane at a
-//! time ([`resize`]); the rest of the graph on tract's.
+//! Depends on no other dinoedge crate but its kernels (`dinoedge-kernels`); everything else
+//! builds on it. Where the CPU allows, the weight products run on dinoedge's own kernels
+//! (`dinoedge_kernels::qgemm` and `sgemm`, swapped in by [`qmatmul`]), each block's attention
+//! as one fused operator ([`attention`]; int8 in an int8 file), every LayerNorm as one operator
+//! ([`layer_norm`]) and image resizes a plane at a time ([`resize`]); the rest of the graph on
+//! tract's.
 //!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
@@ -40,20 +41,15 @@ pub mod conv;
 pub mod error;
 pub mod features;
 pub mod graph;
-pub mod kernels;
 pub mod layer_norm;
 pub mod ops;
 pub mod preprocess;
 pub mod qdq;
-pub mod qgemm;
 pub mod qmatmul;
 pub mod resize;
 pub mod resolution;
 pub mod rotary;
 pub mod runtime;
-pub mod sgemm;
-#[cfg(test)]
-mod test_values;
 
 pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;

@@ -11,7 +11,8 @@
 //! [`FastQuantizeLinearI8`] does the same for tract-core's `QuantizeLinearI8`, the static
 //! quantiser of QDQ files (182 of them in ViT-S, ~26% of a QDQ run on AVX2).
 //!
-//! The loops themselves are in [`crate::kernels`] (dispatched to AVX2 / AVX-512 at run time).
+//! The loops themselves are in [`dinoedge_kernels::activations`] (dispatched to AVX2 / AVX-512
+//! at run time).
 
 use tract_core::internal::*;
 use tract_nnef::internal::{
@@ -24,7 +25,7 @@ pub struct FastDynamicQuantizeLinearU8;
 
 /// Scale and zero point of a tensor, as ONNX defines them (range extended to include 0).
 pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
-    let (min, max) = crate::kernels::min_max_with_zero(xs);
+    let (min, max) = dinoedge_kernels::activations::min_max_with_zero(xs);
     let scale = (max - min) / 255.0;
     let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0) as u8;
     (scale, zero_point)
@@ -33,7 +34,7 @@ pub fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
 /// `y = saturate(round_ties_even(x / scale) + zero_point)`, bit-identical to the scalar
 /// definition (including `scale == 0`, where every value maps to the zero point).
 pub fn quantize_u8(scale: f32, zero_point: u8, xs: &[f32], ys: &mut [u8]) {
-    crate::kernels::quantize_u8(scale, zero_point, xs, ys)
+    dinoedge_kernels::activations::quantize_u8(scale, zero_point, xs, ys)
 }
 
 /// The fact of an element-wise operator's output: the input's shape, of type `dt`.
@@ -103,7 +104,7 @@ fn par_min_max(xs: &[f32]) -> TractResult<(f32, f32)> {
         for (i, r) in chunk.iter_mut().enumerate() {
             let lo = ((first + i) * len).min(xs.len());
             let hi = ((first + i + 1) * len).min(xs.len());
-            *r = crate::kernels::min_max_with_zero(&xs[lo..hi]);
+            *r = dinoedge_kernels::activations::min_max_with_zero(&xs[lo..hi]);
         }
         Ok(())
     })?;
@@ -174,7 +175,7 @@ impl std::hash::Hash for FastQuantizeLinearI8 {
 
 /// The loop of [`FastQuantizeLinearI8`].
 pub fn quantize_i8(scale: f32, zero_point: i8, xs: &[f32], ys: &mut [i8]) {
-    crate::kernels::quantize_i8(scale, zero_point, xs, ys)
+    dinoedge_kernels::activations::quantize_i8(scale, zero_point, xs, ys)
 }
 
 impl Op for FastQuantizeLinearI8 {
@@ -279,10 +280,10 @@ impl EvalOp for FastDequantizeLinearF32 {
         let (scale, zp) = (self.scale, self.zero_point);
         let dst = match input.datum_type() {
             DatumType::I8 => map_rows(input, |x: &[i8], y: &mut [f32]| {
-                crate::kernels::dequantize_i8(scale, zp, x, y)
+                dinoedge_kernels::activations::dequantize_i8(scale, zp, x, y)
             })?,
             DatumType::U8 => map_rows(input, |x: &[u8], y: &mut [f32]| {
-                crate::kernels::dequantize_u8(scale, zp, x, y)
+                dinoedge_kernels::activations::dequantize_u8(scale, zp, x, y)
             })?,
             dt => bail!("DinoedgeDequantizeLinearF32 takes i8 or u8, not {dt:?}"),
         };
@@ -362,10 +363,10 @@ impl EvalOp for DequantizeI32 {
         ensure!(bias.len() == n, "bias of {} for rows of {n}", bias.len());
         let dst = match *scales {
             [scale] => map_rows(acc, |x: &[i32], y: &mut [f32]| {
-                crate::kernels::dequantize_i32(x, scale, bias, y)
+                dinoedge_kernels::activations::dequantize_i32(x, scale, bias, y)
             })?,
             _ if scales.len() == n => map_rows(acc, |x: &[i32], y: &mut [f32]| {
-                crate::kernels::dequantize_i32_columns(x, scales, bias, y)
+                dinoedge_kernels::activations::dequantize_i32_columns(x, scales, bias, y)
             })?,
             _ => bail!("{} scales for rows of {n}", scales.len()),
         };
@@ -404,7 +405,7 @@ impl EvalOp for ScaleI32 {
         let n = row_len(acc.shape());
         ensure!(scales.len() == n, "{} scales for rows of {n}", scales.len());
         let dst = map_rows(acc, |x: &[i32], y: &mut [f32]| {
-            crate::kernels::scale_i32(x, scales, y)
+            dinoedge_kernels::activations::scale_i32(x, scales, y)
         })?;
         Ok(tvec!(dst.into_tvalue()))
     }
@@ -970,6 +971,20 @@ mod tests {
                     .collect();
                 check(&xs);
             }
+        }
+    }
+
+    #[test]
+    fn fake_quantisation_is_tract_s_quantise_then_dequantise() {
+        use tract_core::ops::quant::quantize_linear_f32_i8;
+        let xs: Vec<f32> = (0..2000).map(|i| (i as f32 - 1000.0) * 0.013).collect();
+        let (qs, qz, ds) = (25.19048f32, -5i8, 0.03969754f32);
+        let mut got = xs.clone();
+        dinoedge_kernels::activations::fake_quantize_i8(qs, qz, ds, qz, &mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let q = quantize_linear_f32_i8(*x, qs, qz as i32);
+            let want = (q as i32 - qz as i32) as f32 * ds;
+            assert_eq!(g.to_bits(), want.to_bits(), "{x}");
         }
     }
 }

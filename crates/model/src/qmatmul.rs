@@ -1,5 +1,5 @@
 //! The products of a compiled graph whose weights are constant, on dinoedge's own kernels:
-//! [`crate::qgemm`] (int8) and [`crate::sgemm`] (`f32`).
+//! [`dinoedge_kernels::qgemm`] (int8) and [`dinoedge_kernels::sgemm`] (`f32`).
 //!
 //! tract-onnx reads `MatMulInteger` as an `EinSum` with quantisation inputs; dinoedge's
 //! earlier passes ([`crate::ops::fuse_dequantize`]) leave it followed by
@@ -22,8 +22,8 @@ use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
 use crate::ops::{DequantizeI32, ScaleI32};
-use crate::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
-use crate::sgemm::{self, PackedF32};
+use dinoedge_kernels::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+use dinoedge_kernels::sgemm::{self, PackedF32};
 
 /// What follows the exact sums.
 #[derive(Clone, Debug, PartialEq)]
@@ -504,9 +504,9 @@ impl TypedOp for BatchedMatMulF32 {
 /// Which products [`swap_products`] moves to dinoedge's kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
-    /// int8 products ([`crate::qgemm`]).
+    /// int8 products ([`dinoedge_kernels::qgemm`]).
     pub int8: bool,
-    /// `f32` products ([`crate::sgemm`]).
+    /// `f32` products ([`dinoedge_kernels::sgemm`]).
     pub f32: bool,
 }
 

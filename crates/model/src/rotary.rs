@@ -365,7 +365,7 @@ pub fn swap_rotary(model: &mut TypedModel) -> TractResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::noise;
+    use dinoedge_testkit::noise;
     use tract_core::ops::binary::TypedBinOp;
     use tract_core::ops::math;
 

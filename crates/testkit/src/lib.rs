@@ -12,6 +12,32 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayView, ArrayView2, Axis, Dimension};
 
+/// `len` values in [-1, 1) from a xorshift generator, the same for the same seed: reproducible
+/// inputs for the kernels' and operators' unit tests.
+pub fn noise(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `len` bytes from a xorshift generator, the same for the same seed: reproducible activations
+/// and weights for the int8 kernels' tests.
+pub fn noise_bytes(len: usize, seed: u32) -> impl Iterator<Item = u8> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len).map(move |_| {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as u8
+    })
+}
+
 /// The workspace root (where the top `Cargo.toml` is).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -271,7 +271,7 @@ fn bell_shaped_8bit_weights_run_as_bytes() {
         );
         assert!(vs_ort <= 0.15 && cos >= 0.9999, "{mode}: {vs_ort} {cos}");
         assert_eq!(report.seven_bit_products, 0, "{mode}");
-        if dinoedge_model::qgemm::kernel_name() == "avx2" {
+        if dinoedge_kernels::qgemm::kernel_name() == "avx2" {
             assert_eq!(report.byte_products, 72, "{mode}");
             assert!(report.split_weights > 0, "{mode}");
         } else {

@@ -117,7 +117,7 @@ pub enum Epilogue<'a> {
         /// One value per column, if any.
         bias: Option<&'a [f32]>,
     },
-    /// `f32(c) · scales[n]`: the QDQ pattern ([`crate::qdq`]).
+    /// `f32(c) · scales[n]`: the QDQ pattern (the model's QDQ products).
     Columns(&'a [f32]),
     /// `f32(c) · scales[n] + bias[n]`: a per-channel dynamic-int8 product, whose scales (the
     /// activations' times each column's) are computed at run time.
@@ -274,7 +274,7 @@ impl PackedWeights {
     /// little out of the few pairs that are not: in each pair `VPMADDUBSW` multiplies together
     /// (`k = 2j, 2j + 1` of one column) whose magnitudes add up to more than 128, the larger
     /// is cut to `128 − |other|` and the rest kept aside, to be multiplied by its activation
-    /// and added to the column's sum after the tile ([`PackedWeights::restore`]). The sums
+    /// and added to the column's sum after the tile (`PackedWeights::restore`). The sums
     /// stay exact. Nothing changes (false) when more than `limit` pairs would be cut: the
     /// widened kernel is then the faster. Weights quantised from a bell-shaped distribution
     /// (trained ones; per-tensor scales put the largest at ±127, several deviations out)
@@ -776,8 +776,9 @@ impl Row<'_> {
     }
 }
 
-/// An output written by several threads, each through its own columns (see [`par_panels`]).
-pub(crate) struct SharedRows {
+/// An output written by several threads, each through its own part (columns of a product, or
+/// each task's rows of attention).
+pub struct SharedRows {
     ptr: *mut f32,
     len: usize,
 }
@@ -787,7 +788,8 @@ unsafe impl Send for SharedRows {}
 unsafe impl Sync for SharedRows {}
 
 impl SharedRows {
-    pub(crate) fn new(out: &mut [f32]) -> Self {
+    /// Shares `out` between the threads of one product.
+    pub fn new(out: &mut [f32]) -> Self {
         SharedRows {
             ptr: out.as_mut_ptr(),
             len: out.len(),
@@ -799,7 +801,7 @@ impl SharedRows {
     /// # Safety
     /// No other live reference may overlap the range (each thread writes its own panels).
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn segment(&self, start: usize, len: usize) -> &mut [f32] {
+    pub unsafe fn segment(&self, start: usize, len: usize) -> &mut [f32] {
         assert!(start + len <= self.len, "segment out of the output");
         // SAFETY: in bounds (checked), and not aliased (the caller's promise).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
@@ -826,7 +828,7 @@ pub(crate) fn par_panels(
 /// [`PackedWeights::padded_k`], zero padded) and signed weights (zero points ignored), on this
 /// thread, handed to `store(row, first column, sums)` a row segment of up to 48 columns at a
 /// time, each (row, column) once: for callers that split the work and apply their own
-/// epilogue as the sums come out of the tiles (attention's products, [`crate::attention`]).
+/// epilogue as the sums come out of the tiles (the products of the model's fused attention).
 pub fn dots_each(
     a: &[u8],
     b: &PackedWeights,
@@ -1494,8 +1496,9 @@ mod avx2 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use dinoedge_testkit::noise_bytes as noise;
 
     #[test]
     fn packing_by_columns_is_packing_the_transpose() {
@@ -1549,17 +1552,6 @@ pub(crate) mod tests {
             }
         }
         c
-    }
-
-    /// Reproducible pseudo-random bytes (xorshift).
-    pub(crate) fn noise(len: usize, seed: u32) -> impl Iterator<Item = u8> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len).map(move |_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as u8
-        })
     }
 
     /// Which weights a check multiplies.

@@ -1,11 +1,11 @@
-//! dinoedge's own loops over activations (the quantisers of [`crate::ops`]), written so that
-//! LLVM vectorises them without a branch or a libm call, and compiled more than once on
-//! x86-64: the release build targets generic x86-64 (SSE2), so each loop also exists for
-//! AVX2 + FMA and for AVX-512, picked at run time from what the CPU reports. On aarch64
-//! NEON is baseline and the portable loop is the NEON one.
+//! dinoedge's own loops over activations (the model's quantisers, dequantisers and softmax),
+//! written so that LLVM vectorises them without a branch or a libm call, and compiled more
+//! than once on x86-64: the release build targets generic x86-64 (SSE2), so each loop also
+//! exists for AVX2 + FMA and for AVX-512, picked at run time from what the CPU reports. On
+//! aarch64 NEON is baseline and the portable loop is the NEON one.
 //!
-//! Every result is bit-identical to the scalar definition (tested in `ops`), whatever the
-//! instruction set.
+//! Every result is bit-identical to the scalar definition (tested here and in the model's `ops`),
+//! whatever the instruction set.
 
 /// 1.5·2²³: adding it to a float of magnitude below 2²² rounds it to an integer (ties to
 /// even) and leaves that integer, two's complement, in the low bits of the sum's mantissa.
@@ -739,20 +739,6 @@ mod tests {
                 }
             }
             assert_eq!(bytes.iter().max(), Some(&255));
-        }
-    }
-
-    #[test]
-    fn fake_quantisation_is_tract_s_quantise_then_dequantise() {
-        use tract_core::ops::quant::quantize_linear_f32_i8;
-        let xs: Vec<f32> = (0..2000).map(|i| (i as f32 - 1000.0) * 0.013).collect();
-        let (qs, qz, ds) = (25.19048f32, -5i8, 0.03969754f32);
-        let mut got = xs.clone();
-        fake_quantize_i8(qs, qz, ds, qz, &mut got);
-        for (x, g) in xs.iter().zip(&got) {
-            let q = quantize_linear_f32_i8(*x, qs, qz as i32);
-            let want = (q as i32 - qz as i32) as f32 * ds;
-            assert_eq!(g.to_bits(), want.to_bits(), "{x}");
         }
     }
 }

@@ -488,7 +488,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::noise as values;
+    use dinoedge_testkit::noise as values;
 
     /// What a kernel hands each row segment to.
     type Store<'a> = &'a dyn Fn(usize, usize, &[f32]);
