@@ -14,7 +14,10 @@ file by file, so a busy neighbour on a shared machine slows both alike. Use --js
 get the table as JSON as well.
 
 `--before OTHER_BINARY` times a second dinoedge build (the one before a change) in the same
-run, so a before/after table has one machine state. The first line says which CPU this is
+run, so a before/after table has one machine state. `--saturating` times dinoedge once more with
+DINOEDGE_INT8_SUMS=saturating (on AVX2, int8 weights multiplied with saturating pair sums, as
+onnxruntime's own AVX2 kernel does: its arithmetic, not the exact one); the other dinoedge
+columns are exact whatever the environment says. The first line says which CPU this is
 (the int8 kernels differ between AVX2, AVX-512 VNNI and AMX machines).
 """
 
@@ -66,11 +69,12 @@ def time_ort(path, size, threads, runs, warmup):
     return statistics.median(ms)
 
 
-def time_tract(binary, path, size, threads, runs, warmup):
+def time_tract(binary, path, size, threads, runs, warmup, sums="exact"):
     out = subprocess.run(
         [str(binary), "bench", str(path), "--size", f"{size[0]}x{size[1]}", "--threads", str(threads),
          "--runs", str(runs), "--warmup", str(warmup)],
         check=True, capture_output=True, text=True,
+        env={**os.environ, "DINOEDGE_INT8_SUMS": sums},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
 
@@ -107,6 +111,9 @@ def main():
     ap.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
                     help="time this file instead of the fixtures (repeat for more; benches/board.sh uses it)")
     ap.add_argument("--before", help="another dinoedge binary, timed in the same run")
+    ap.add_argument("--saturating", action="store_true",
+                    help="also time dinoedge with DINOEDGE_INT8_SUMS=saturating (onnxruntime's AVX2 "
+                         "int8 arithmetic, not exact), in the same run")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     try:
@@ -126,6 +133,8 @@ def main():
     head = f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>10}"
     if before:
         head += f" {'before ms':>10} {'before/ort':>10}"
+    if a.saturating:
+        head += f" {'sat. ms':>8} {'sat./ort':>8}"
     print(head)
     files = {"depth": DEPTH_FILES, "dinov3": DINOV3_FILES}.get(a.set, FILES)
     if a.model:
@@ -152,6 +161,10 @@ def main():
                 before_ms = time_tract(before, path, size, t, a.runs, a.warmup)
                 row.update(before_ms=before_ms, before_ratio=before_ms / ort_ms)
                 line += f" {before_ms:>10.1f} {before_ms / ort_ms:>10.2f}"
+            if a.saturating:
+                sat_ms = time_tract(binary, path, size, t, a.runs, a.warmup, sums="saturating")
+                row.update(saturating_ms=sat_ms, saturating_ratio=sat_ms / ort_ms)
+                line += f" {sat_ms:>8.1f} {sat_ms / ort_ms:>8.2f}"
             rows.append(row)
             print(line, flush=True)
     if a.json:

@@ -151,6 +151,7 @@ pub fn run(args: Args) -> Result<()> {
             "seven_bit_products": r1.seven_bit_products,
             "byte_products": r1.byte_products,
             "split_weights": r1.split_weights,
+            "saturating_products": r1.saturating_products,
         });
         if !args.json {
             let fmt = |d: Option<std::time::Duration>| {
@@ -190,7 +191,14 @@ fn int8_kernel_line(r: &dinoedge_model::LoadReport) -> String {
     let mut line = format!("{kernel}: {} products", r.int8_products);
     if kernel == "avx2" {
         line += &format!(", {} multiplied as bytes", r.byte_products);
-        if r.byte_products > 0 {
+        let saturating = r.saturating_products;
+        if saturating > 0 {
+            line += &format!(
+                " ({} with 7-bit weights, {saturating} 8-bit with saturating sums as \
+                 onnxruntime's on AVX2, not exact: DINOEDGE_INT8_SUMS=saturating)",
+                r.seven_bit_products
+            );
+        } else if r.byte_products > 0 {
             line += &format!(
                 " ({} with 7-bit weights, {} 8-bit with {} weights split off)",
                 r.seven_bit_products,

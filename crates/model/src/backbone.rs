@@ -9,6 +9,7 @@ use tract_core::internal::*;
 use tract_core::prelude::multithread::Executor;
 use tract_onnx::prelude::{Framework, InferenceModelExt};
 
+use crate::Int8Sums as Sums;
 use crate::cache::{self, CacheMode, Entry, EntryMeta};
 use crate::config::{DepthConfig, ModelConfigs};
 use crate::error::{ModelError, Result};
@@ -37,6 +38,11 @@ pub struct BackboneOptions {
     pub cache: CacheMode,
     /// Where the backbone runs (tract's CPU runtime unless asked otherwise).
     pub runtime: Runtime,
+    /// How the AVX2 int8 kernel sums a dynamic int8 file's products with 8-bit signed weights:
+    /// exactly (the default), or saturating each pair's sum as onnxruntime does on AVX2
+    /// (faster; its numbers, not the exact ones). QDQ files stay exact. Defaults to
+    /// `$DINOEDGE_INT8_SUMS` (`exact` or `saturating`).
+    pub int8_sums: Sums,
 }
 
 impl Default for BackboneOptions {
@@ -50,6 +56,7 @@ impl Default for BackboneOptions {
             threads: None,
             cache: CacheMode::Auto,
             runtime: Runtime::Cpu,
+            int8_sums: crate::qmatmul::int8_sums(),
         }
     }
 }
@@ -286,6 +293,9 @@ pub struct LoadReport {
     pub byte_products: usize,
     /// How many weights were split off in all ([`dinoedge_kernels::qgemm::PackedWeights::split`]).
     pub split_weights: usize,
+    /// How many of the byte products saturate their pair sums instead of splitting pairs
+    /// (`DINOEDGE_INT8_SUMS=saturating`: [`dinoedge_kernels::qgemm::Sums::Saturating`]).
+    pub saturating_products: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -432,6 +442,7 @@ impl Backbone {
             int8_products: 0,
             byte_products: 0,
             split_weights: 0,
+            saturating_products: 0,
             runtime,
             runtime_note,
         };
@@ -456,7 +467,15 @@ impl Backbone {
 
         let t = Instant::now();
         let executor = executor_for(threads);
-        let plan = build_plan(model, runtime, fast_ops, executor.clone(), &mut report)?;
+        let sums = options.int8_sums;
+        let plan = build_plan(
+            model,
+            runtime,
+            fast_ops,
+            sums,
+            executor.clone(),
+            &mut report,
+        )?;
         let state = plan
             .spawn()
             .map_err(|e| ModelError::tract("start the model", e))?;
@@ -851,11 +870,13 @@ fn executor_for(threads: usize) -> Executor {
 }
 
 /// Optimise the graph for `runtime` (on the CPU with dinoedge's operators swapped in when
-/// `fast_ops`) and make the plan that runs it on `executor`.
+/// `fast_ops`, the int8 products summed as `sums` says) and make the plan that runs it on
+/// `executor`.
 fn build_plan(
     model: TypedModel,
     runtime: Runtime,
     fast_ops: bool,
+    sums: Sums,
     executor: Executor,
     report: &mut LoadReport,
 ) -> Result<Arc<TypedSimplePlan>> {
@@ -874,7 +895,10 @@ fn build_plan(
                         .map_err(|e| ModelError::tract("fuse the rotary embeddings", e))?;
                     tracing::debug!("{n} rotary embeddings fused");
                 }
-                let kernels = crate::qmatmul::Kernels::available();
+                let kernels = crate::qmatmul::Kernels {
+                    sums,
+                    ..crate::qmatmul::Kernels::available()
+                };
                 // attention first: its products are the ones swap_products would take
                 if crate::qmatmul::Kernels::fused_attention() && crate::attention::enabled() {
                     let n = crate::attention::swap_attention(&mut model)
@@ -906,6 +930,7 @@ fn build_plan(
             report.seven_bit_products = products.iter().filter(|w| w.narrow()).count();
             report.byte_products = products.iter().filter(|w| w.bytes()).count();
             report.split_weights = products.iter().map(|w| w.split()).sum();
+            report.saturating_products = products.iter().filter(|w| w.saturating()).count();
             report.dinoedge_ops = optimized
                 .nodes()
                 .iter()

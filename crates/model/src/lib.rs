@@ -54,6 +54,7 @@ pub mod runtime;
 pub use backbone::{Backbone, BackboneOptions, LoadReport, LoadSource, ModelInfo, OpProfile};
 pub use cache::CacheMode;
 pub use config::DepthConfig;
+pub use dinoedge_kernels::qgemm::Sums as Int8Sums;
 pub use error::{ModelError, Result};
 pub use features::{BlockFeatures, Features, TokenLayout, Tokens};
 pub use graph::{DepthHead, Family, GraphInfo, Precision};

@@ -22,7 +22,7 @@ use tract_core::internal::*;
 use tract_core::ops::einsum::EinSum;
 
 use crate::ops::{DequantizeI32, ScaleI32};
-use dinoedge_kernels::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
+use dinoedge_kernels::qgemm::{self, Activations, Epilogue, PackedWeights, Sums, Weights};
 use dinoedge_kernels::sgemm::{self, PackedF32};
 
 /// What follows the exact sums.
@@ -291,7 +291,7 @@ fn int8_product(
 /// One product to swap: `(einsum, epilogue node, new op, inputs)`.
 type Swap = (usize, usize, Box<dyn TypedOp>, TVec<OutletId>);
 
-fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
+fn int8_candidate(model: &TypedModel, node: &TypedNode, sums: Sums) -> Option<Swap> {
     let op = node.op_as::<EinSum>()?;
     let (k, n, out_shape) = int8_product(model, node, op)?;
     let b = konst(model, node.inputs[1])?;
@@ -303,7 +303,11 @@ fn int8_candidate(model: &TypedModel, node: &TypedNode) -> Option<Swap> {
         DatumType::U8 => Weights::U8(plain.as_slice::<u8>().ok()?),
         _ => return None,
     };
-    let weights = Arc::new(PackedWeights::new(weights, k, n, &zero).ok()?);
+    // saturating sums are onnxruntime's for unsigned activations (dynamic int8) only: its QDQ
+    // products (signed activations) saturate other pairs (measured: docs/PERFORMANCE.md)
+    let unsigned = model.outlet_fact(node.inputs[0]).ok()?.datum_type == DatumType::U8;
+    let sums = if unsigned { sums } else { Sums::Exact };
+    let weights = Arc::new(PackedWeights::with_sums(weights, k, n, &zero, sums).ok()?);
     let out = OutletId::new(node.id, 0);
     let succ = model.outlet_successors(out);
     if succ.len() != 1 || model.outputs.contains(&out) {
@@ -508,6 +512,10 @@ pub struct Kernels {
     pub int8: bool,
     /// `f32` products ([`dinoedge_kernels::sgemm`]).
     pub f32: bool,
+    /// How the AVX2 int8 kernel sums 8-bit signed weights against unsigned activations
+    /// (dynamic int8 files): exactly, unless `DINOEDGE_INT8_SUMS=saturating`
+    /// ([`Sums::Saturating`]: onnxruntime's AVX2 arithmetic). QDQ products stay exact.
+    pub sums: Sums,
 }
 
 impl Kernels {
@@ -518,6 +526,7 @@ impl Kernels {
         Kernels {
             int8: !tract && qgemm::available(),
             f32: !tract && sgemm::available(),
+            sums: int8_sums(),
         }
     }
 
@@ -531,6 +540,20 @@ impl Kernels {
     }
 }
 
+/// `DINOEDGE_INT8_SUMS`: `saturating` for [`Sums::Saturating`], else (unset, `exact`) exact.
+/// Another value is a warning (once), then exact. Read once per process.
+pub fn int8_sums() -> Sums {
+    static SUMS: std::sync::OnceLock<Sums> = std::sync::OnceLock::new();
+    *SUMS.get_or_init(|| match std::env::var("DINOEDGE_INT8_SUMS").as_deref() {
+        Ok("saturating") => Sums::Saturating,
+        Ok("exact") | Ok("") | Err(_) => Sums::Exact,
+        Ok(other) => {
+            tracing::warn!("DINOEDGE_INT8_SUMS={other:?} is not `exact` or `saturating`: exact");
+            Sums::Exact
+        }
+    })
+}
+
 /// Replace every product with constant weights (see the module's text) by one
 /// [`MatMulInt8`] or [`MatMulF32`], as `kernels` allows. Returns how many were replaced.
 pub fn swap_products(model: &mut TypedModel, kernels: Kernels) -> TractResult<usize> {
@@ -538,7 +561,8 @@ pub fn swap_products(model: &mut TypedModel, kernels: Kernels) -> TractResult<us
         .nodes()
         .iter()
         .filter_map(|n| {
-            let int8 = kernels.int8.then(|| int8_candidate(model, n)).flatten();
+            let int8 = kernels.int8.then(|| int8_candidate(model, n, kernels.sums));
+            let int8 = int8.flatten();
             int8.or_else(|| kernels.f32.then(|| f32_candidate(model, n)).flatten())
                 .or_else(|| kernels.f32.then(|| batched_candidate(model, n)).flatten())
         })
@@ -564,6 +588,7 @@ pub fn swap_int8_products(model: &mut TypedModel) -> TractResult<usize> {
         Kernels {
             int8: true,
             f32: false,
+            sums: Sums::Exact,
         },
     )
 }
@@ -855,6 +880,7 @@ mod tests {
         let f32_only = Kernels {
             int8: false,
             f32: true,
+            sums: Sums::Exact,
         };
         assert_eq!(swap_products(&mut swapped, f32_only).unwrap(), 1);
         let ops: Vec<String> = swapped.nodes().iter().map(|n| n.op.name().into()).collect();
@@ -908,6 +934,7 @@ mod tests {
         let f32_only = Kernels {
             int8: false,
             f32: true,
+            sums: Sums::Exact,
         };
         assert_eq!(swap_products(&mut swapped, f32_only).unwrap(), 1);
         let ops: Vec<String> = swapped.nodes().iter().map(|n| n.op.name().into()).collect();

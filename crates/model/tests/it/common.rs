@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use dinoedge_model::{BackboneOptions, CacheMode, Resolution};
+use dinoedge_model::{BackboneOptions, CacheMode, Int8Sums, Resolution};
 use ndarray::{ArrayD, Axis};
 
 pub use dinoedge_testkit::{fixtures, max_abs, mean_cosine, token_cosines};
@@ -37,6 +37,8 @@ pub fn options(h: u32, w: u32, batch: usize) -> BackboneOptions {
         resolution: Some(Resolution::new(h, w)),
         batch,
         cache: CacheMode::Off,
+        // exact sums whatever $DINOEDGE_INT8_SUMS says
+        int8_sums: Int8Sums::Exact,
         ..Default::default()
     }
 }

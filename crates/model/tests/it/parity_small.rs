@@ -168,6 +168,45 @@ fn small_int8_dynamic_int8_weights() {
     );
 }
 
+/// `BackboneOptions::int8_sums` (`DINOEDGE_INT8_SUMS` by default): where the AVX2 kernel runs,
+/// saturating sums move the tokens (the fixture's int8 weights spread over the whole byte, so
+/// many pairs saturate, as in onnxruntime's own AVX2 sums) yet keep them near onnxruntime's;
+/// elsewhere nothing changes. (x86 only: on ARM tract's kernels run, exact either way.)
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn small_int8_saturating_sums_only_where_the_avx2_kernel_runs() {
+    use dinoedge_model::{BackboneOptions, Int8Sums};
+    let file = model("dinov2-small/onnx/model_int8.onnx");
+    let x = input("224x224");
+    let run = |int8_sums| {
+        let o = BackboneOptions {
+            int8_sums,
+            ..options(224, 224, 1)
+        };
+        let mut bb = Backbone::load(&file, &o).unwrap();
+        let tokens = bb.run(x.view()).unwrap().remove(0).tokens.to_sequence();
+        (tokens, bb.load_report().saturating_products)
+    };
+    let (exact, none) = run(Int8Sums::Exact);
+    let (saturating, n) = run(Int8Sums::Saturating);
+    assert_eq!(none, 0);
+    if dinoedge_kernels::qgemm::kernel_name() != "avx2" {
+        assert_eq!(n, 0);
+        assert_eq!(saturating, exact);
+        return;
+    }
+    assert_eq!(n, 72, "every weight product saturating");
+    let moved = max_abs(saturating.view(), exact.view());
+    let ort = batch_item(
+        &npy("dinov2-small/224x224/ort_model_int8_last_hidden_state.npy"),
+        0,
+    );
+    let cos = mean_cosine(saturating.view(), ort.view());
+    println!("saturating sums: {moved:.3} max abs from the exact ones; mean cos vs ORT {cos:.6}");
+    assert!(moved > 0.01, "saturating sums changed nothing: {moved}");
+    assert!(cos >= 0.999, "{cos}");
+}
+
 #[test]
 fn small_int8_qdq() {
     check_int8("model_qdq", "224x224", 224, 224, Precision::QdqInt8);
