@@ -58,6 +58,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    explain_panics_in_abort_builds();
     if !matches!(cli.command, Command::Run(_)) {
         quiet_on_closed_stdout();
     }
@@ -99,6 +100,25 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The board packages' binary is built with `panic = "abort"` (Cargo.toml's `dist` profile: no
+/// unwinding tables, ~7 MB less), so a panic — a bug — ends the process where the other builds'
+/// runner closes its outputs and returns an error. Say so after the panic's own message, and what
+/// of the recordings is kept (the MCAP sink closes a chunk every second; JSON lines and files are
+/// written as they come).
+fn explain_panics_in_abort_builds() {
+    if cfg!(panic = "abort") {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            eprintln!(
+                "error: dinoedge stopped on an internal error (a bug: please report it with the \
+                 message above). This build stops at once on one: recordings keep all but their \
+                 last second (`mcap recover` rewrites a cut MCAP file)."
+            );
+        }));
     }
 }
 

@@ -23,12 +23,14 @@ fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample/vtest_pedestrians.mjpeg")
 }
 
-/// `dinoedge`, started through `$DINOEDGE_TEST_RUNNER` (a program and its arguments) when that
-/// is set: under qemu-aarch64 (`.ci/aarch64`) this test is itself emulated and, without
-/// binfmt_misc, cannot start an aarch64 program directly, so it starts
-/// `qemu-aarch64 dinoedge …` instead.
+/// `dinoedge`: the one this test binary was built with, or `$DINOEDGE_TEST_BIN` (another build,
+/// another target: `.ci/aarch64` runs these tests against the arm64 package's binary), started
+/// through `$DINOEDGE_TEST_RUNNER` (a program and its arguments) when that is set: without
+/// binfmt_misc an aarch64 program cannot be started directly, so `qemu-aarch64 dinoedge …`.
 fn cmd(cache: &Path) -> Command {
-    let bin = env!("CARGO_BIN_EXE_dinoedge");
+    let bin = std::env::var_os("DINOEDGE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dinoedge")));
     let runner = std::env::var("DINOEDGE_TEST_RUNNER").unwrap_or_default();
     let mut runner = runner.split_whitespace();
     let mut c = match runner.next() {

@@ -919,6 +919,9 @@ fn build_plan(
                 crate::ops::swap_static_dequantizers(&mut optimized);
                 let n = crate::resize::swap_resizes(&mut optimized);
                 tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
+                let n = crate::element_wise::swap_element_wise(&mut optimized)
+                    .map_err(|e| ModelError::tract("swap in dinoedge's GELU", e))?;
+                tracing::debug!("{n} GELUs and u8 offsets on dinoedge's loops");
             }
             let products: Vec<_> = optimized
                 .nodes()
@@ -947,6 +950,8 @@ fn build_plan(
                         || n.op_as::<crate::layer_norm::LayerNorm>().is_some()
                         || n.op_as::<crate::resize::Resize2d>().is_some()
                         || n.op_as::<crate::rotary::Rotary>().is_some()
+                        || n.op_as::<crate::element_wise::Gelu>().is_some()
+                        || n.op_as::<crate::element_wise::OffsetU8AsI8>().is_some()
                 })
                 .count();
             TypedSimplePlan::new_with_options(optimized, &run_options)

@@ -38,6 +38,7 @@ pub mod backbone;
 pub mod cache;
 pub mod config;
 pub mod conv;
+pub mod element_wise;
 pub mod error;
 pub mod features;
 pub mod graph;
