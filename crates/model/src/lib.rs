@@ -12,8 +12,9 @@
 //! builds on it. Where the CPU allows, the weight products run on dinoedge's own kernels
 //! (`dinoedge_kernels::qgemm` and `sgemm`, swapped in by [`qmatmul`]), each block's attention
 //! as one fused operator ([`attention`]; int8 in an int8 file), every LayerNorm as one operator
-//! ([`layer_norm`]) and image resizes a plane at a time ([`resize`]); the rest of the graph on
-//! tract's.
+//! ([`layer_norm`]), image resizes a plane at a time ([`resize`]), and the MLPs' exact GELU and
+//! the u8 → i8 offset in front of tract's int8 products as dinoedge loops ([`element_wise`]); the
+//! rest of the graph on tract's.
 //!
 //! ```no_run
 //! use dinoedge_model::{Backbone, BackboneOptions, Resolution, ResizeMode, load_rgb};
