@@ -14,7 +14,7 @@ use tract_core::internal::*;
 use tract_core::ops::element_wise::ElementWiseOp;
 use tract_linalg::routines::Func;
 
-use crate::ops::{par_rows, row_len};
+use crate::ops::{map_rows_as, par_rows, row_len};
 
 /// `1/√2`, as tract-core computes it for its GELU.
 fn inv_sqrt2() -> f32 {
@@ -117,20 +117,7 @@ impl EvalOp for OffsetU8AsI8 {
             "DinoedgeOffsetU8asI8 takes u8, not {:?}",
             input.datum_type()
         );
-        let plain = input.try_as_plain_ram()?;
-        let xs = plain.as_slice::<u8>()?;
-        let n = row_len(input.shape());
-        let mut dst = unsafe { Tensor::uninitialized_dt(self.output, input.shape())? };
-        {
-            let mut out = dst.try_as_plain_ram_mut()?;
-            let ys = out.as_slice_mut::<i8>()?;
-            ensure!(xs.len() == ys.len(), "input and output sizes differ");
-            par_rows(ys, n, |first_row, part| {
-                let start = first_row * n;
-                offset_u8_as_i8(&xs[start..start + part.len()], part);
-                Ok(())
-            })?;
-        }
+        let dst = map_rows_as(input, self.output, offset_u8_as_i8)?;
         Ok(tvec!(dst.into_tvalue()))
     }
 }

@@ -77,10 +77,19 @@ pub(crate) fn map_rows<X: Datum, Y: Datum>(
     input: &Tensor,
     f: impl Fn(&[X], &mut [Y]) + Sync + Send,
 ) -> TractResult<Tensor> {
+    map_rows_as(input, Y::datum_type(), f)
+}
+
+/// [`map_rows`] into a tensor of type `output` (a quantised `Y`, say: its values are `Y`s).
+pub(crate) fn map_rows_as<X: Datum, Y: Datum>(
+    input: &Tensor,
+    output: DatumType,
+    f: impl Fn(&[X], &mut [Y]) + Sync + Send,
+) -> TractResult<Tensor> {
     let plain = input.try_as_plain_ram()?;
     let xs = plain.as_slice::<X>()?;
     let n = row_len(input.shape());
-    let mut dst = unsafe { Tensor::uninitialized_dt(Y::datum_type(), input.shape())? };
+    let mut dst = unsafe { Tensor::uninitialized_dt(output, input.shape())? };
     {
         let mut out = dst.try_as_plain_ram_mut()?;
         let ys = out.as_slice_mut::<Y>()?;
