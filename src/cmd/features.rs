@@ -3,8 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use dinoedge_model::Backbone;
 use dinoedge_model::{Features, ResizeMode};
-use ndarray_npy::write_npy;
+use ndarray::{Array4, ArrayD, Axis, Ix4};
+use ndarray_npy::{read_npy, write_npy};
 
 use super::{Damaged, ModelArgs, finish, out_dir, parse_resize, progress, stem};
 
@@ -13,7 +15,9 @@ use super::{Damaged, ModelArgs, finish, out_dir, parse_resize, progress, stem};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Images (PNG or JPEG).
+    /// Images (PNG or JPEG), or pixel values already preprocessed as `.npy` (float32,
+    /// `[3, H, W]` or `[N, 3, H, W]` at the model's input size; item i of N > 1 is saved as
+    /// `<stem>_<i>`): `--resize` does not apply to them.
     #[arg(required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// Output directory.
@@ -45,6 +49,9 @@ pub fn run(args: Args) -> Result<()> {
     let (mut failed, mut damaged) = (vec![], Damaged::default());
     for image in &args.images {
         let r = (|| -> Result<()> {
+            if is_npy(image) {
+                return run_npy(&mut bb, image, &args.out);
+            }
             let img = damaged.load(image)?;
             let f = bb.run_image(&mut pre, &img)?;
             save(&f, &args.out, &stem(image))
@@ -67,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         "layers": args.layers,
         "layers_normalized": args.norm,
         "resize": format!("{:?}", args.resize),
-        "files": "<stem>_patches.npy [h,w,D], <stem>_cls.npy [D], <stem>_registers.npy [R,D], <stem>_blockNN_patches.npy, <stem>_blockNN_cls.npy, <stem>_attention.npy [heads,h,w]",
+        "files": "<stem>_patches.npy [h,w,D], <stem>_cls.npy [D], <stem>_registers.npy [R,D], <stem>_blockNN_patches.npy, <stem>_blockNN_cls.npy, <stem>_attention.npy [heads,h,w], <stem>_depth.npy [H,W] (depth models)",
     });
     std::fs::write(
         args.out.join("features.json"),
@@ -84,6 +91,48 @@ pub fn run(args: Args) -> Result<()> {
         bb.resolution()
     );
     finish(&failed, &damaged, args.images.len())
+}
+
+fn is_npy(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+}
+
+/// Pixel values from a `.npy` file: `[3, H, W]` or `[N, 3, H, W]`, float32.
+fn read_pixels(path: &Path) -> Result<Array4<f32>> {
+    let a: ArrayD<f32> = read_npy(path).with_context(|| {
+        format!(
+            "reading {} (pixel values as a float32 .npy: [3, H, W] or [N, 3, H, W])",
+            path.display()
+        )
+    })?;
+    let a = match a.ndim() {
+        3 => a.insert_axis(Axis(0)),
+        _ => a,
+    };
+    let shape = a.shape().to_vec();
+    match a.into_dimensionality::<Ix4>() {
+        Ok(a) if shape[1] == 3 && shape[0] > 0 => Ok(a),
+        _ => anyhow::bail!(
+            "{}: pixel values of shape {shape:?}; expected [3, H, W] or [N, 3, H, W]",
+            path.display()
+        ),
+    }
+}
+
+/// Run each item of a `.npy` of pixel values (already preprocessed) and save its features.
+fn run_npy(bb: &mut Backbone, path: &Path, out: &Path) -> Result<()> {
+    let pixels = read_pixels(path)?;
+    let n = pixels.len_of(Axis(0));
+    for (i, item) in pixels.axis_chunks_iter(Axis(0), 1).enumerate() {
+        let f = bb.run(item)?.remove(0);
+        let name = match n {
+            1 => stem(path),
+            _ => format!("{}_{i}", stem(path)),
+        };
+        save(&f, out, &name)?;
+    }
+    Ok(())
 }
 
 fn save(f: &Features, dir: &Path, stem: &str) -> Result<()> {
@@ -107,6 +156,9 @@ fn save(f: &Features, dir: &Path, stem: &str) -> Result<()> {
     }
     if let Some(a) = &f.attention {
         w(p("attention"), write_npy(dir.join(p("attention")), a))?;
+    }
+    if let Some(d) = &f.depth {
+        w(p("depth"), write_npy(dir.join(p("depth")), d))?;
     }
     Ok(())
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use dinoedge_testkit::fixtures;
 
+use crate::bin::cmd;
+
 fn small() -> PathBuf {
     fixtures().join("dinov2-small/onnx/model.onnx")
 }
@@ -21,29 +23,6 @@ fn tiny() -> PathBuf {
 
 fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample/vtest_pedestrians.mjpeg")
-}
-
-/// `dinoedge`: the one this test binary was built with, or `$DINOEDGE_TEST_BIN` (another build,
-/// another target: `.ci/aarch64` runs these tests against the arm64 package's binary), started
-/// through `$DINOEDGE_TEST_RUNNER` (a program and its arguments) when that is set: without
-/// binfmt_misc an aarch64 program cannot be started directly, so `qemu-aarch64 dinoedge …`.
-fn cmd(cache: &Path) -> Command {
-    let bin = std::env::var_os("DINOEDGE_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dinoedge")));
-    let runner = std::env::var("DINOEDGE_TEST_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    let mut c = match runner.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(runner).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    c.env("DINOEDGE_CACHE_DIR", cache)
-        .env_remove("DINOEDGE_MODEL");
-    c
 }
 
 /// `--sink KIND:PATH` for each pair.
