@@ -152,6 +152,7 @@ pub fn run(args: Args) -> Result<()> {
             "byte_products": r1.byte_products,
             "split_weights": r1.split_weights,
             "saturating_products": r1.saturating_products,
+            "requantized_products": r1.requantized_products,
         });
         if !args.json {
             let fmt = |d: Option<std::time::Duration>| {
@@ -210,6 +211,12 @@ fn int8_kernel_line(r: &dinoedge_model::LoadReport) -> String {
         if widened > 0 {
             line += &format!(", {widened} widened to 16 bits (too many pairs to split)");
         }
+    }
+    if r.requantized_products > 0 {
+        line += &format!(
+            "; {} requantise their output themselves (QDQ)",
+            r.requantized_products
+        );
     }
     line
 }

@@ -273,6 +273,20 @@ dispatch!(
     pub fn dequantize_i8(scale: f32, zero_point: i32, xs: &[i8], ys: &mut [f32]) => dequantize_i8_impl);
 
 #[inline(always)]
+fn requantize_i8_impl(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i32, xs: &mut [f32]) {
+    let zp = q_zero as f32;
+    for x in xs.iter_mut() {
+        let q = low_byte((round_clamped(*x * q_scale) + zp).clamp(-128.0, 127.0)) as i8;
+        *x = (q as i32 - dq_zero) as f32 * dq_scale;
+    }
+}
+
+dispatch!(
+    /// [`quantize_i8`] then [`dequantize_i8`] in place, in one pass and bit for bit the two
+    /// (a QDQ file's requantisation of a product's output).
+    pub fn requantize_i8(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i32, xs: &mut [f32]) => requantize_i8_impl);
+
+#[inline(always)]
 fn dequantize_u8_impl(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) {
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
         *y = (*x as i32 - zero_point) as f32 * scale;
@@ -705,6 +719,42 @@ mod tests {
         assert!(worst < 3.0 * f32::EPSILON as f64, "relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(-1e9) < 1e-37);
+    }
+
+    #[test]
+    fn requantize_is_quantize_then_dequantize_bit_for_bit() {
+        let mut xs: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919 % 2001) as f32 - 1000.0) * 0.0173)
+            .collect();
+        // ties, the clamps, and what is not a number
+        xs.extend([
+            0.5,
+            1.5,
+            -0.5,
+            -2.5,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        for (q_scale, q_zero, dq_scale, dq_zero) in
+            [(7.3, 0, 0.137, 0), (1.0, -3, 1.0, -3), (40.0, 5, 0.025, 5)]
+        {
+            for len in [0, 1, 7, 48, 100, xs.len()] {
+                let xs = &xs[xs.len() - len..];
+                let mut q = vec![0i8; len];
+                quantize_i8(q_scale, q_zero, xs, &mut q);
+                let mut want = vec![0f32; len];
+                dequantize_i8(dq_scale, dq_zero, &q, &mut want);
+                for f in [requantize_i8, requantize_i8_impl] {
+                    let mut got = xs.to_vec();
+                    f(q_scale, q_zero, dq_scale, dq_zero, &mut got);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "scale {q_scale}, {len} values");
+                }
+            }
+        }
     }
 
     #[test]

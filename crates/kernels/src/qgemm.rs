@@ -629,6 +629,20 @@ pub fn matmul(
     epilogue: &Epilogue,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
+    matmul_then(a, b, epilogue, &|_| {}, out)
+}
+
+/// [`matmul`], then `then` on the output, element-wise: on each thread's columns of each row
+/// as soon as that thread's tiles are done (while they are in its cache, and no second pass
+/// over the whole output): a step fused into the product, such as a QDQ file's
+/// requantisation of the product's output.
+pub fn matmul_then(
+    a: &Activations,
+    b: &PackedWeights,
+    epilogue: &Epilogue,
+    then: &(dyn Fn(&mut [f32]) + Sync),
+    out: &mut [f32],
+) -> Result<(), ShapeError> {
     let (k, n) = (b.k, b.n);
     let m = a.len() / k;
     if !a.len().is_multiple_of(k) || out.len() != m * n {
@@ -674,21 +688,15 @@ pub fn matmul(
             scales,
             bias,
         };
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: the CPU has AVX-512F (the VNNI and AMX kernels are chosen only then);
-            // every slice of `row` is as long as `dst`.
-            unsafe { row.finish_avx512(dst) };
-            return;
+        row.finish_here(wide, avx2, dst);
+    };
+    // `then` over the columns of `panels`, every row
+    let then_each_row = |panels: std::ops::Range<usize>| {
+        let (c0, c1) = (panels.start * NR, (panels.end * NR).min(n));
+        for row in 0..m {
+            // SAFETY: `par_panels` hands each panel's columns to one call alone.
+            then(unsafe { out.segment(row * n + c0, c1 - c0) });
         }
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU has AVX2 (checked by `kernel`); as above.
-            unsafe { row.finish_avx2(dst) };
-            return;
-        }
-        let _ = (wide, avx2);
-        row.finish(dst);
     };
     #[cfg(target_arch = "x86_64")]
     if avx2 && !b.bytes {
@@ -701,13 +709,15 @@ pub fn matmul(
         debug_assert!(b.residuals.is_empty());
         let done = par_panels(n.div_ceil(NR), m * n * k, |panels| {
             // SAFETY: as above; `words` are `a_rows` widened.
-            unsafe { avx2::tiles_widened(words, b, panels, store) }
+            unsafe { avx2::tiles_widened(words, b, panels.clone(), store) };
+            then_each_row(panels);
         });
         avx2::WIDE.set(wide);
         return done;
     }
     par_panels(n.div_ceil(NR), m * n * k, |panels| {
-        tiles(a_rows, b, panels, store)
+        tiles(a_rows, b, panels.clone(), store);
+        then_each_row(panels);
     })
 }
 
@@ -728,6 +738,26 @@ impl Row<'_> {
     /// The reference, one value at a time.
     fn finish(&self, dst: &mut [f32]) {
         self.finish_from(0, dst)
+    }
+
+    /// [`Row::finish`] on the widest code this CPU has (`wide`: AVX-512F, as the VNNI and AMX
+    /// kernels are chosen only then; `avx2`: AVX2, as the AVX2 kernel is); all bit for bit.
+    fn finish_here(&self, wide: bool, avx2: bool, dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: `wide` only where the CPU has AVX-512F; every slice of `self` is as
+            // long as `dst` (checked by `matmul_then`).
+            unsafe { self.finish_avx512(dst) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` only where the CPU has AVX2; as above.
+            unsafe { self.finish_avx2(dst) };
+            return;
+        }
+        let _ = (wide, avx2);
+        self.finish(dst);
     }
 
     /// [`Row::finish`] from value `start` on.
@@ -1876,6 +1906,29 @@ mod tests {
         for (i, (g, w)) in out.iter().zip(want).enumerate() {
             assert_eq!(*g, w as f32 * scales[i % n]);
         }
+    }
+
+    /// `matmul_then`'s step runs once on every output value, after the epilogue: the same as
+    /// the step over `matmul`'s whole output, over many panels and threads' worth of columns.
+    #[test]
+    fn the_step_after_the_product_sees_every_value_once() {
+        let (m, k, n) = (37, 64, 200);
+        let a: Vec<u8> = noise(m * k, 3).collect();
+        let b: Vec<i8> = noise(k * n, 4).map(|v| v as i8).collect();
+        let packed = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let epi = Epilogue::Scale {
+            scale: 0.01,
+            bias: Some(&bias),
+        };
+        let acts = Activations::U8(&a, 128);
+        let mut plain = vec![0f32; m * n];
+        matmul(&acts, &packed, &epi, &mut plain).unwrap();
+        let step = |xs: &mut [f32]| xs.iter_mut().for_each(|x| *x = (*x * 3.0).round() + 0.5);
+        let mut fused = vec![f32::NAN; m * n];
+        matmul_then(&acts, &packed, &epi, &step, &mut fused).unwrap();
+        step(&mut plain);
+        assert_eq!(fused, plain);
     }
 
     #[test]

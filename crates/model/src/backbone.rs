@@ -296,6 +296,9 @@ pub struct LoadReport {
     /// How many of the byte products saturate their pair sums instead of splitting pairs
     /// (`DINOEDGE_INT8_SUMS=saturating`: [`dinoedge_kernels::qgemm::Sums::Saturating`]).
     pub saturating_products: usize,
+    /// How many int8 products requantise their output themselves (a QDQ file's
+    /// quantise/dequantise pair after the product, fused: [`crate::qmatmul::fuse_requantize`]).
+    pub requantized_products: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -443,6 +446,7 @@ impl Backbone {
             byte_products: 0,
             split_weights: 0,
             saturating_products: 0,
+            requantized_products: 0,
             runtime,
             runtime_note,
         };
@@ -917,6 +921,10 @@ fn build_plan(
             if fast_ops {
                 crate::ops::swap_static_quantizers(&mut optimized);
                 crate::ops::swap_static_dequantizers(&mut optimized);
+                let n = crate::qmatmul::fuse_requantize(&mut optimized)
+                    .map_err(|e| ModelError::tract("fuse the requantisations", e))?;
+                tracing::debug!("{n} QDQ requantisations fused into their products");
+                report.requantized_products = n;
                 let n = crate::resize::swap_resizes(&mut optimized);
                 tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
                 let n = crate::element_wise::swap_element_wise(&mut optimized)

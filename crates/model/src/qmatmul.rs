@@ -52,6 +52,38 @@ pub struct MatMulInt8 {
     pub dequantize: Dequantize,
     /// The output's shape (`[.., M, N]`, maybe with other unit axes than the input's).
     pub out_shape: TVec<usize>,
+    /// A QDQ file's requantisation of the output, fused in by [`fuse_requantize`].
+    pub requantize: Option<Requantize>,
+}
+
+/// A static `QuantizeLinear` to int8 and the `DequantizeLinear` back to `f32` after it (a QDQ
+/// file's product outputs go through such a pair before their bias is added), applied to the
+/// product's output as its rows are written: tract's two operators' arithmetic
+/// ([`crate::ops::FastQuantizeLinearI8`], [`crate::ops::FastDequantizeLinearF32`]), bit for bit,
+/// without the int8 tensor between them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Requantize {
+    /// The quantiser's multiplier (1 / ONNX scale, as tract stores it).
+    pub q_scale: f32,
+    /// The quantiser's zero point.
+    pub q_zero: i8,
+    /// The dequantiser's scale.
+    pub dq_scale: f32,
+    /// The dequantiser's zero point.
+    pub dq_zero: i32,
+}
+
+impl Requantize {
+    /// `xs` through the quantiser and the dequantiser, in place.
+    pub fn apply(&self, xs: &mut [f32]) {
+        dinoedge_kernels::activations::requantize_i8(
+            self.q_scale,
+            self.q_zero,
+            self.dq_scale,
+            self.dq_zero,
+            xs,
+        )
+    }
 }
 
 impl Eq for MatMulInt8 {}
@@ -68,6 +100,15 @@ impl std::hash::Hash for MatMulInt8 {
         for v in values.iter() {
             v.to_bits().hash(state);
         }
+        if let Some(r) = &self.requantize {
+            (
+                r.q_scale.to_bits(),
+                r.q_zero,
+                r.dq_scale.to_bits(),
+                r.dq_zero,
+            )
+                .hash(state);
+        }
     }
 }
 
@@ -82,13 +123,17 @@ impl Op for MatMulInt8 {
             Dequantize::Columns { .. } => "per-column scales",
         };
         Ok(vec![format!(
-            "K {} N {}, {kind}{}",
+            "K {} N {}, {kind}{}{}",
             self.weights.k(),
             self.weights.n(),
             match (self.weights.narrow(), self.weights.split()) {
                 (true, _) => ", 7-bit weights".to_string(),
                 (false, 0) => String::new(),
                 (false, n) => format!(", {n} weights split off for the AVX2 byte kernel"),
+            },
+            match &self.requantize {
+                Some(_) => ", requantised (QDQ)",
+                None => "",
             }
         )])
     }
@@ -155,12 +200,13 @@ impl EvalOp for MatMulInt8 {
         let mut dst = unsafe { Tensor::uninitialized_dt(f32::datum_type(), &self.out_shape)? };
         {
             let mut plain = dst.try_as_plain_ram_mut()?;
-            qgemm::matmul(
-                &acts,
-                &self.weights,
-                &epilogue,
-                plain.as_slice_mut::<f32>()?,
-            )
+            let out = plain.as_slice_mut::<f32>()?;
+            match &self.requantize {
+                Some(r) => {
+                    qgemm::matmul_then(&acts, &self.weights, &epilogue, &|xs| r.apply(xs), out)
+                }
+                None => qgemm::matmul(&acts, &self.weights, &epilogue, out),
+            }
             .map_err(|e| format_err!("{e}"))?;
         }
         Ok(tvec!(dst.into_tvalue()))
@@ -323,6 +369,7 @@ fn int8_candidate(model: &TypedModel, node: &TypedNode, sums: Sums) -> Option<Sw
                 bias: Arc::new(bias),
             },
             out_shape,
+            requantize: None,
         };
         return Some((
             node.id,
@@ -339,6 +386,7 @@ fn int8_candidate(model: &TypedModel, node: &TypedNode, sums: Sums) -> Option<Sw
                 scales: Arc::new(scales),
             },
             out_shape,
+            requantize: None,
         };
         return Some((node.id, next.id, Box::new(op), tvec![a, a_zero]));
     }
@@ -552,6 +600,63 @@ pub fn int8_sums() -> Sums {
             Sums::Exact
         }
     })
+}
+
+/// In an optimised graph whose static quantisers are dinoedge's ([`crate::ops::swap_static_quantizers`],
+/// [`crate::ops::swap_static_dequantizers`]), each [`MatMulInt8`] → `FastQuantizeLinearI8` →
+/// `FastDequantizeLinearF32` chain (a QDQ file's requantised product output: 84 of ViT-S's 96
+/// products), where each link is the only reader of the one before and no link's output is a
+/// model output, becomes the product alone with [`Requantize`]: the same values, bit for bit,
+/// without two passes over the output and the int8 tensor between them. Returns how many.
+pub fn fuse_requantize(model: &mut TypedModel) -> TractResult<usize> {
+    use crate::ops::{FastDequantizeLinearF32, FastQuantizeLinearI8};
+    let only_reader = |model: &TypedModel, node: usize| -> Option<usize> {
+        let out = OutletId::new(node, 0);
+        let succ = model.outlet_successors(out);
+        (model.node(node).outputs.len() == 1 && succ.len() == 1 && !model.outputs.contains(&out))
+            .then(|| succ[0].node)
+    };
+    let chains: Vec<(usize, usize, Requantize)> = model
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.op_as::<MatMulInt8>()
+                .is_some_and(|op| op.requantize.is_none())
+        })
+        .filter_map(|n| {
+            let q = model.node(only_reader(model, n.id)?);
+            let quantize = q.op_as::<FastQuantizeLinearI8>()?;
+            let dq = model.node(only_reader(model, q.id)?);
+            let dequantize = dq.op_as::<FastDequantizeLinearF32>()?;
+            let q_out = model.outlet_fact(OutletId::new(q.id, 0)).ok()?;
+            (q_out.datum_type.unquantized() == DatumType::I8).then_some(())?;
+            let r = Requantize {
+                q_scale: quantize.scale,
+                q_zero: quantize.zero_point,
+                dq_scale: dequantize.scale,
+                dq_zero: dequantize.zero_point,
+            };
+            Some((n.id, dq.id, r))
+        })
+        .collect();
+    for (product, dq, r) in &chains {
+        let mut op = model.node(*product).op_as::<MatMulInt8>().unwrap().clone();
+        op.requantize = Some(*r);
+        model.node_mut(*product).op = Box::new(op);
+        let from = OutletId::new(*dq, 0);
+        for inlet in model.outlet_successors(from).to_vec() {
+            model.add_edge(OutletId::new(*product, 0), inlet)?;
+        }
+        // the dequantiser's output may be a model output (the pattern above excludes only
+        // the product's and the quantiser's)
+        for o in model.outputs.iter_mut().filter(|o| **o == from) {
+            *o = OutletId::new(*product, 0);
+        }
+    }
+    if !chains.is_empty() {
+        model.compact()?;
+    }
+    Ok(chains.len())
 }
 
 /// Replace every product with constant weights (see the module's text) by one
