@@ -153,6 +153,7 @@ pub fn run(args: Args) -> Result<()> {
             "split_weights": r1.split_weights,
             "saturating_products": r1.saturating_products,
             "requantized_products": r1.requantized_products,
+            "requantized_biases": r1.requantized_biases,
         });
         if !args.json {
             let fmt = |d: Option<std::time::Duration>| {
@@ -214,8 +215,8 @@ fn int8_kernel_line(r: &dinoedge_model::LoadReport) -> String {
     }
     if r.requantized_products > 0 {
         line += &format!(
-            "; {} requantise their output themselves (QDQ)",
-            r.requantized_products
+            "; {} requantise their output themselves (QDQ), {} adding the bias after it",
+            r.requantized_products, r.requantized_biases
         );
     }
     line

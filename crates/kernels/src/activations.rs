@@ -287,6 +287,29 @@ dispatch!(
     pub fn requantize_i8(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i32, xs: &mut [f32]) => requantize_i8_impl);
 
 #[inline(always)]
+fn requantize_i8_add_impl(
+    q_scale: f32,
+    q_zero: i8,
+    dq_scale: f32,
+    dq_zero: i32,
+    bias: &[f32],
+    xs: &mut [f32],
+) {
+    let zp = q_zero as f32;
+    for (x, b) in xs.iter_mut().zip(bias) {
+        let q = low_byte((round_clamped(*x * q_scale) + zp).clamp(-128.0, 127.0)) as i8;
+        // a product then a sum, each rounded (Rust never fuses them into one FMA)
+        *x = (q as i32 - dq_zero) as f32 * dq_scale + *b;
+    }
+}
+
+dispatch!(
+    /// [`requantize_i8`] then `+ bias[i]` on each value, in one pass and bit for bit the
+    /// three (a QDQ file's requantised product output and the bias `Add` after it). `bias` is
+    /// as long as `xs`.
+    pub fn requantize_i8_add(q_scale: f32, q_zero: i8, dq_scale: f32, dq_zero: i32, bias: &[f32], xs: &mut [f32]) => requantize_i8_add_impl);
+
+#[inline(always)]
 fn dequantize_u8_impl(scale: f32, zero_point: i32, xs: &[u8], ys: &mut [f32]) {
     for (x, y) in xs.iter().zip(ys.iter_mut()) {
         *y = (*x as i32 - zero_point) as f32 * scale;
@@ -747,11 +770,23 @@ mod tests {
                 quantize_i8(q_scale, q_zero, xs, &mut q);
                 let mut want = vec![0f32; len];
                 dequantize_i8(dq_scale, dq_zero, &q, &mut want);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 for f in [requantize_i8, requantize_i8_impl] {
                     let mut got = xs.to_vec();
                     f(q_scale, q_zero, dq_scale, dq_zero, &mut got);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&want), "scale {q_scale}, {len} values");
+                }
+                // and with the bias added after: the sum of the two, rounded once
+                let bias: Vec<f32> = (0..len).map(|i| (i as f32 - 50.0) * 0.0371).collect();
+                let with_bias: Vec<f32> = want.iter().zip(&bias).map(|(w, b)| w + b).collect();
+                for f in [requantize_i8_add, requantize_i8_add_impl] {
+                    let mut got = xs.to_vec();
+                    f(q_scale, q_zero, dq_scale, dq_zero, &bias, &mut got);
+                    assert_eq!(
+                        bits(&got),
+                        bits(&with_bias),
+                        "scale {q_scale}, {len} + bias"
+                    );
                 }
             }
         }

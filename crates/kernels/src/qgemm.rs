@@ -629,18 +629,18 @@ pub fn matmul(
     epilogue: &Epilogue,
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
-    matmul_then(a, b, epilogue, &|_| {}, out)
+    matmul_then(a, b, epilogue, &|_, _| {}, out)
 }
 
-/// [`matmul`], then `then` on the output, element-wise: on each thread's columns of each row
-/// as soon as that thread's tiles are done (while they are in its cache, and no second pass
-/// over the whole output): a step fused into the product, such as a QDQ file's
-/// requantisation of the product's output.
+/// [`matmul`], then `then(c0, xs)` on the output, element-wise: on each thread's columns of
+/// each row (`xs`, whose first value is in column `c0`) as soon as that thread's tiles are done
+/// (while they are in its cache, and no second pass over the whole output): a step fused into
+/// the product, such as a QDQ file's requantisation of the product's output and its bias.
 pub fn matmul_then(
     a: &Activations,
     b: &PackedWeights,
     epilogue: &Epilogue,
-    then: &(dyn Fn(&mut [f32]) + Sync),
+    then: &(dyn Fn(usize, &mut [f32]) + Sync),
     out: &mut [f32],
 ) -> Result<(), ShapeError> {
     let (k, n) = (b.k, b.n);
@@ -695,7 +695,7 @@ pub fn matmul_then(
         let (c0, c1) = (panels.start * NR, (panels.end * NR).min(n));
         for row in 0..m {
             // SAFETY: `par_panels` hands each panel's columns to one call alone.
-            then(unsafe { out.segment(row * n + c0, c1 - c0) });
+            then(c0, unsafe { out.segment(row * n + c0, c1 - c0) });
         }
     };
     #[cfg(target_arch = "x86_64")]
@@ -1924,10 +1924,17 @@ mod tests {
         let acts = Activations::U8(&a, 128);
         let mut plain = vec![0f32; m * n];
         matmul(&acts, &packed, &epi, &mut plain).unwrap();
-        let step = |xs: &mut [f32]| xs.iter_mut().for_each(|x| *x = (*x * 3.0).round() + 0.5);
+        // the step sees each value's column: it adds the column's number
+        let step = |c0: usize, xs: &mut [f32]| {
+            for (c, x) in (c0..).zip(xs.iter_mut()) {
+                *x = (*x * 3.0).round() + 0.5 + c as f32;
+            }
+        };
         let mut fused = vec![f32::NAN; m * n];
         matmul_then(&acts, &packed, &epi, &step, &mut fused).unwrap();
-        step(&mut plain);
+        for row in plain.chunks_exact_mut(n) {
+            step(0, row);
+        }
         assert_eq!(fused, plain);
     }
 

@@ -299,6 +299,8 @@ pub struct LoadReport {
     /// How many int8 products requantise their output themselves (a QDQ file's
     /// quantise/dequantise pair after the product, fused: [`crate::qmatmul::fuse_requantize`]).
     pub requantized_products: usize,
+    /// How many of those add the bias after the requantisation themselves too.
+    pub requantized_biases: usize,
     /// The runtime the backbone runs on: [`Runtime::Cpu`] or [`Runtime::Cuda`] (never
     /// `CudaOrCpu`: that one resolves to one of the two).
     pub runtime: Runtime,
@@ -447,6 +449,7 @@ impl Backbone {
             split_weights: 0,
             saturating_products: 0,
             requantized_products: 0,
+            requantized_biases: 0,
             runtime,
             runtime_note,
         };
@@ -921,10 +924,11 @@ fn build_plan(
             if fast_ops {
                 crate::ops::swap_static_quantizers(&mut optimized);
                 crate::ops::swap_static_dequantizers(&mut optimized);
-                let n = crate::qmatmul::fuse_requantize(&mut optimized)
+                let (n, biases) = crate::qmatmul::fuse_requantize(&mut optimized)
                     .map_err(|e| ModelError::tract("fuse the requantisations", e))?;
-                tracing::debug!("{n} QDQ requantisations fused into their products");
+                tracing::debug!("{n} QDQ requantisations ({biases} with a bias) fused");
                 report.requantized_products = n;
+                report.requantized_biases = biases;
                 let n = crate::resize::swap_resizes(&mut optimized);
                 tracing::debug!("{n} resizes on dinoedge's plane-by-plane loop");
                 let n = crate::element_wise::swap_element_wise(&mut optimized)
@@ -982,7 +986,7 @@ fn cached_or_compiled(
     options_key: String,
     report: &mut LoadReport,
 ) -> Result<TypedModel> {
-    let nnef = nnef_framework;
+    let nnef = crate::nnef::framework;
     // external data that is missing is said as such (not as tract's message later)
     let external = cache::external_data(&info.path, &info.proto)?;
     // Try the cache, under the digest of every file the model reads.
@@ -1112,22 +1116,6 @@ fn cuda_plan(model: TypedModel, options: &RunOptions) -> Result<Arc<TypedSimpleP
 fn cuda_plan(_model: TypedModel, _options: &RunOptions) -> Result<Arc<TypedSimplePlan>> {
     // `resolve_runtime` never picks CUDA in a build without it.
     Err(ModelError::CudaNotBuilt)
-}
-
-/// The NNEF dialect of the compile cache: tract-core, the ONNX and transformer extensions,
-/// and a `dinoedge` registry for the ops tract 0.23.9 cannot serialise itself (the exact GELU
-/// that `Erf`-based MLPs declutter into).
-fn nnef_framework() -> tract_nnef::framework::Nnef {
-    use tract_onnx_opl::WithOnnx;
-    use tract_transformers::WithTractTransformers;
-    let mut dinoedge = tract_nnef::internal::Registry::new("dinoedge");
-    dinoedge.register_unit_element_wise("dinoedge_gelu_exact", &tract_core::ops::nn::GeluExact {});
-    crate::ops::register(&mut dinoedge);
-    crate::layer_norm::register_nnef(&mut dinoedge);
-    tract_nnef::nnef()
-        .with_onnx()
-        .with_tract_transformers()
-        .with_registry(dinoedge)
 }
 
 /// Parse, tap the requested tensors, fix the input fact and declutter.

@@ -44,6 +44,7 @@ pub mod error;
 pub mod features;
 pub mod graph;
 pub mod layer_norm;
+mod nnef;
 pub mod ops;
 pub mod preprocess;
 pub mod qdq;

@@ -57,11 +57,12 @@ pub struct MatMulInt8 {
 }
 
 /// A static `QuantizeLinear` to int8 and the `DequantizeLinear` back to `f32` after it (a QDQ
-/// file's product outputs go through such a pair before their bias is added), applied to the
-/// product's output as its rows are written: tract's two operators' arithmetic
-/// ([`crate::ops::FastQuantizeLinearI8`], [`crate::ops::FastDequantizeLinearF32`]), bit for bit,
-/// without the int8 tensor between them.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// file's product outputs go through such a pair before their bias is added), and the bias
+/// `Add` after them where there is one, applied to the product's output as its rows are
+/// written: tract's operators' arithmetic ([`crate::ops::FastQuantizeLinearI8`],
+/// [`crate::ops::FastDequantizeLinearF32`], the `f32` sum), bit for bit, without the int8
+/// tensor between them and the passes over the whole output.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Requantize {
     /// The quantiser's multiplier (1 / ONNX scale, as tract stores it).
     pub q_scale: f32,
@@ -71,18 +72,20 @@ pub struct Requantize {
     pub dq_scale: f32,
     /// The dequantiser's zero point.
     pub dq_zero: i32,
+    /// The bias added after the dequantiser, one value per column.
+    pub bias: Option<Arc<Vec<f32>>>,
 }
 
 impl Requantize {
-    /// `xs` through the quantiser and the dequantiser, in place.
-    pub fn apply(&self, xs: &mut [f32]) {
-        dinoedge_kernels::activations::requantize_i8(
-            self.q_scale,
-            self.q_zero,
-            self.dq_scale,
-            self.dq_zero,
-            xs,
-        )
+    /// `xs`, the columns `c0..` of one output row, through the quantiser, the dequantiser and
+    /// the bias, in place.
+    pub fn apply(&self, c0: usize, xs: &mut [f32]) {
+        use dinoedge_kernels::activations::{requantize_i8, requantize_i8_add};
+        let (q, qz, dq, dqz) = (self.q_scale, self.q_zero, self.dq_scale, self.dq_zero);
+        match &self.bias {
+            Some(bias) => requantize_i8_add(q, qz, dq, dqz, &bias[c0..c0 + xs.len()], xs),
+            None => requantize_i8(q, qz, dq, dqz, xs),
+        }
     }
 }
 
@@ -108,6 +111,9 @@ impl std::hash::Hash for MatMulInt8 {
                 r.dq_zero,
             )
                 .hash(state);
+            for v in r.bias.iter().flat_map(|b| b.iter()) {
+                v.to_bits().hash(state);
+            }
         }
     }
 }
@@ -132,6 +138,7 @@ impl Op for MatMulInt8 {
                 (false, n) => format!(", {n} weights split off for the AVX2 byte kernel"),
             },
             match &self.requantize {
+                Some(Requantize { bias: Some(_), .. }) => ", requantised (QDQ) and the bias added",
                 Some(_) => ", requantised (QDQ)",
                 None => "",
             }
@@ -203,7 +210,8 @@ impl EvalOp for MatMulInt8 {
             let out = plain.as_slice_mut::<f32>()?;
             match &self.requantize {
                 Some(r) => {
-                    qgemm::matmul_then(&acts, &self.weights, &epilogue, &|xs| r.apply(xs), out)
+                    let step = |c0: usize, xs: &mut [f32]| r.apply(c0, xs);
+                    qgemm::matmul_then(&acts, &self.weights, &epilogue, &step, out)
                 }
                 None => qgemm::matmul(&acts, &self.weights, &epilogue, out),
             }
@@ -604,18 +612,15 @@ pub fn int8_sums() -> Sums {
 
 /// In an optimised graph whose static quantisers are dinoedge's ([`crate::ops::swap_static_quantizers`],
 /// [`crate::ops::swap_static_dequantizers`]), each [`MatMulInt8`] → `FastQuantizeLinearI8` →
-/// `FastDequantizeLinearF32` chain (a QDQ file's requantised product output: 84 of ViT-S's 96
+/// `FastDequantizeLinearF32` chain (a QDQ file's requantised product output: 72 of ViT-S's 96
 /// products), where each link is the only reader of the one before and no link's output is a
-/// model output, becomes the product alone with [`Requantize`]: the same values, bit for bit,
-/// without two passes over the output and the int8 tensor between them. Returns how many.
-pub fn fuse_requantize(model: &mut TypedModel) -> TractResult<usize> {
+/// model output, becomes the product alone with [`Requantize`], and with it the `Add` of a
+/// per-column constant after the chain where that `Add` is the dequantiser's only reader (the
+/// bias of 48 of the 72): the same values, bit for bit, without the passes over the output
+/// and the int8 tensor between them. Returns how many chains, and how many of them took their
+/// bias.
+pub fn fuse_requantize(model: &mut TypedModel) -> TractResult<(usize, usize)> {
     use crate::ops::{FastDequantizeLinearF32, FastQuantizeLinearI8};
-    let only_reader = |model: &TypedModel, node: usize| -> Option<usize> {
-        let out = OutletId::new(node, 0);
-        let succ = model.outlet_successors(out);
-        (model.node(node).outputs.len() == 1 && succ.len() == 1 && !model.outputs.contains(&out))
-            .then(|| succ[0].node)
-    };
     let chains: Vec<(usize, usize, Requantize)> = model
         .nodes()
         .iter()
@@ -630,25 +635,35 @@ pub fn fuse_requantize(model: &mut TypedModel) -> TractResult<usize> {
             let dequantize = dq.op_as::<FastDequantizeLinearF32>()?;
             let q_out = model.outlet_fact(OutletId::new(q.id, 0)).ok()?;
             (q_out.datum_type.unquantized() == DatumType::I8).then_some(())?;
-            let r = Requantize {
+            let mut r = Requantize {
                 q_scale: quantize.scale,
                 q_zero: quantize.zero_point,
                 dq_scale: dequantize.scale,
                 dq_zero: dequantize.zero_point,
+                bias: None,
             };
-            Some((n.id, dq.id, r))
+            let n_cols = n.op_as::<MatMulInt8>()?.weights.n();
+            let last = match bias_after(model, dq.id, n_cols) {
+                Some((add, bias)) => {
+                    r.bias = Some(Arc::new(bias));
+                    add
+                }
+                None => dq.id,
+            };
+            Some((n.id, last, r))
         })
         .collect();
-    for (product, dq, r) in &chains {
+    let with_bias = chains.iter().filter(|c| c.2.bias.is_some()).count();
+    for (product, last, r) in &chains {
         let mut op = model.node(*product).op_as::<MatMulInt8>().unwrap().clone();
-        op.requantize = Some(*r);
+        op.requantize = Some(r.clone());
         model.node_mut(*product).op = Box::new(op);
-        let from = OutletId::new(*dq, 0);
+        let from = OutletId::new(*last, 0);
         for inlet in model.outlet_successors(from).to_vec() {
             model.add_edge(OutletId::new(*product, 0), inlet)?;
         }
-        // the dequantiser's output may be a model output (the pattern above excludes only
-        // the product's and the quantiser's)
+        // the chain's last output may be a model output (only the links before it are
+        // excluded above)
         for o in model.outputs.iter_mut().filter(|o| **o == from) {
             *o = OutletId::new(*product, 0);
         }
@@ -656,7 +671,48 @@ pub fn fuse_requantize(model: &mut TypedModel) -> TractResult<usize> {
     if !chains.is_empty() {
         model.compact()?;
     }
-    Ok(chains.len())
+    Ok((chains.len(), with_bias))
+}
+
+/// The only reader of `node`'s one output, where that output is not a model output.
+fn only_reader(model: &TypedModel, node: usize) -> Option<usize> {
+    let out = OutletId::new(node, 0);
+    let succ = model.outlet_successors(out);
+    (model.node(node).outputs.len() == 1 && succ.len() == 1 && !model.outputs.contains(&out))
+        .then(|| succ[0].node)
+}
+
+/// `(add, bias)` where the only reader of `node` (`[.., N]` `f32`, not a model output) adds a
+/// constant of `n` values along its last axis and nothing else (every other axis of the
+/// constant 1, the sum the shape of `node`'s output): tract's `Add` before optimisation, its
+/// `OptAddUnicast` after.
+fn bias_after(model: &TypedModel, node: usize, n: usize) -> Option<(usize, Vec<f32>)> {
+    use tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
+    let add = model.node(only_reader(model, node)?);
+    let is_add = add
+        .op_as::<OptBinUnicast>()
+        .map(|op| op.binop.name() == "Add")
+        .or_else(|| add.op_as::<TypedBinOp>().map(|op| op.0.name() == "Add"))?;
+    let ours = OutletId::new(node, 0);
+    let other = match add.inputs.as_slice() {
+        [a, b] if *a == ours && *b != ours => *b,
+        [a, b] if *b == ours && *a != ours => *a,
+        _ => return None,
+    };
+    let fact = model.outlet_fact(ours).ok()?;
+    let bias_fact = model.outlet_fact(other).ok()?;
+    let sum_fact = model.outlet_fact(OutletId::new(add.id, 0)).ok()?;
+    let dims = bias_fact.shape.as_concrete()?;
+    let along_last = dims.last() == Some(&n) && dims[..dims.len() - 1].iter().all(|d| *d == 1);
+    (is_add
+        && fact.datum_type == DatumType::F32
+        && bias_fact.datum_type == DatumType::F32
+        && sum_fact.datum_type == DatumType::F32
+        && sum_fact.shape == fact.shape
+        && dims.len() <= fact.rank()
+        && along_last)
+        .then_some(())?;
+    Some((add.id, values::<f32>(model, other, n)?))
 }
 
 /// Replace every product with constant weights (see the module's text) by one

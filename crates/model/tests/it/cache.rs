@@ -127,6 +127,49 @@ fn unwritable_cache_directory_is_not_fatal() {
     );
 }
 
+/// A QDQ file's decluttered graph holds tract-core's static quantisers, dequantisers and the
+/// look-up tables made of the chains between them, which tract's NNEF cannot write: the
+/// cache's dialect writes them (`crates/model/src/nnef.rs`), or such a file compiled again at
+/// every start. The cached graph computes the same features, blocks and attention map bit for
+/// bit, its products on the same kernels with their requantisation fused.
+#[test]
+fn qdq_models_are_cached_too() {
+    let path = model("dinov2-small/onnx/model_qdq.onnx");
+    for attention in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = BackboneOptions {
+            attention,
+            ..opts(dir.path())
+        };
+        let mut first = Backbone::load(&path, &o).unwrap();
+        let r1 = first.load_report().clone();
+        assert_eq!(r1.source, LoadSource::Compiled);
+        assert!(
+            r1.cache_entry.is_some() && r1.cache_note.is_none(),
+            "{r1:?}"
+        );
+        let mut second = Backbone::load(&path, &o).unwrap();
+        let r2 = second.load_report().clone();
+        assert_eq!(r2.source, LoadSource::Cache, "{r2:?}");
+        assert_eq!(
+            first.run(input().view()).unwrap(),
+            second.run(input().view()).unwrap()
+        );
+        if !attention {
+            assert_eq!(r2.int8_products, r1.int8_products);
+            assert_eq!(r2.requantized_products, r1.requantized_products);
+            assert_eq!(r2.requantized_biases, r1.requantized_biases);
+            assert!(second.plan_nodes() <= first.plan_nodes());
+        } else {
+            // The block whose attention map is an output keeps its products unfused; the
+            // round trip through NNEF moves a transpose into its output projection
+            // (`cmb,cbn->amn`), which dinoedge's int8 product does not take: that one product
+            // runs on tract's int8 kernel from the cache, the same exact sums.
+            assert!(r2.int8_products + 1 >= r1.int8_products, "{r1:?}\n{r2:?}");
+        }
+    }
+}
+
 #[test]
 fn dynamic_int8_models_are_cached_too() {
     // Their quantiser is dinoedge's own op, which the cache's NNEF dialect knows.
