@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use fast_image_resize as fir;
+use dinoedge_resize::Rgb8Resizer;
 use image::RgbImage;
 
 use crate::config::PreprocessorConfig;
@@ -92,8 +92,7 @@ pub struct Preprocessor {
     mode: ResizeMode,
     norm: Normalization,
     lut: Box<[[f32; 256]; 3]>,
-    resizer: fir::Resizer,
-    scratch: fir::images::Image<'static>,
+    resizer: Rgb8Resizer,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -144,12 +143,7 @@ impl Preprocessor {
             mode,
             norm,
             lut,
-            resizer: fir::Resizer::new(),
-            scratch: fir::images::Image::new(
-                resolution.width,
-                resolution.height,
-                fir::PixelType::U8x3,
-            ),
+            resizer: Rgb8Resizer::new(),
         })
     }
 
@@ -241,18 +235,10 @@ impl Preprocessor {
         }
         let placement = self.placement(w, h);
         let [dx, dy, dw, dh] = placement.dst;
-        if self.scratch.width() != dw || self.scratch.height() != dh {
-            self.scratch = fir::images::Image::new(dw, dh, fir::PixelType::U8x3);
-        }
-        let src = fir::images::ImageRef::new(w, h, image.as_raw(), fir::PixelType::U8x3)
-            .map_err(|e| ModelError::Input(format!("image buffer: {e}")))?;
-        let [sx, sy, sw, sh] = placement.src;
-        let options = fir::ResizeOptions::new()
-            .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
-            .crop(sx, sy, sw, sh);
-        self.resizer
-            .resize(&src, &mut self.scratch, &options)
-            .map_err(|e| ModelError::Input(format!("resize failed: {e}")))?;
+        let px = self
+            .resizer
+            .resize(image.as_raw(), (w, h), placement.src, (dw, dh))
+            .map_err(|e| ModelError::Input(e.to_string()))?;
 
         let (tw, th) = (
             self.resolution.width as usize,
@@ -262,7 +248,6 @@ impl Preprocessor {
         if (dw as usize, dh as usize) != (tw, th) {
             out.fill(0.0);
         }
-        let px = self.scratch.buffer();
         for (c, table) in self.lut.iter().enumerate() {
             let dst = &mut out[c * plane..(c + 1) * plane];
             for y in 0..dh as usize {
