@@ -3,7 +3,7 @@
 //!
 //! A crate of its own for the build's sake. `fast_image_resize`'s resizer is generic over
 //! image types and instantiates its convolutions for every pixel format and SIMD level where it
-//! is called: over half of the LLVM code of `dinoedge-model` was these instantiations (`rustc
+//! is called: three quarters of the LLVM code of `dinoedge-model` were these instantiations (`rustc
 //! --emit=llvm-ir`), compiled after tract, once for the library and again for its unit tests.
 //! Behind the one non-generic [`Rgb8Resizer::resize`] they are compiled here, once, beside
 //! tract (this crate does not depend on it).
