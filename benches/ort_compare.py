@@ -19,6 +19,13 @@ DINOEDGE_INT8_SUMS=saturating (on AVX2, int8 weights multiplied with saturating 
 onnxruntime's own AVX2 kernel does: its arithmetic, not the exact one); the other dinoedge
 columns are exact whatever the environment says. The first line says which CPU this is
 (the int8 kernels differ between AVX2, AVX-512 VNNI and AMX machines).
+
+`--rounds R` (for shared or throttling machines, whose speed drifts by more than the change
+being measured): each file and thread count is timed in R rounds, each round every runtime in
+turn (`--runs` runs each), and the ratios are taken round by round, so that a slow minute slows
+both sides of the same ratio. The table then gives each runtime's median over the rounds, the
+median of the per-round ratios and their range (lowest-highest), and with `--before` the median
+per-round ratio of the two dinoedge builds (`new/before`): below 1.0, the new build is faster.
 """
 
 import argparse
@@ -47,26 +54,44 @@ DEPTH_FILES = [
 ]
 
 
-def time_ort(path, size, threads, runs, warmup):
-    import numpy as np
-    import onnxruntime as ort
+class OrtTimer:
+    """One onnxruntime session on `path`, timed again at each call (the session is made once)."""
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    h, w = size
-    x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
-    name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    ms = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        ms.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ms)
+    def __init__(self, path, size, threads):
+        import numpy as np
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        h, w = size
+        self.x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+        self.name = self.sess.get_inputs()[0].name
+
+    def __call__(self, runs, warmup):
+        """The median of `runs` timed runs after `warmup` untimed ones, in ms."""
+        for _ in range(warmup):
+            self.sess.run(None, {self.name: self.x})
+        ms = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            self.sess.run(None, {self.name: self.x})
+            ms.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ms)
+
+
+def rounds_of(timers, rounds, runs, warmup):
+    """Each timer's median, `rounds` times, the timers in turn within a round: a list of
+    per-round lists, one value per timer."""
+    return [[t(runs, warmup) for t in timers] for _ in range(rounds)]
+
+
+def spread(values):
+    """`median` or, over several values, `median (lowest-highest)`."""
+    m = statistics.median(values)
+    return f"{m:.2f}" if len(values) == 1 else f"{m:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def time_tract(binary, path, size, threads, runs, warmup, sums="exact"):
@@ -114,6 +139,9 @@ def main():
     ap.add_argument("--saturating", action="store_true",
                     help="also time dinoedge with DINOEDGE_INT8_SUMS=saturating (onnxruntime's AVX2 "
                          "int8 arithmetic, not exact), in the same run")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time each file in this many rounds, the runtimes in turn in each, and "
+                         "take the ratios round by round (for machines whose speed drifts)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     try:
@@ -128,13 +156,17 @@ def main():
     size = tuple(int(v) for v in a.size.lower().split("x"))
     fixtures = Path(a.fixtures)
     rows = []
-    print(f"# {cpu_line()}; size {a.size}; median of {a.runs} runs after {a.warmup}")
+    if a.rounds < 1:
+        sys.exit("--rounds: at least 1")
+    rounds_note = f"; {a.rounds} rounds, ratios per round (median, lowest-highest)" if a.rounds > 1 else ""
+    print(f"# {cpu_line()}; size {a.size}; median of {a.runs} runs after {a.warmup}{rounds_note}")
     before = Path(a.before) if a.before else None
-    head = f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>10}"
+    w = 18 if a.rounds > 1 else 10  # a ratio column: room for its range
+    head = f"{'model':28} {'threads':>7} {'onnxruntime ms':>15} {'dinoedge ms':>12} {'tract/ort':>{w}}"
     if before:
-        head += f" {'before ms':>10} {'before/ort':>10}"
+        head += f" {'before ms':>10} {'before/ort':>{w}} {'new/before':>{w}}"
     if a.saturating:
-        head += f" {'sat. ms':>8} {'sat./ort':>8}"
+        head += f" {'sat. ms':>8} {'sat./ort':>{w}}"
     print(head)
     files = {"depth": DEPTH_FILES, "dinov3": DINOV3_FILES}.get(a.set, FILES)
     if a.model:
@@ -152,19 +184,35 @@ def main():
             print(f"{label:28} missing: {path}")
             continue
         for t in sorted(set(a.threads)):
-            ort_ms = time_ort(path, size, t, a.runs, a.warmup)
-            tract_ms = time_tract(binary, path, size, t, a.runs, a.warmup)
-            ratio = tract_ms / ort_ms
-            row = dict(model=label, file=rel, threads=t, size=a.size, ort_ms=ort_ms, tract_ms=tract_ms, ratio=ratio)
-            line = f"{label:28} {t:>7} {ort_ms:>15.1f} {tract_ms:>12.1f} {ratio:>10.2f}"
+            def dinoedge(bin_, sums="exact"):
+                return lambda runs, warmup: time_tract(bin_, path, size, t, runs, warmup, sums)
+
+            timers = [OrtTimer(path, size, t), dinoedge(binary)]
             if before:
-                before_ms = time_tract(before, path, size, t, a.runs, a.warmup)
-                row.update(before_ms=before_ms, before_ratio=before_ms / ort_ms)
-                line += f" {before_ms:>10.1f} {before_ms / ort_ms:>10.2f}"
+                timers.append(dinoedge(before))
             if a.saturating:
-                sat_ms = time_tract(binary, path, size, t, a.runs, a.warmup, sums="saturating")
-                row.update(saturating_ms=sat_ms, saturating_ratio=sat_ms / ort_ms)
-                line += f" {sat_ms:>8.1f} {sat_ms / ort_ms:>8.2f}"
+                timers.append(dinoedge(binary, "saturating"))
+            per_round = rounds_of(timers, a.rounds, a.runs, a.warmup)
+            med = [statistics.median(r[i] for r in per_round) for i in range(len(timers))]
+            ratios = [r[1] / r[0] for r in per_round]
+            ort_ms, tract_ms = med[0], med[1]
+            ratio = statistics.median(ratios)
+            row = dict(model=label, file=rel, threads=t, size=a.size, ort_ms=ort_ms, tract_ms=tract_ms,
+                       ratio=ratio, rounds=a.rounds, ratios=ratios)
+            line = f"{label:28} {t:>7} {ort_ms:>15.1f} {tract_ms:>12.1f} {spread(ratios):>{w}}"
+            if before:
+                before_ms = med[2]
+                before_ratios = [r[2] / r[0] for r in per_round]
+                new_over_before = [r[1] / r[2] for r in per_round]
+                row.update(before_ms=before_ms, before_ratio=statistics.median(before_ratios),
+                           new_over_before=statistics.median(new_over_before))
+                line += (f" {before_ms:>10.1f} {spread(before_ratios):>{w}}"
+                         f" {spread(new_over_before):>{w}}")
+            if a.saturating:
+                sat_ms = med[-1]
+                sat_ratios = [r[-1] / r[0] for r in per_round]
+                row.update(saturating_ms=sat_ms, saturating_ratio=statistics.median(sat_ratios))
+                line += f" {sat_ms:>8.1f} {spread(sat_ratios):>{w}}"
             rows.append(row)
             print(line, flush=True)
     if a.json:

@@ -1,8 +1,11 @@
 //! The roofline of the products: this CPU's peak multiply-adds per second (int8 on VNNI or
-//! AVX2's `vpmaddwd`, fp32 on FMA; one thread, then every thread at once) against what dinoedge's int8 kernel
-//! reaches on ViT-S/14's own product shapes.
+//! AVX2's `vpmaddwd`, fp32 on FMA; one thread, then every thread at once) against what
+//! dinoedge's int8 and fp32 kernels reach on ViT-S/14's own product shapes, on one thread and
+//! then on every thread (how the products scale: issue 17's "all cores over one thread"), and
+//! one block's fused attention likewise.
 //!
-//! `cargo bench --bench roofline` (no fixtures needed). The peak loops run 12 independent
+//! `cargo bench --bench roofline` (no fixtures needed; the peak loops mean something only in
+//! an optimised build of this file, as `cargo bench` makes). The peak loops run 12 independent
 //! accumulators, so that neither latency nor memory bounds them: what they measure is the
 //! issue rate of the multiply-add instructions at the clock the CPU runs now. Compare a model
 //! run with it: ViT-S/14 at 224 is 6.12 GMAC, of which 5.46 are the 72 weight products
@@ -13,6 +16,7 @@ use std::time::Instant;
 use dinoedge_kernels::qgemm::{self, Activations, Epilogue, PackedWeights, Weights};
 use dinoedge_kernels::sgemm;
 use dinoedge_model::attention::{self, Dims, Layout, Spec, Step};
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
 #[cfg(target_arch = "x86_64")]
 mod peak {
@@ -176,8 +180,27 @@ enum Spread {
     SevenBit,
 }
 
-/// GMAC/s of dinoedge's int8 product on `m x k x n`.
-fn product(m: usize, k: usize, n: usize, spread: Spread) -> f64 {
+/// Seconds of `f`, best of 20, with dinoedge's kernels splitting their work over `threads`
+/// (tract's executor, as a backbone with `--threads` runs them; inline on one).
+fn best_of_20(threads: usize, mut f: impl FnMut()) -> f64 {
+    let executor = if threads == 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    };
+    multithread_tract_scope(executor, || {
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    })
+}
+
+/// GMAC/s of dinoedge's int8 product on `m x k x n`, on `threads`.
+fn product(m: usize, k: usize, n: usize, spread: Spread, threads: usize) -> f64 {
     let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 251) as u8).collect();
     let mut state = 0x2545_f491_u32;
     let mut uniform = move || {
@@ -194,7 +217,7 @@ fn product(m: usize, k: usize, n: usize, spread: Spread) -> f64 {
                 let z = (0..12).map(|_| uniform()).sum::<f32>() - 6.0;
                 (z * 127.0 / 4.9).round().clamp(-127.0, 127.0) as i8
             }
-            Spread::SevenBit => (i * 13 % 129) as i8 - 64,
+            Spread::SevenBit => ((i * 13 % 129) as i32 - 64) as i8,
         })
         .collect();
     let w = PackedWeights::new(Weights::I8(&b), k, n, &[0]).unwrap();
@@ -203,30 +226,20 @@ fn product(m: usize, k: usize, n: usize, spread: Spread) -> f64 {
         scale: 1e-3,
         bias: None,
     };
-    let best = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            qgemm::matmul(&Activations::U8(&a, 3), &w, &epilogue, &mut out).unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
+    let best = best_of_20(threads, || {
+        qgemm::matmul(&Activations::U8(&a, 3), &w, &epilogue, &mut out).unwrap()
+    });
     std::hint::black_box(&out);
     (m * k * n) as f64 / best / 1e9
 }
 
-/// GMAC/s of dinoedge's `f32` product on `[m, k] × [k, n]`, one thread, best of 20.
-fn product_f32(m: usize, k: usize, n: usize) -> f64 {
+/// GMAC/s of dinoedge's `f32` product on `[m, k] × [k, n]`, on `threads`, best of 20.
+fn product_f32(m: usize, k: usize, n: usize, threads: usize) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
     let w = sgemm::PackedF32::new(&b, k, n).unwrap();
     let mut out = vec![0f32; m * n];
-    let best = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            sgemm::matmul_here(&a, &w, None, &mut out).unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
+    let best = best_of_20(threads, || sgemm::matmul(&a, &w, None, &mut out).unwrap());
     std::hint::black_box(&out);
     (m * k * n) as f64 / best / 1e9
 }
@@ -234,7 +247,7 @@ fn product_f32(m: usize, k: usize, n: usize) -> f64 {
 /// Milliseconds of one block's fused attention (`heads` × `tokens` × 64, scaled by 1/8), one
 /// thread, best of 20, with Q, K and V read where DINOv2's ONNX graph leaves them: one
 /// `[tokens, 3, heads, 64]` tensor, and the output `[tokens, heads, 64]`.
-fn attention(heads: usize, tokens: usize, int8: bool) -> f64 {
+fn attention(heads: usize, tokens: usize, int8: bool, threads: usize) -> f64 {
     let d = 64;
     let width = 3 * heads * d;
     let qkv: Vec<f32> = (0..tokens * width)
@@ -267,13 +280,9 @@ fn attention(heads: usize, tokens: usize, int8: bool) -> f64 {
     };
     let (q, k, v) = (&qkv[..], &qkv[heads * d..], &qkv[2 * heads * d..]);
     let mut out = vec![0f32; tokens * heads * d];
-    (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            attention::attend(&spec, q, k, v, &mut out).unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
+    best_of_20(threads, || {
+        attention::attend(&spec, q, k, v, &mut out).unwrap()
+    }) * 1e3
 }
 
 fn main() {
@@ -333,7 +342,7 @@ fn main() {
         "dinoedge's products (1 thread, int8 kernel {}; ViT-S/14 has 257 tokens at 224, 705 at 308x448):",
         qgemm::kernel_name()
     );
-    for (what, m, k, n) in [
+    let shapes = [
         ("qkv 257x384x1152", 257, 384, 1152),
         ("proj 257x384x384", 257, 384, 384),
         ("fc1 257x384x1536", 257, 384, 1536),
@@ -341,24 +350,43 @@ fn main() {
         ("qkv 705x384x1152", 705, 384, 1152),
         ("fc2 705x1536x384", 705, 1536, 384),
         ("square 1024^3", 1024, 1024, 1024),
-    ] {
+    ];
+    for (what, m, k, n) in shapes {
         println!(
             "  {what:<20} int8 {:>6.1} GMAC/s  bell {:>6.1}  7-bit {:>6.1}  fp32 {:>6.1} GMAC/s",
-            product(m, k, n, Spread::Even),
-            product(m, k, n, Spread::Bell),
-            product(m, k, n, Spread::SevenBit),
-            product_f32(m, k, n)
+            product(m, k, n, Spread::Even, 1),
+            product(m, k, n, Spread::Bell, 1),
+            product(m, k, n, Spread::SevenBit, 1),
+            product_f32(m, k, n, 1)
         );
     }
-    println!("one block's fused attention (1 thread; 6 heads of 64, as ViT-S/14):");
+    if threads > 1 {
+        println!("the same on {threads} threads (GMAC/s, and over 1 thread measured just before):");
+        for (what, m, k, n) in shapes {
+            let scaled = |rate: &dyn Fn(usize) -> f64| {
+                let one = rate(1);
+                let all = rate(threads);
+                format!("{all:>6.1} ({:.2}x)", all / one)
+            };
+            println!(
+                "  {what:<20} int8 {}  bell {}  fp32 {}",
+                scaled(&|t| product(m, k, n, Spread::Even, t)),
+                scaled(&|t| product(m, k, n, Spread::Bell, t)),
+                scaled(&|t| product_f32(m, k, n, t)),
+            );
+        }
+    }
+    println!("one block's fused attention (6 heads of 64, as ViT-S/14; 1 thread, then {threads}):");
     for (what, tokens) in [("224x224, 257 tokens", 257), ("308x448, 705 tokens", 705)] {
         let macs = 2.0 * 6.0 * (tokens * tokens * 64) as f64;
         for int8 in [true, false] {
-            let ms = attention(6, tokens, int8);
+            let one = attention(6, tokens, int8, 1);
+            let all = attention(6, tokens, int8, threads);
             println!(
-                "  {what:<20} {:<5} {ms:>6.2} ms  {:>6.1} GMAC/s",
+                "  {what:<20} {:<5} {one:>6.2} ms  {:>6.1} GMAC/s; {all:>6.2} ms on {threads} ({:.2}x)",
                 if int8 { "int8" } else { "fp32" },
-                macs / ms / 1e6
+                macs / one / 1e6,
+                one / all
             );
         }
     }
