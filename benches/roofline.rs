@@ -244,8 +244,8 @@ fn product_f32(m: usize, k: usize, n: usize, threads: usize) -> f64 {
     (m * k * n) as f64 / best / 1e9
 }
 
-/// Milliseconds of one block's fused attention (`heads` × `tokens` × 64, scaled by 1/8), one
-/// thread, best of 20, with Q, K and V read where DINOv2's ONNX graph leaves them: one
+/// Milliseconds of one block's fused attention (`heads` × `tokens` × 64, scaled by 1/8), on
+/// `threads`, best of 20, with Q, K and V read where DINOv2's ONNX graph leaves them: one
 /// `[tokens, 3, heads, 64]` tensor, and the output `[tokens, heads, 64]`.
 fn attention(heads: usize, tokens: usize, int8: bool, threads: usize) -> f64 {
     let d = 64;
