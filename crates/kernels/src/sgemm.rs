@@ -395,8 +395,8 @@ mod avx2 {
     const NV: usize = 2;
 
     /// `R` rows of `a` (stride `lda`) times `k` steps of a panel of `width` columns (from
-    /// `panel`, vector `v0` on), added to the partial sums `acc` (rows of [`NR`], from
-    /// column `8·v0`).
+    /// `panel`, vector `v0` on), into `sums` (rows of [`NR`], from column `8·v0`; what they
+    /// held is overwritten, not added to: each column's sums are one tile's).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize>(
@@ -409,14 +409,9 @@ mod avx2 {
         sums: *mut f32,
     ) {
         // SAFETY (every access): the caller hands R rows of `a` with `k` values each, `k` rows
-        // of `width` in the panel, and R rows of NR partial sums.
+        // of `width` in the panel, and R rows of NR sums.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); NV]; R];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                for (v, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_loadu_ps(sums.add(r * NR + 8 * (v0 + v)));
-                }
-            }
             for kk in 0..k {
                 let bp = panel.add(kk * width + 8 * v0);
                 let mut b = [_mm256_setzero_ps(); NV];
@@ -455,7 +450,6 @@ mod avx2 {
             for r0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - r0);
                 let ap = a[r0 * k..].as_ptr();
-                sums.fill(0.0);
                 for v0 in (0..cols.div_ceil(8)).step_by(NV) {
                     let sp = sums.as_mut_ptr();
                     // SAFETY: `rows` rows of `k` from `ap`, one whole panel from `panel`,
